@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): on a fresh machine it installs what
+# is missing (apt), starts a throwaway Postgres and Redis on loopback ports in
+# a temp dir, exports their URLs, checks formatting and lints, runs the whole
+# workspace's tests, and stops what it started (by pid).
+#
+#   scripts/test.sh [extra args for the test runner]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+[ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+fi
+
+work=$(mktemp -d /tmp/oprun-test.XXXXXX)
+chmod 755 "$work"
+pg_pid=""
+redis_pid=""
+cleanup() {
+  set +e
+  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; fi
+  if [ -n "$pg_pid" ]; then
+    kill -INT "$pg_pid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$pg_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pg_pid" 2>/dev/null
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Postgres refuses to run as root: run it as the postgres system user (or the
+# current user when not root).
+as_pg=()
+if [ "$(id -u)" = 0 ]; then
+  id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+  as_pg=(runuser -u postgres --)
+fi
+pg_port=$(free_port)
+mkdir -p "$work/pg"
+[ ${#as_pg[@]} -eq 0 ] || chown postgres "$work/pg"
+"${as_pg[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U oprun --auth=trust -E UTF8 --locale=C.UTF-8 >"$work/initdb.log" 2>&1 \
+  || { cat "$work/initdb.log" >&2; exit 1; }
+# fsync stays on: tests and benchmarks see real durability costs.
+"${as_pg[@]}" "$pg_bin/postgres" -D "$work/pg/data" -h 127.0.0.1 -p "$pg_port" -k "$work/pg" \
+  -c max_connections=400 -c shared_buffers=256MB >"$work/pg/postgres.log" 2>&1 &
+pg_pid=$!
+
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" \
+  --daemonize no >"$work/redis.log" 2>&1 &
+redis_pid=$!
+
+for _ in $(seq 1 100); do
+  "$pg_bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q && break
+  kill -0 "$pg_pid" 2>/dev/null || { cat "$work/pg/postgres.log" >&2; exit 1; }
+  sleep 0.2
+done
+"$pg_bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q || { log "Postgres did not start"; cat "$work/pg/postgres.log" >&2; exit 1; }
+for _ in $(seq 1 100); do
+  redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -p "$redis_port" ping >/dev/null || { log "Redis did not start"; cat "$work/redis.log" >&2; exit 1; }
+
+export OPRUN_TEST_POSTGRES_URL="postgres://oprun@127.0.0.1:$pg_port/postgres"
+export OPRUN_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
+log "Postgres on 127.0.0.1:$pg_port (pid $pg_pid), Redis on 127.0.0.1:$redis_port (pid $redis_pid)"
+
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-features --no-fail-fast "$@"
+else
+  cargo test --workspace --all-features --no-fail-fast "$@"
+fi

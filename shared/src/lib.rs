@@ -1,0 +1,35 @@
+#![doc = include_str!("../README.md")]
+
+mod audit;
+mod catalog;
+mod clock;
+pub mod config;
+mod counts;
+mod guidance;
+mod lifecycle;
+mod reason;
+pub mod redact;
+mod run;
+mod service;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod viewer;
+
+pub use audit::{AuditEntry, AuditEvent};
+pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, ScopeKind};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use counts::{COUNT_KEYS, CountsError, SummaryCounts};
+pub use guidance::{
+    Action, ActionKind, CaseScope, CaseStatus, GuidanceContext, ResolutionCase, Severity, SourceRef, SourceRelation,
+    TechnicalDetails, guidance,
+};
+pub use lifecycle::{ActorKind, ParseEnumError, RunOutcome, RunStatus, SourceSurface, Transition, TransitionError};
+pub use reason::{Envelope, NextStep, ReasonCode, Retryability, required_capability, translate};
+pub use run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
+pub use service::{
+    BlockFrom, Cancelled, Completion, DispatchRequest, Dispatched, LeaseState, OperationRunService, ReconcileAction,
+    ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
+};
+pub use store::{RunFilter, RunStore, StoreError};
+pub use viewer::Viewer;

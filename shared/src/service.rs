@@ -1,0 +1,1025 @@
+//! `OperationRunService`: the single owner of every run transition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::catalog::{Catalog, DedupPolicy, OperationSpec, ScopeKind};
+use crate::clock::Clock;
+use crate::counts::{CountsError, SummaryCounts};
+use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface, Transition, TransitionError};
+use crate::reason::ReasonCode;
+use crate::redact;
+use crate::run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
+use crate::store::{Change, Guard, Inserted, RunFilter, RunStore, StoreError};
+
+/// Largest captured context or params document, serialized.
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+/// Longest id (workspace, environment, target, actor).
+pub const MAX_ID_LEN: usize = 200;
+
+/// Why the service refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The transition is not allowed from the run's current state.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The operation is not in the catalog.
+    #[error("unknown operation '{0}'")]
+    UnknownOperation(String),
+    /// The request is malformed; the message names what is wrong.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Summary counts were refused.
+    #[error(transparent)]
+    Counts(#[from] CountsError),
+    /// The run may not be retried.
+    #[error("run {id} cannot be retried: {why}")]
+    NotRetryable {
+        /// The run.
+        id: Uuid,
+        /// Why not.
+        why: String,
+    },
+}
+
+/// Service settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// How long after a lease expired the reconciler waits before moving
+    /// the run on (covers clock skew and a slow heartbeat).
+    pub lease_grace: Duration,
+    /// Runs per reconciler page.
+    pub reconcile_page: u32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self { lease_grace: Duration::from_secs(10), reconcile_page: 500 }
+    }
+}
+
+/// A request to start a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchRequest {
+    /// The operation type.
+    pub operation: String,
+    /// Where it acts.
+    pub scope: Scope,
+    /// Who starts it.
+    pub initiator: Initiator,
+    /// From where.
+    pub source: SourceSurface,
+    /// The captured dispatch context (schedule, correlation id, …).
+    pub context: Value,
+    /// The operation's parameters.
+    pub params: Value,
+}
+
+/// A dispatched run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Dispatched {
+    /// The run (the existing one when deduplicated).
+    pub run: OperationRun,
+    /// Whether an active run of the same operation and scope was returned
+    /// instead of writing a new one.
+    pub deduplicated: bool,
+}
+
+/// What the lease holder learns from a heartbeat or progress write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LeaseState {
+    /// The renewed expiry.
+    pub lease_expires_at: DateTime<Utc>,
+    /// Whether an operator asked the run to stop.
+    pub cancel_requested: bool,
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// A terminal outcome.
+    pub outcome: RunOutcome,
+    /// Why (required for failed and blocked).
+    pub reason_code: Option<String>,
+    /// Failures worth showing (sanitized and bounded on write).
+    pub failures: Vec<FailureEntry>,
+    /// Counts added to the run's counts.
+    pub counts: SummaryCounts,
+    /// The checkpoint to keep (`None` keeps the stored one).
+    pub checkpoint: Option<Value>,
+}
+
+impl Completion {
+    /// Succeeded, adding `counts`.
+    pub fn succeeded(counts: SummaryCounts) -> Self {
+        Self { outcome: RunOutcome::Succeeded, reason_code: None, failures: vec![], counts, checkpoint: None }
+    }
+
+    /// Failed (or blocked, for a permission the provider refused) with one reason.
+    pub fn failed(outcome: RunOutcome, reason: impl Into<String>, message: &str) -> Self {
+        let reason = reason.into();
+        Self {
+            outcome,
+            failures: vec![FailureEntry { reason_code: reason.clone(), message: redact::sanitize(message) }],
+            reason_code: Some(reason),
+            counts: SummaryCounts::new(),
+            checkpoint: None,
+        }
+    }
+}
+
+/// What cancel did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", content = "run", rename_all = "snake_case")]
+pub enum Cancelled {
+    /// The queued run is now completed/cancelled.
+    Cancelled(OperationRun),
+    /// The running run carries a cancel request; its worker ends it.
+    Requested(OperationRun),
+}
+
+/// Where a block comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockFrom {
+    /// A queued run, blocked before anyone claimed it.
+    Queued,
+    /// A running run, blocked by its lease holder.
+    Lease(String),
+}
+
+/// Narrows reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReconcileFilter {
+    /// Only this operation.
+    pub operation: Option<String>,
+    /// Only this workspace.
+    pub workspace_id: Option<String>,
+}
+
+/// What the reconciler did (or, dry, would do) to one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconcileKind {
+    /// Lease expired; attempts remain: back to queued, attempt + 1.
+    Requeued,
+    /// Lease expired; no attempts left or not resumable: failed `run.lease_expired`.
+    ExpiredLease,
+    /// Lease expired on a run an operator asked to cancel: cancelled.
+    CancelledStale,
+    /// Queued too long: its job is pushed again.
+    Repush,
+    /// Queued far too long: failed `run.never_started`.
+    ExpiredNeverStarted,
+}
+
+/// One line of a reconciliation report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconcileAction {
+    /// The run.
+    pub run_id: Uuid,
+    /// Its operation.
+    pub operation: String,
+    /// Its workspace.
+    pub workspace_id: String,
+    /// What happened.
+    pub kind: ReconcileKind,
+    /// Status before.
+    pub from_status: RunStatus,
+    /// Status after.
+    pub to_status: RunStatus,
+    /// The attempt after.
+    pub attempt: i32,
+    /// The reason code.
+    pub reason_code: String,
+    /// Why, in words.
+    pub why: String,
+}
+
+/// What a reconciliation did.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct ReconcileReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Per run.
+    pub actions: Vec<ReconcileAction>,
+    /// Candidates another process moved first.
+    pub lost_races: usize,
+}
+
+impl ReconcileReport {
+    /// Runs whose job must be pushed (again) to the queue.
+    pub fn to_push(&self) -> Vec<Uuid> {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a.kind, ReconcileKind::Requeued | ReconcileKind::Repush))
+            .map(|a| a.run_id)
+            .collect()
+    }
+
+    /// How many actions of a kind.
+    pub fn count(&self, kind: ReconcileKind) -> usize {
+        self.actions.iter().filter(|a| a.kind == kind).count()
+    }
+}
+
+/// The single owner of every run transition.
+#[derive(Debug, Clone)]
+pub struct OperationRunService {
+    store: Arc<dyn RunStore>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+    config: ServiceConfig,
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), ServiceError> {
+    if v.trim().is_empty() {
+        return Err(ServiceError::InvalidInput(format!("{field} must not be empty")));
+    }
+    if v.len() > MAX_ID_LEN || v.chars().any(char::is_control) {
+        return Err(ServiceError::InvalidInput(format!("{field} must be at most {MAX_ID_LEN} printable characters")));
+    }
+    Ok(())
+}
+
+fn check_document(field: &str, v: &Value) -> Result<(), ServiceError> {
+    if !v.is_object() {
+        return Err(ServiceError::InvalidInput(format!("{field} must be a JSON object")));
+    }
+    if let Some(path) = redact::find_secret_key(v) {
+        return Err(ServiceError::InvalidInput(format!(
+            "{field} holds a secret-named key '{path}': pass secrets through provider configuration, never in runs"
+        )));
+    }
+    let size = v.to_string().len();
+    if size > MAX_DOCUMENT_BYTES {
+        return Err(ServiceError::InvalidInput(format!("{field} is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}")));
+    }
+    Ok(())
+}
+
+fn bounded_failures(failures: &[FailureEntry]) -> Vec<FailureEntry> {
+    failures
+        .iter()
+        .take(MAX_FAILURE_ENTRIES)
+        .map(|f| FailureEntry {
+            reason_code: redact::excerpt(&f.reason_code, 100),
+            message: redact::sanitize(&f.message),
+        })
+        .collect()
+}
+
+impl OperationRunService {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn RunStore>, catalog: Arc<Catalog>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Self {
+        Self { store, catalog, clock, config }
+    }
+
+    /// The store (for reads).
+    pub fn store(&self) -> &Arc<dyn RunStore> {
+        &self.store
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The operation's spec, or `UnknownOperation`.
+    pub fn spec(&self, operation: &str) -> Result<&OperationSpec, ServiceError> {
+        self.catalog.get(operation).ok_or_else(|| ServiceError::UnknownOperation(operation.to_string()))
+    }
+
+    /// The dedup key of an operation in a scope, if its policy deduplicates.
+    pub fn dedup_key(&self, operation: &str, scope: &Scope) -> Result<Option<String>, ServiceError> {
+        Ok(match self.spec(operation)?.dedup {
+            DedupPolicy::None => None,
+            DedupPolicy::OnePerScope => Some(format!(
+                "{operation}|{}|{}|{}|{}",
+                scope.workspace_id,
+                scope.environment_id.as_deref().unwrap_or("-"),
+                scope.target_type.as_deref().unwrap_or("-"),
+                scope.target_id.as_deref().unwrap_or("-"),
+            )),
+        })
+    }
+
+    /// Validate a dispatch request without writing anything.
+    pub fn validate(&self, req: &DispatchRequest) -> Result<&OperationSpec, ServiceError> {
+        let spec = self.spec(&req.operation)?;
+        check_id("workspace", &req.scope.workspace_id)?;
+        check_id("actor", &req.initiator.id)?;
+        match (spec.scope, &req.scope.environment_id) {
+            (ScopeKind::Environment, None) => {
+                return Err(ServiceError::InvalidInput(format!(
+                    "operation '{}' acts on a managed environment: an environment is required",
+                    req.operation
+                )));
+            }
+            (ScopeKind::Workspace, Some(_)) => {
+                return Err(ServiceError::InvalidInput(format!(
+                    "operation '{}' acts on a whole workspace: do not name an environment",
+                    req.operation
+                )));
+            }
+            (_, Some(env)) => check_id("environment", env)?,
+            _ => {}
+        }
+        for (field, v) in [("target type", &req.scope.target_type), ("target id", &req.scope.target_id)] {
+            if let Some(v) = v {
+                check_id(field, v)?;
+            }
+        }
+        check_document("params", &req.params)?;
+        check_document("context", &req.context)?;
+        Ok(spec)
+    }
+
+    fn new_run(
+        &self,
+        req: &DispatchRequest,
+        spec: &OperationSpec,
+        now: DateTime<Utc>,
+    ) -> Result<OperationRun, ServiceError> {
+        Ok(OperationRun {
+            id: Uuid::now_v7(),
+            operation: req.operation.clone(),
+            workspace_id: req.scope.workspace_id.clone(),
+            environment_id: req.scope.environment_id.clone(),
+            target_type: req.scope.target_type.clone(),
+            target_id: req.scope.target_id.clone(),
+            initiator: req.initiator.clone(),
+            source_surface: req.source,
+            context: req.context.clone(),
+            params: req.params.clone(),
+            dedup_key: self.dedup_key(&req.operation, &req.scope)?,
+            status: RunStatus::Queued,
+            outcome: RunOutcome::Pending,
+            reason_code: None,
+            failure_summary: vec![],
+            summary_counts: SummaryCounts::new(),
+            checkpoint: None,
+            attempt: 1,
+            max_attempts: i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
+            retry_of: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            heartbeat_at: None,
+            cancel_requested_at: None,
+            queued_at: now,
+            repushed_at: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            updated_at: now,
+        })
+    }
+
+    /// Dispatch: write the run queued, or return the active run that holds
+    /// its dedup key. Authorization is the caller's (see `Authorizer`).
+    #[instrument(skip_all, fields(operation = %req.operation, workspace = %req.scope.workspace_id), err)]
+    pub async fn dispatch(&self, req: DispatchRequest) -> Result<Dispatched, ServiceError> {
+        let spec = self.validate(&req)?;
+        let now = self.clock.now();
+        let run = self.new_run(&req, spec, now)?;
+        let audit = AuditEntry::new(now, req.initiator.clone(), Transition::Dispatch.action())
+            .details(json!({ "source_surface": req.source.as_str() }));
+        self.insert(run, &[audit]).await
+    }
+
+    async fn insert(&self, run: OperationRun, audit: &[AuditEntry]) -> Result<Dispatched, ServiceError> {
+        Ok(match self.store.insert_run(&run, audit).await? {
+            Inserted::New(run) => Dispatched { run, deduplicated: false },
+            Inserted::Existing(run) => Dispatched { run, deduplicated: true },
+        })
+    }
+
+    /// Dispatch refused (a scheduled dispatch that authorization said no to):
+    /// write a completed/blocked run that on-call can see.
+    #[instrument(skip_all, fields(operation = %req.operation, workspace = %req.scope.workspace_id), err)]
+    pub async fn refuse_dispatch(
+        &self,
+        req: DispatchRequest,
+        reason: ReasonCode,
+        message: &str,
+    ) -> Result<OperationRun, ServiceError> {
+        let spec = self.validate(&req)?;
+        let now = self.clock.now();
+        let mut run = self.new_run(&req, spec, now)?;
+        run.dedup_key = None;
+        run.status = RunStatus::Completed;
+        run.outcome = RunOutcome::Blocked;
+        run.reason_code = Some(reason.as_str().to_string());
+        run.failure_summary =
+            vec![FailureEntry { reason_code: reason.as_str().into(), message: redact::sanitize(message) }];
+        run.completed_at = Some(now);
+        let audit = AuditEntry::new(now, req.initiator.clone(), Transition::DispatchRefused.action())
+            .reason(reason.as_str())
+            .details(json!({ "source_surface": req.source.as_str(), "message": redact::sanitize(message) }));
+        Ok(self.insert(run, &[audit]).await?.run)
+    }
+
+    /// Turn "zero rows written" into the error that says why.
+    async fn refused(&self, id: Uuid, transition: Transition, guard: &Guard) -> ServiceError {
+        match self.store.get_run(id).await {
+            Err(e) => e.into(),
+            Ok(None) => TransitionError::NotFound(id).into(),
+            Ok(Some(run)) => {
+                let lease_transition = guard.lease_owner.is_some();
+                let owner_differs = run.lease_owner != guard.lease_owner;
+                // A lease holder that finds the run requeued or held by another
+                // worker has lost its lease; a completed run is simply closed.
+                if lease_transition
+                    && run.status != RunStatus::Completed
+                    && (run.status != RunStatus::Running || owner_differs)
+                {
+                    TransitionError::LeaseLost {
+                        id,
+                        transition,
+                        holder: run.lease_owner.unwrap_or_else(|| "nobody".into()),
+                        status: run.status,
+                    }
+                    .into()
+                } else {
+                    TransitionError::InvalidTransition { id, transition, status: run.status, outcome: run.outcome }
+                        .into()
+                }
+            }
+        }
+    }
+
+    async fn one(
+        &self,
+        id: Uuid,
+        transition: Transition,
+        guard: Guard,
+        change: Change,
+        audit: AuditEntry,
+    ) -> Result<OperationRun, ServiceError> {
+        let mut written = self.store.update_runs(&[id], &guard, &change, audit.at, Some(&audit)).await?;
+        match written.pop() {
+            Some(run) => Ok(run),
+            None => Err(self.refused(id, transition, &guard).await),
+        }
+    }
+
+    fn worker_actor(worker: &str) -> Initiator {
+        Initiator::service(format!("worker:{worker}"))
+    }
+
+    fn lease_for(&self, operation: &str) -> chrono::Duration {
+        chrono_dur(self.catalog.get(operation).map_or_else(crate::catalog::defaults::lease, |s| s.lease))
+    }
+
+    /// Claim a queued run for `worker`: running, leased.
+    #[instrument(skip_all, fields(run.id = %id, worker = %worker), err)]
+    pub async fn claim(&self, id: Uuid, worker: &str) -> Result<OperationRun, ServiceError> {
+        let run = self.store.get_run(id).await?.ok_or(TransitionError::NotFound(id))?;
+        let mut claimed = self.claim_many(&[id], &run.operation, worker).await?;
+        match claimed.pop() {
+            Some(run) => Ok(run),
+            None => Err(self.refused(id, Transition::Claim, &Guard::from(RunStatus::Queued)).await),
+        }
+    }
+
+    /// Claim many queued runs of one operation in one statement; returns those
+    /// claimed (the others were not queued any more).
+    pub async fn claim_many(
+        &self,
+        ids: &[Uuid],
+        operation: &str,
+        worker: &str,
+    ) -> Result<Vec<OperationRun>, ServiceError> {
+        let now = self.clock.now();
+        let expires = now + self.lease_for(operation);
+        let change = Change {
+            status: Some(RunStatus::Running),
+            lease_owner: Some(Some(worker.to_string())),
+            lease_expires_at: Some(Some(expires)),
+            heartbeat_at: Some(Some(now)),
+            started_at: Some(now),
+            ..Change::default()
+        };
+        let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
+        Ok(self.store.update_runs(ids, &Guard::from(RunStatus::Queued), &change, now, Some(&audit)).await?)
+    }
+
+    /// Renew the lease. Only the lease owner may.
+    #[instrument(skip_all, fields(run.id = %id), err)]
+    pub async fn heartbeat(&self, id: Uuid, worker: &str, operation: &str) -> Result<LeaseState, ServiceError> {
+        self.progress(id, worker, operation, SummaryCounts::new(), None).await
+    }
+
+    /// Add counts and/or store a checkpoint, renewing the lease. Only the
+    /// lease owner may.
+    #[instrument(skip_all, fields(run.id = %id), err)]
+    pub async fn progress(
+        &self,
+        id: Uuid,
+        worker: &str,
+        operation: &str,
+        counts: SummaryCounts,
+        checkpoint: Option<Value>,
+    ) -> Result<LeaseState, ServiceError> {
+        if let Some(cp) = &checkpoint
+            && let Some(path) = redact::find_secret_key(cp)
+        {
+            return Err(ServiceError::InvalidInput(format!("checkpoint holds a secret-named key '{path}'")));
+        }
+        let now = self.clock.now();
+        let heartbeat_only = counts.is_empty() && checkpoint.is_none();
+        let transition = if heartbeat_only { Transition::Heartbeat } else { Transition::Progress };
+        let change = Change {
+            lease_expires_at: Some(Some(now + self.lease_for(operation))),
+            heartbeat_at: Some(Some(now)),
+            counts_add: Some(counts.clone()),
+            checkpoint: checkpoint.clone().map(Some),
+            ..Change::default()
+        };
+        let guard = Guard::lease(worker);
+        // Heartbeats are not audited: they change nothing an operator acts on.
+        let audit = (!heartbeat_only).then(|| {
+            AuditEntry::new(now, Self::worker_actor(worker), transition.action())
+                .details(json!({ "counts_added": counts.to_json(), "checkpoint": checkpoint.is_some() }))
+        });
+        let run = match self.store.update_runs(&[id], &guard, &change, now, audit.as_ref()).await?.pop() {
+            Some(run) => run,
+            None => return Err(self.refused(id, transition, &guard).await),
+        };
+        Ok(LeaseState {
+            lease_expires_at: run.lease_expires_at.unwrap_or(now),
+            cancel_requested: run.cancel_requested_at.is_some(),
+        })
+    }
+
+    /// Complete a running run. Only the lease owner may.
+    #[instrument(skip_all, fields(run.id = %id, outcome = %completion.outcome), err)]
+    pub async fn complete(&self, id: Uuid, worker: &str, completion: Completion) -> Result<OperationRun, ServiceError> {
+        if !completion.outcome.is_terminal() {
+            return Err(ServiceError::InvalidInput("a run cannot complete with outcome pending".into()));
+        }
+        if matches!(completion.outcome, RunOutcome::Failed | RunOutcome::Blocked) && completion.reason_code.is_none() {
+            return Err(ServiceError::InvalidInput(format!("a {} run needs a reason code", completion.outcome)));
+        }
+        let now = self.clock.now();
+        let reason = match completion.outcome {
+            RunOutcome::Cancelled => {
+                completion.reason_code.clone().or(Some(ReasonCode::RunCancelledByOperator.as_str().into()))
+            }
+            _ => completion.reason_code.clone(),
+        };
+        let change = Change {
+            status: Some(RunStatus::Completed),
+            outcome: Some(completion.outcome),
+            reason_code: Some(reason.clone()),
+            failure_summary: Some(bounded_failures(&completion.failures)),
+            counts_add: Some(completion.counts.clone()),
+            checkpoint: completion.checkpoint.clone().map(Some),
+            lease_owner: Some(None),
+            lease_expires_at: Some(None),
+            completed_at: Some(now),
+            ..Change::default()
+        };
+        let mut audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Complete.action());
+        audit.reason_code = reason;
+        self.one(id, Transition::Complete, Guard::lease(worker), change, audit).await
+    }
+
+    /// Block a run (reauthorization said no): completed/blocked with an
+    /// `execution.*` (or `provider.permission_missing`) reason.
+    #[instrument(skip_all, fields(run.id = %id, reason = %reason), err)]
+    pub async fn block(
+        &self,
+        id: Uuid,
+        from: BlockFrom,
+        reason: ReasonCode,
+        message: &str,
+    ) -> Result<OperationRun, ServiceError> {
+        let now = self.clock.now();
+        let (guard, actor) = match &from {
+            BlockFrom::Queued => (Guard::from(RunStatus::Queued), Initiator::service("oprun")),
+            BlockFrom::Lease(w) => (Guard::lease(w), Self::worker_actor(w)),
+        };
+        let change = Change {
+            status: Some(RunStatus::Completed),
+            outcome: Some(RunOutcome::Blocked),
+            reason_code: Some(Some(reason.as_str().into())),
+            failure_summary: Some(vec![FailureEntry {
+                reason_code: reason.as_str().into(),
+                message: redact::sanitize(message),
+            }]),
+            lease_owner: Some(None),
+            lease_expires_at: Some(None),
+            completed_at: Some(now),
+            ..Change::default()
+        };
+        let audit = AuditEntry::new(now, actor, Transition::Block.action())
+            .reason(reason.as_str())
+            .details(json!({ "message": redact::sanitize(message) }));
+        self.one(id, Transition::Block, guard, change, audit).await
+    }
+
+    /// Cancel: a queued run ends cancelled at once; a running run gets a
+    /// cancel request that its lease owner honours.
+    #[instrument(skip_all, fields(run.id = %id), err)]
+    pub async fn cancel(&self, id: Uuid, actor: &Initiator) -> Result<Cancelled, ServiceError> {
+        let now = self.clock.now();
+        let change = Change {
+            status: Some(RunStatus::Completed),
+            outcome: Some(RunOutcome::Cancelled),
+            reason_code: Some(Some(ReasonCode::RunCancelledByOperator.as_str().into())),
+            completed_at: Some(now),
+            cancel_requested_at: Some(now),
+            ..Change::default()
+        };
+        let audit = AuditEntry::new(now, actor.clone(), Transition::Cancel.action())
+            .reason(ReasonCode::RunCancelledByOperator.as_str());
+        let guard = Guard::from(RunStatus::Queued);
+        if let Some(run) = self.store.update_runs(&[id], &guard, &change, now, Some(&audit)).await?.pop() {
+            return Ok(Cancelled::Cancelled(run));
+        }
+        let change = Change { cancel_requested_at: Some(now), ..Change::default() };
+        let audit = AuditEntry::new(now, actor.clone(), Transition::CancelRequest.action());
+        let guard = Guard::from(RunStatus::Running);
+        if let Some(run) = self.store.update_runs(&[id], &guard, &change, now, Some(&audit)).await?.pop() {
+            return Ok(Cancelled::Requested(run));
+        }
+        Err(self.refused(id, Transition::Cancel, &Guard::from(RunStatus::Queued)).await)
+    }
+
+    /// Retry a completed blocked or failed run: a new queued run that links
+    /// back to it. Authorization of `actor` is the caller's.
+    #[instrument(skip_all, fields(run.id = %id), err)]
+    pub async fn retry(&self, id: Uuid, actor: &Initiator) -> Result<Dispatched, ServiceError> {
+        let old = self.store.get_run(id).await?.ok_or(TransitionError::NotFound(id))?;
+        let spec = self.spec(&old.operation)?;
+        let not = |why: String| ServiceError::NotRetryable { id, why };
+        if old.status != RunStatus::Completed {
+            return Err(not(format!("it is still {}", old.status)));
+        }
+        let retryable_outcome = match old.outcome {
+            RunOutcome::Blocked | RunOutcome::Failed => true,
+            RunOutcome::PartiallySucceeded => spec.retry_partial,
+            _ => false,
+        };
+        if !retryable_outcome {
+            return Err(not(format!("its outcome is {}", old.outcome)));
+        }
+        if !spec.retryable_by_operators {
+            return Err(not(format!("operation '{}' is not retryable by operators", old.operation)));
+        }
+        let now = self.clock.now();
+        let mut context = match &old.context {
+            Value::Object(m) => m.clone(),
+            _ => Default::default(),
+        };
+        context.insert("source_surface".into(), json!(SourceSurface::Retry.as_str()));
+        context.insert("retry_of".into(), json!(old.id));
+        let req = DispatchRequest {
+            operation: old.operation.clone(),
+            scope: old.scope(),
+            initiator: actor.clone(),
+            source: SourceSurface::Retry,
+            context: Value::Object(context),
+            params: old.params.clone(),
+        };
+        let mut run = self.new_run(&req, spec, now)?;
+        run.retry_of = Some(old.id);
+        if run.dedup_key.is_none() {
+            run.dedup_key = Some(format!("retry|{}", old.id));
+        }
+        if spec.resumable {
+            run.checkpoint = old.checkpoint.clone();
+        }
+        let on_new =
+            AuditEntry::new(now, actor.clone(), Transition::Retry.action()).details(json!({ "retry_of": old.id }));
+        let mut on_old = AuditEntry::new(now, actor.clone(), "run.retried").details(json!({ "retry_run_id": run.id }));
+        on_old.run_id = Some(old.id);
+        on_old.workspace_id = Some(old.workspace_id.clone());
+        on_old.environment_id = old.environment_id.clone();
+        on_old.to_status = Some(old.status);
+        on_old.outcome = Some(old.outcome);
+        self.insert(run, &[on_new, on_old]).await
+    }
+
+    /// Move stale runs on (see DESIGN.md, "Reconcile"). Pages through the
+    /// candidates; every change is a guarded write audited as `actor`; safe
+    /// with several reconcilers at once; `dry_run` writes nothing.
+    #[instrument(skip_all, fields(dry_run, actor = %actor.id), err)]
+    pub async fn reconcile(
+        &self,
+        actor: &Initiator,
+        filter: &ReconcileFilter,
+        dry_run: bool,
+    ) -> Result<ReconcileReport, ServiceError> {
+        let now = self.clock.now();
+        let mut report = ReconcileReport { dry_run, ..Default::default() };
+        self.reconcile_running(now, actor, filter, dry_run, &mut report).await?;
+        self.reconcile_queued(now, actor, filter, dry_run, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn reconcile_running(
+        &self,
+        now: DateTime<Utc>,
+        actor: &Initiator,
+        filter: &ReconcileFilter,
+        dry_run: bool,
+        report: &mut ReconcileReport,
+    ) -> Result<(), ServiceError> {
+        let cutoff = now - chrono_dur(self.config.lease_grace);
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .find_stale(&crate::store::StaleQuery {
+                    status: RunStatus::Running,
+                    cutoff,
+                    operation: filter.operation.clone(),
+                    workspace_id: filter.workspace_id.clone(),
+                    after,
+                    limit: self.config.reconcile_page,
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            let full = page.len() as u32 >= self.config.reconcile_page;
+            let (mut requeue, mut cancel, mut expire) = (vec![], vec![], vec![]);
+            for run in &page {
+                let resumable = self.catalog.get(&run.operation).is_some_and(|s| s.resumable);
+                if run.cancel_requested_at.is_some() {
+                    cancel.push(run);
+                } else if resumable && run.attempt < run.max_attempts {
+                    requeue.push(run);
+                } else {
+                    expire.push(run);
+                }
+            }
+            let guard = Guard { lease_expired_before: Some(cutoff), ..Guard::from(RunStatus::Running) };
+            let lease_cleared = Change { lease_owner: Some(None), lease_expires_at: Some(None), ..Change::default() };
+            let groups: [(ReconcileKind, Vec<&OperationRun>, Change, ReasonCode); 3] = [
+                (
+                    ReconcileKind::Requeued,
+                    requeue,
+                    Change {
+                        status: Some(RunStatus::Queued),
+                        next_attempt: true,
+                        heartbeat_at: Some(None),
+                        queued_at: Some(now),
+                        repushed_at: Some(None),
+                        ..lease_cleared.clone()
+                    },
+                    ReasonCode::RunLeaseExpired,
+                ),
+                (
+                    ReconcileKind::CancelledStale,
+                    cancel,
+                    Change {
+                        status: Some(RunStatus::Completed),
+                        outcome: Some(RunOutcome::Cancelled),
+                        reason_code: Some(Some(ReasonCode::RunCancelledByOperator.as_str().into())),
+                        completed_at: Some(now),
+                        ..lease_cleared.clone()
+                    },
+                    ReasonCode::RunCancelledByOperator,
+                ),
+                (
+                    ReconcileKind::ExpiredLease,
+                    expire,
+                    Change {
+                        status: Some(RunStatus::Completed),
+                        outcome: Some(RunOutcome::Failed),
+                        reason_code: Some(Some(ReasonCode::RunLeaseExpired.as_str().into())),
+                        failure_summary: Some(vec![FailureEntry {
+                            reason_code: ReasonCode::RunLeaseExpired.as_str().into(),
+                            message: "the worker stopped renewing its lease and no attempts remain".into(),
+                        }]),
+                        completed_at: Some(now),
+                        ..lease_cleared
+                    },
+                    ReasonCode::RunLeaseExpired,
+                ),
+            ];
+            for (kind, runs, change, reason) in groups {
+                self.apply_reconcile(kind, &runs, &guard, &change, reason, now, actor, dry_run, report).await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_queued(
+        &self,
+        now: DateTime<Utc>,
+        actor: &Initiator,
+        filter: &ReconcileFilter,
+        dry_run: bool,
+        report: &mut ReconcileReport,
+    ) -> Result<(), ServiceError> {
+        let default_stale = crate::catalog::defaults::queued_stale_after();
+        let stale_after = |op: &str| chrono_dur(self.catalog.get(op).map_or(default_stale, |s| s.queued_stale_after));
+        let shortest = self
+            .catalog
+            .operations
+            .values()
+            .map(|s| s.queued_stale_after)
+            .chain([default_stale])
+            .min()
+            .unwrap_or(default_stale);
+        let cutoff = now - chrono_dur(shortest);
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .find_stale(&crate::store::StaleQuery {
+                    status: RunStatus::Queued,
+                    cutoff,
+                    operation: filter.operation.clone(),
+                    workspace_id: filter.workspace_id.clone(),
+                    after,
+                    limit: self.config.reconcile_page,
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            let full = page.len() as u32 >= self.config.reconcile_page;
+            // Group by operation: each has its own threshold, and the guard
+            // re-checks it inside the write.
+            let mut by_op: std::collections::BTreeMap<&str, (Vec<&OperationRun>, Vec<&OperationRun>)> =
+                Default::default();
+            for run in &page {
+                let t = stale_after(&run.operation);
+                let age = now - run.queued_at;
+                let entry = by_op.entry(run.operation.as_str()).or_default();
+                if age >= t * 2 {
+                    entry.1.push(run);
+                } else if age >= t && run.repushed_at.is_none() {
+                    entry.0.push(run);
+                }
+            }
+            for (op, (repush, expire)) in by_op {
+                let t = stale_after(op);
+                let repush_guard =
+                    Guard { queued_before: Some(now - t), not_repushed: true, ..Guard::from(RunStatus::Queued) };
+                let repush_change = Change { repushed_at: Some(Some(now)), ..Change::default() };
+                self.apply_reconcile(
+                    ReconcileKind::Repush,
+                    &repush,
+                    &repush_guard,
+                    &repush_change,
+                    ReasonCode::RunNeverStarted,
+                    now,
+                    actor,
+                    dry_run,
+                    report,
+                )
+                .await?;
+                let expire_guard = Guard { queued_before: Some(now - t * 2), ..Guard::from(RunStatus::Queued) };
+                let expire_change = Change {
+                    status: Some(RunStatus::Completed),
+                    outcome: Some(RunOutcome::Failed),
+                    reason_code: Some(Some(ReasonCode::RunNeverStarted.as_str().into())),
+                    failure_summary: Some(vec![FailureEntry {
+                        reason_code: ReasonCode::RunNeverStarted.as_str().into(),
+                        message: "no worker claimed the run, even after its job was pushed again".into(),
+                    }]),
+                    completed_at: Some(now),
+                    ..Change::default()
+                };
+                self.apply_reconcile(
+                    ReconcileKind::ExpiredNeverStarted,
+                    &expire,
+                    &expire_guard,
+                    &expire_change,
+                    ReasonCode::RunNeverStarted,
+                    now,
+                    actor,
+                    dry_run,
+                    report,
+                )
+                .await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_reconcile(
+        &self,
+        kind: ReconcileKind,
+        runs: &[&OperationRun],
+        guard: &Guard,
+        change: &Change,
+        reason: ReasonCode,
+        now: DateTime<Utc>,
+        actor: &Initiator,
+        dry_run: bool,
+        report: &mut ReconcileReport,
+    ) -> Result<(), ServiceError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let why = |run: &OperationRun| match kind {
+            ReconcileKind::Requeued => format!(
+                "lease expired at {}; attempt {} of {} will resume from its checkpoint",
+                run.lease_expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                run.attempt + 1,
+                run.max_attempts
+            ),
+            ReconcileKind::ExpiredLease => format!(
+                "lease expired at {} after attempt {} of {} (or the operation is not resumable)",
+                run.lease_expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                run.attempt,
+                run.max_attempts
+            ),
+            ReconcileKind::CancelledStale => "lease expired on a run an operator asked to cancel".to_string(),
+            ReconcileKind::Repush => {
+                format!("queued since {} and never claimed: its job is pushed again", run.queued_at.to_rfc3339())
+            }
+            ReconcileKind::ExpiredNeverStarted => {
+                format!("queued since {} and never claimed, even after a re-push", run.queued_at.to_rfc3339())
+            }
+        };
+        let to_status = change.status.unwrap_or(guard.from);
+        let mut push = |run: &OperationRun, attempt: i32| {
+            report.actions.push(ReconcileAction {
+                run_id: run.id,
+                operation: run.operation.clone(),
+                workspace_id: run.workspace_id.clone(),
+                kind,
+                from_status: guard.from,
+                to_status,
+                attempt,
+                reason_code: reason.as_str().into(),
+                why: why(run),
+            })
+        };
+        if dry_run {
+            for run in runs {
+                push(run, run.attempt + i32::from(change.next_attempt));
+            }
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+        let action = match kind {
+            ReconcileKind::Requeued => Transition::Requeue.action(),
+            ReconcileKind::Repush => Transition::Repush.action(),
+            ReconcileKind::CancelledStale => Transition::Cancel.action(),
+            ReconcileKind::ExpiredLease | ReconcileKind::ExpiredNeverStarted => Transition::Expire.action(),
+        };
+        let audit =
+            AuditEntry::new(now, actor.clone(), action).reason(reason.as_str()).details(json!({ "reconcile": kind }));
+        let written = self.store.update_runs(&ids, guard, change, now, Some(&audit)).await?;
+        let before: std::collections::HashMap<Uuid, &OperationRun> = runs.iter().map(|r| (r.id, *r)).collect();
+        report.lost_races += runs.len() - written.len();
+        for run in &written {
+            push(before.get(&run.id).copied().unwrap_or(run), run.attempt);
+        }
+        Ok(())
+    }
+
+    /// One run.
+    pub async fn get(&self, id: Uuid) -> Result<OperationRun, ServiceError> {
+        Ok(self.store.get_run(id).await?.ok_or(TransitionError::NotFound(id))?)
+    }
+
+    /// Runs, newest first.
+    pub async fn list(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, ServiceError> {
+        Ok(self.store.list_runs(filter).await?)
+    }
+
+    /// A run's audit trail.
+    pub async fn audit(&self, id: Uuid) -> Result<Vec<AuditEvent>, ServiceError> {
+        Ok(self.store.audit_for_run(id).await?)
+    }
+
+    /// Record an audit row that goes with no run change (an execution
+    /// denial logged elsewhere, an operator's refused action).
+    pub async fn record(&self, entry: AuditEntry) -> Result<(), ServiceError> {
+        Ok(self.store.append_audit(&entry).await?)
+    }
+}

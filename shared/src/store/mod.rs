@@ -1,0 +1,219 @@
+//! Run stores: the only code that reads or writes `operation_runs` and
+//! `audit_events`. One trait, a Postgres and a SQLite implementation, one
+//! conformance suite (`shared/tests/conformance.rs`) that both pass.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::counts::SummaryCounts;
+use crate::lifecycle::{RunOutcome, RunStatus};
+use crate::run::{FailureEntry, OperationRun};
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use postgres::PgRunStore;
+pub use sqlite::SqliteRunStore;
+
+/// A storage failure (as opposed to a refused transition).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached or refused a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the schema failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value does not decode (a CHECK should have prevented it).
+    #[error("stored run {id} has an unreadable {field}: {problem}")]
+    Corrupt {
+        /// The row.
+        id: String,
+        /// The column.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The connection string is not usable.
+    #[error("database url: {0}")]
+    Url(String),
+}
+
+/// The conditions a guarded write requires; zero rows written means one of
+/// them did not hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    /// The status the run must be in.
+    pub from: RunStatus,
+    /// The lease owner it must have.
+    pub lease_owner: Option<String>,
+    /// Its lease must have expired before this instant.
+    pub lease_expired_before: Option<DateTime<Utc>>,
+    /// It must have been queued before this instant.
+    pub queued_before: Option<DateTime<Utc>>,
+    /// Its job must not have been pushed again by the reconciler yet.
+    pub not_repushed: bool,
+}
+
+impl Guard {
+    /// The run must be in `from`.
+    pub fn from(from: RunStatus) -> Self {
+        Self { from, lease_owner: None, lease_expired_before: None, queued_before: None, not_repushed: false }
+    }
+
+    /// The run must be running and leased to `worker`.
+    pub fn lease(worker: &str) -> Self {
+        Self { lease_owner: Some(worker.to_string()), ..Self::from(RunStatus::Running) }
+    }
+}
+
+/// The columns a guarded write sets. `None` leaves a column as it is;
+/// `Some(None)` clears it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Change {
+    /// New status.
+    pub status: Option<RunStatus>,
+    /// New outcome.
+    pub outcome: Option<RunOutcome>,
+    /// New reason code.
+    pub reason_code: Option<Option<String>>,
+    /// New failure summary.
+    pub failure_summary: Option<Vec<FailureEntry>>,
+    /// Counts added to the stored ones (single-run writes only).
+    pub counts_add: Option<SummaryCounts>,
+    /// New checkpoint.
+    pub checkpoint: Option<Option<serde_json::Value>>,
+    /// Add one to the attempt.
+    pub next_attempt: bool,
+    /// New lease owner.
+    pub lease_owner: Option<Option<String>>,
+    /// New lease expiry.
+    pub lease_expires_at: Option<Option<DateTime<Utc>>>,
+    /// New heartbeat time.
+    pub heartbeat_at: Option<Option<DateTime<Utc>>>,
+    /// Cancel requested at (set only if not yet set).
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// New queued time.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// New re-push time.
+    pub repushed_at: Option<Option<DateTime<Utc>>>,
+    /// Started at (set only if not yet set).
+    pub started_at: Option<DateTime<Utc>>,
+    /// Completed at.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// What inserting a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// The run was written.
+    New(OperationRun),
+    /// An active run already holds the dedup key; nothing was written.
+    Existing(OperationRun),
+}
+
+/// Which runs to list. Every field narrows the list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunFilter {
+    /// Only these workspaces (visibility); `Some(empty)` lists nothing.
+    pub visible_workspaces: Option<Vec<String>>,
+    /// One workspace.
+    pub workspace_id: Option<String>,
+    /// One operation.
+    pub operation: Option<String>,
+    /// One status.
+    pub status: Option<RunStatus>,
+    /// One outcome.
+    pub outcome: Option<RunOutcome>,
+    /// Runs that retry this one.
+    pub retry_of: Option<Uuid>,
+    /// Cursor: only runs older than this id (lists are newest first).
+    pub before: Option<Uuid>,
+    /// At most this many (the store caps it at 1,000).
+    pub limit: u32,
+}
+
+/// Which stale candidates to scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleQuery {
+    /// `running` (lease expired before `cutoff`) or `queued` (queued before `cutoff`).
+    pub status: RunStatus,
+    /// The instant.
+    pub cutoff: DateTime<Utc>,
+    /// Only this operation.
+    pub operation: Option<String>,
+    /// Only this workspace.
+    pub workspace_id: Option<String>,
+    /// Cursor: ids after this one (ascending).
+    pub after: Option<Uuid>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// The most a list returns in one page.
+pub const MAX_PAGE: u32 = 1000;
+
+/// The run store.
+#[async_trait]
+pub trait RunStore: Send + Sync + std::fmt::Debug {
+    /// `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+
+    /// Apply the schema (idempotent; safe from several processes).
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Check that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Insert a run and its audit rows in one transaction, unless an active
+    /// run holds its dedup key (then return that run and write nothing).
+    async fn insert_run(&self, run: &OperationRun, audit: &[AuditEntry]) -> Result<Inserted, StoreError>;
+
+    /// One guarded write to the runs `ids`, plus one audit row per run written
+    /// (`audit` filled in from each run; none for a heartbeat), in one transaction. Returns the runs
+    /// written; a run that did not meet the guard is simply not among them.
+    async fn update_runs(
+        &self,
+        ids: &[Uuid],
+        guard: &Guard,
+        change: &Change,
+        now: DateTime<Utc>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Vec<OperationRun>, StoreError>;
+
+    /// One run.
+    async fn get_run(&self, id: Uuid) -> Result<Option<OperationRun>, StoreError>;
+
+    /// The active run holding a dedup key.
+    async fn active_run_for_key(&self, dedup_key: &str) -> Result<Option<OperationRun>, StoreError>;
+
+    /// Runs, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, StoreError>;
+
+    /// Stale candidates, oldest id first.
+    async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<OperationRun>, StoreError>;
+
+    /// Append an audit row that goes with no run write (a denial, a refusal).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// A run's audit rows, oldest first.
+    async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// Open the store a URL names: `postgres://…` or `sqlite://PATH` / `sqlite:PATH`.
+pub async fn connect(url: &str, max_connections: u32) -> Result<std::sync::Arc<dyn RunStore>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgRunStore::connect(url, max_connections).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteRunStore::connect(url, max_connections).await?))
+    } else {
+        Err(StoreError::Url(format!(
+            "'{}' is neither a postgres:// nor a sqlite: URL",
+            crate::redact::excerpt(&crate::redact::redact_url(url), 80)
+        )))
+    }
+}

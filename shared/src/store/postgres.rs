@@ -1,0 +1,41 @@
+//! The Postgres run store: production truth, shared by every process.
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::store::sql::{const_format_active_by_key, impl_run_store};
+
+/// Runs and audit in Postgres.
+#[derive(Debug, Clone)]
+pub struct PgRunStore {
+    pool: PgPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+impl PgRunStore {
+    /// Connect with a pool of at most `max_connections`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Use an existing pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool (for the access tables and the queue).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+}
+
+impl_run_store!(PgRunStore, sqlx::Postgres, sqlx::postgres::PgRow, "postgres", MIGRATOR);

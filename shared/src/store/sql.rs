@@ -1,0 +1,433 @@
+//! The SQL both stores share. Postgres and SQLite accept the same statements
+//! here (`$N` placeholders, `RETURNING`, partial-index upserts); the macro
+//! stamps the one implementation out per backend so that each is checked
+//! against its own driver's types (uuid, timestamptz and jsonb on Postgres;
+//! blob, RFC 3339 text and JSON text on SQLite).
+
+/// Every column of `operation_runs`, in insert order.
+pub(super) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_id, target_type, target_id, \
+    actor_kind, actor_id, source_surface, context, params, dedup_key, status, outcome, reason_code, \
+    failure_summary, summary_counts, checkpoint, attempt, max_attempts, retry_of, lease_owner, \
+    lease_expires_at, heartbeat_at, cancel_requested_at, queued_at, repushed_at, created_at, started_at, \
+    completed_at, updated_at";
+
+pub(super) const AUDIT_COLUMNS: &str = "at, actor_kind, actor_id, action, run_id, workspace_id, environment_id, \
+    from_status, to_status, outcome, reason_code, details";
+
+pub(super) const ACTIVE: &str = "status IN ('queued', 'running')";
+
+macro_rules! impl_run_store {
+    ($store:ident, $db:ty, $row:ty, $backend:literal, $migrator:expr) => {
+        use async_trait::async_trait;
+        use sqlx::types::Json;
+        use sqlx::{QueryBuilder, Row};
+        use uuid::Uuid;
+
+        use crate::audit::{AuditEntry, AuditEvent};
+        use crate::counts::SummaryCounts;
+        use crate::run::{Initiator, OperationRun};
+        use crate::store::sql::{ACTIVE, AUDIT_COLUMNS, RUN_COLUMNS};
+        use crate::store::{Change, Guard, Inserted, MAX_PAGE, RunFilter, RunStore, StaleQuery, StoreError};
+
+        fn corrupt(id: &str, field: &'static str, problem: impl std::fmt::Display) -> StoreError {
+            StoreError::Corrupt { id: id.to_string(), field, problem: problem.to_string() }
+        }
+
+        fn parse_text<T: std::str::FromStr>(id: &str, field: &'static str, v: String) -> Result<T, StoreError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e| corrupt(id, field, e))
+        }
+
+        fn run_from_row(row: &$row) -> Result<OperationRun, StoreError> {
+            let id: Uuid = row.try_get("id")?;
+            let ids = id.to_string();
+            let counts: Json<serde_json::Value> = row.try_get("summary_counts")?;
+            let failures: Json<serde_json::Value> = row.try_get("failure_summary")?;
+            let checkpoint: Option<Json<serde_json::Value>> = row.try_get("checkpoint")?;
+            let context: Json<serde_json::Value> = row.try_get("context")?;
+            let params: Json<serde_json::Value> = row.try_get("params")?;
+            Ok(OperationRun {
+                id,
+                operation: row.try_get("operation")?,
+                workspace_id: row.try_get("workspace_id")?,
+                environment_id: row.try_get("environment_id")?,
+                target_type: row.try_get("target_type")?,
+                target_id: row.try_get("target_id")?,
+                initiator: Initiator {
+                    kind: parse_text(&ids, "actor_kind", row.try_get("actor_kind")?)?,
+                    id: row.try_get("actor_id")?,
+                },
+                source_surface: parse_text(&ids, "source_surface", row.try_get("source_surface")?)?,
+                context: context.0,
+                params: params.0,
+                dedup_key: row.try_get("dedup_key")?,
+                status: parse_text(&ids, "status", row.try_get("status")?)?,
+                outcome: parse_text(&ids, "outcome", row.try_get("outcome")?)?,
+                reason_code: row.try_get("reason_code")?,
+                failure_summary: serde_json::from_value(failures.0).map_err(|e| corrupt(&ids, "failure_summary", e))?,
+                summary_counts: SummaryCounts::from_json(&counts.0).map_err(|e| corrupt(&ids, "summary_counts", e))?,
+                checkpoint: checkpoint.map(|c| c.0),
+                attempt: row.try_get("attempt")?,
+                max_attempts: row.try_get("max_attempts")?,
+                retry_of: row.try_get("retry_of")?,
+                lease_owner: row.try_get("lease_owner")?,
+                lease_expires_at: row.try_get("lease_expires_at")?,
+                heartbeat_at: row.try_get("heartbeat_at")?,
+                cancel_requested_at: row.try_get("cancel_requested_at")?,
+                queued_at: row.try_get("queued_at")?,
+                repushed_at: row.try_get("repushed_at")?,
+                created_at: row.try_get("created_at")?,
+                started_at: row.try_get("started_at")?,
+                completed_at: row.try_get("completed_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
+        fn audit_from_row(row: &$row) -> Result<AuditEvent, StoreError> {
+            let id: i64 = row.try_get("id")?;
+            let ids = format!("audit:{id}");
+            let details: Json<serde_json::Value> = row.try_get("details")?;
+            let from_status: Option<String> = row.try_get("from_status")?;
+            let to_status: Option<String> = row.try_get("to_status")?;
+            let outcome: Option<String> = row.try_get("outcome")?;
+            Ok(AuditEvent {
+                id,
+                entry: AuditEntry {
+                    at: row.try_get("at")?,
+                    actor: Initiator {
+                        kind: parse_text(&ids, "actor_kind", row.try_get("actor_kind")?)?,
+                        id: row.try_get("actor_id")?,
+                    },
+                    action: row.try_get("action")?,
+                    run_id: row.try_get("run_id")?,
+                    workspace_id: row.try_get("workspace_id")?,
+                    environment_id: row.try_get("environment_id")?,
+                    from_status: from_status.map(|s| parse_text(&ids, "from_status", s)).transpose()?,
+                    to_status: to_status.map(|s| parse_text(&ids, "to_status", s)).transpose()?,
+                    outcome: outcome.map(|s| parse_text(&ids, "outcome", s)).transpose()?,
+                    reason_code: row.try_get("reason_code")?,
+                    details: details.0,
+                },
+            })
+        }
+
+        async fn insert_audit(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            entries: &[AuditEntry],
+        ) -> Result<(), StoreError> {
+            // Bounded by the bind limit of both backends: 12 binds a row.
+            for chunk in entries.chunks(2000) {
+                let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.at)
+                        .push_bind(e.actor.kind.as_str())
+                        .push_bind(e.actor.id.clone())
+                        .push_bind(e.action.clone())
+                        .push_bind(e.run_id)
+                        .push_bind(e.workspace_id.clone())
+                        .push_bind(e.environment_id.clone())
+                        .push_bind(e.from_status.map(|s| s.as_str()))
+                        .push_bind(e.to_status.map(|s| s.as_str()))
+                        .push_bind(e.outcome.map(|s| s.as_str()))
+                        .push_bind(e.reason_code.clone())
+                        .push_bind(Json(e.details.clone()));
+                });
+                q.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        fn push_ids(q: &mut QueryBuilder<$db>, ids: &[Uuid]) {
+            q.push(" id IN (");
+            let mut sep = q.separated(", ");
+            for id in ids {
+                sep.push_bind(*id);
+            }
+            sep.push_unseparated(")");
+        }
+
+        fn push_change(q: &mut QueryBuilder<$db>, c: &Change, now: chrono::DateTime<chrono::Utc>) {
+            q.push("updated_at = ").push_bind(now);
+            if let Some(v) = c.status {
+                q.push(", status = ").push_bind(v.as_str());
+            }
+            if let Some(v) = c.outcome {
+                q.push(", outcome = ").push_bind(v.as_str());
+            }
+            if let Some(v) = &c.reason_code {
+                q.push(", reason_code = ").push_bind(v.clone());
+            }
+            if let Some(v) = &c.failure_summary {
+                q.push(", failure_summary = ").push_bind(Json(serde_json::to_value(v).unwrap_or_default()));
+            }
+            if let Some(v) = &c.checkpoint {
+                q.push(", checkpoint = ").push_bind(v.clone().map(Json));
+            }
+            if c.next_attempt {
+                q.push(", attempt = attempt + 1");
+            }
+            if let Some(v) = &c.lease_owner {
+                q.push(", lease_owner = ").push_bind(v.clone());
+            }
+            if let Some(v) = c.lease_expires_at {
+                q.push(", lease_expires_at = ").push_bind(v);
+            }
+            if let Some(v) = c.heartbeat_at {
+                q.push(", heartbeat_at = ").push_bind(v);
+            }
+            if let Some(v) = c.cancel_requested_at {
+                q.push(", cancel_requested_at = COALESCE(cancel_requested_at, ").push_bind(v).push(")");
+            }
+            if let Some(v) = c.queued_at {
+                q.push(", queued_at = ").push_bind(v);
+            }
+            if let Some(v) = c.repushed_at {
+                q.push(", repushed_at = ").push_bind(v);
+            }
+            if let Some(v) = c.started_at {
+                q.push(", started_at = COALESCE(started_at, ").push_bind(v).push(")");
+            }
+            if let Some(v) = c.completed_at {
+                q.push(", completed_at = ").push_bind(v);
+            }
+        }
+
+        fn push_guard(q: &mut QueryBuilder<$db>, g: &Guard) {
+            q.push(" AND status = ").push_bind(g.from.as_str());
+            if let Some(owner) = &g.lease_owner {
+                q.push(" AND lease_owner = ").push_bind(owner.clone());
+            }
+            if let Some(t) = g.lease_expired_before {
+                q.push(" AND lease_expires_at < ").push_bind(t);
+            }
+            if let Some(t) = g.queued_before {
+                q.push(" AND queued_at < ").push_bind(t);
+            }
+            if g.not_repushed {
+                q.push(" AND repushed_at IS NULL");
+            }
+        }
+
+        #[async_trait]
+        impl RunStore for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn migrate(&self) -> Result<(), StoreError> {
+                $migrator.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn insert_run(&self, run: &OperationRun, audit: &[AuditEntry]) -> Result<Inserted, StoreError> {
+                // A conflicting active run may complete between our conflict and
+                // our read of it; then the key is free and we try again.
+                for _ in 0..16 {
+                    let mut tx = self.begin_write().await?;
+                    let mut q =
+                        QueryBuilder::<$db>::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES ("));
+                    let mut b = q.separated(", ");
+                    b.push_bind(run.id)
+                        .push_bind(run.operation.clone())
+                        .push_bind(run.workspace_id.clone())
+                        .push_bind(run.environment_id.clone())
+                        .push_bind(run.target_type.clone())
+                        .push_bind(run.target_id.clone())
+                        .push_bind(run.initiator.kind.as_str())
+                        .push_bind(run.initiator.id.clone())
+                        .push_bind(run.source_surface.as_str())
+                        .push_bind(Json(run.context.clone()))
+                        .push_bind(Json(run.params.clone()))
+                        .push_bind(run.dedup_key.clone())
+                        .push_bind(run.status.as_str())
+                        .push_bind(run.outcome.as_str())
+                        .push_bind(run.reason_code.clone())
+                        .push_bind(Json(serde_json::to_value(&run.failure_summary).unwrap_or_default()))
+                        .push_bind(Json(run.summary_counts.to_json()))
+                        .push_bind(run.checkpoint.clone().map(Json))
+                        .push_bind(run.attempt)
+                        .push_bind(run.max_attempts)
+                        .push_bind(run.retry_of)
+                        .push_bind(run.lease_owner.clone())
+                        .push_bind(run.lease_expires_at)
+                        .push_bind(run.heartbeat_at)
+                        .push_bind(run.cancel_requested_at)
+                        .push_bind(run.queued_at)
+                        .push_bind(run.repushed_at)
+                        .push_bind(run.created_at)
+                        .push_bind(run.started_at)
+                        .push_bind(run.completed_at)
+                        .push_bind(run.updated_at);
+                    b.push_unseparated(format!(") ON CONFLICT (dedup_key) WHERE {ACTIVE} DO NOTHING RETURNING *"));
+                    let row = q.build().fetch_optional(&mut *tx).await?;
+                    if let Some(row) = row {
+                        let written = run_from_row(&row)?;
+                        let entries: Vec<AuditEntry> = audit
+                            .iter()
+                            .map(|a| if a.run_id.is_none() { a.for_run(&written) } else { a.clone() })
+                            .collect();
+                        insert_audit(&mut tx, &entries).await?;
+                        tx.commit().await?;
+                        return Ok(Inserted::New(written));
+                    }
+                    let key = run.dedup_key.clone().unwrap_or_default();
+                    let existing =
+                        sqlx::query(const_format_active_by_key!()).bind(key).fetch_optional(&mut *tx).await?;
+                    tx.rollback().await?;
+                    if let Some(row) = existing {
+                        return Ok(Inserted::Existing(run_from_row(&row)?));
+                    }
+                }
+                Err(StoreError::Database(sqlx::Error::Protocol(
+                    "dedup key kept changing hands; gave up after 16 tries".into(),
+                )))
+            }
+
+            async fn update_runs(
+                &self,
+                ids: &[Uuid],
+                guard: &Guard,
+                change: &Change,
+                now: chrono::DateTime<chrono::Utc>,
+                audit: Option<&AuditEntry>,
+            ) -> Result<Vec<OperationRun>, StoreError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut tx = self.begin_write().await?;
+                let mut written = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(1000) {
+                    let mut q = QueryBuilder::<$db>::new("UPDATE operation_runs SET ");
+                    push_change(&mut q, change, now);
+                    q.push(" WHERE");
+                    push_ids(&mut q, chunk);
+                    push_guard(&mut q, guard);
+                    q.push(" RETURNING *");
+                    for row in q.build().fetch_all(&mut *tx).await? {
+                        written.push(run_from_row(&row)?);
+                    }
+                }
+                if let Some(add) = change.counts_add.as_ref().filter(|c| !c.is_empty()) {
+                    for run in &mut written {
+                        let mut counts = run.summary_counts.clone();
+                        counts.merge(add);
+                        sqlx::query("UPDATE operation_runs SET summary_counts = $1 WHERE id = $2")
+                            .bind(Json(counts.to_json()))
+                            .bind(run.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        run.summary_counts = counts;
+                    }
+                }
+                if let Some(audit) = audit {
+                    let entries: Vec<AuditEntry> = written.iter().map(|r| audit.for_run(r).from(guard.from)).collect();
+                    insert_audit(&mut tx, &entries).await?;
+                }
+                tx.commit().await?;
+                Ok(written)
+            }
+
+            async fn get_run(&self, id: Uuid) -> Result<Option<OperationRun>, StoreError> {
+                let row = sqlx::query("SELECT * FROM operation_runs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(run_from_row).transpose()
+            }
+
+            async fn active_run_for_key(&self, dedup_key: &str) -> Result<Option<OperationRun>, StoreError> {
+                let row = sqlx::query(const_format_active_by_key!())
+                    .bind(dedup_key.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(run_from_row).transpose()
+            }
+
+            async fn list_runs(&self, f: &RunFilter) -> Result<Vec<OperationRun>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT * FROM operation_runs WHERE 1 = 1");
+                if let Some(ws) = &f.visible_workspaces {
+                    if ws.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    q.push(" AND workspace_id IN (");
+                    let mut sep = q.separated(", ");
+                    for w in ws {
+                        sep.push_bind(w.clone());
+                    }
+                    sep.push_unseparated(")");
+                }
+                if let Some(v) = &f.workspace_id {
+                    q.push(" AND workspace_id = ").push_bind(v.clone());
+                }
+                if let Some(v) = &f.operation {
+                    q.push(" AND operation = ").push_bind(v.clone());
+                }
+                if let Some(v) = f.status {
+                    q.push(" AND status = ").push_bind(v.as_str());
+                }
+                if let Some(v) = f.outcome {
+                    q.push(" AND outcome = ").push_bind(v.as_str());
+                }
+                if let Some(v) = f.retry_of {
+                    q.push(" AND retry_of = ").push_bind(v);
+                }
+                if let Some(v) = f.before {
+                    q.push(" AND id < ").push_bind(v);
+                }
+                q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.clamp(1, MAX_PAGE)));
+                let rows = q.build().fetch_all(&self.pool).await?;
+                rows.iter().map(run_from_row).collect()
+            }
+
+            async fn find_stale(&self, s: &StaleQuery) -> Result<Vec<OperationRun>, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("SELECT * FROM operation_runs WHERE status = ");
+                q.push_bind(s.status.as_str());
+                match s.status {
+                    crate::lifecycle::RunStatus::Running => q.push(" AND lease_expires_at < ").push_bind(s.cutoff),
+                    _ => q.push(" AND queued_at < ").push_bind(s.cutoff),
+                };
+                if let Some(v) = &s.operation {
+                    q.push(" AND operation = ").push_bind(v.clone());
+                }
+                if let Some(v) = &s.workspace_id {
+                    q.push(" AND workspace_id = ").push_bind(v.clone());
+                }
+                if let Some(v) = s.after {
+                    q.push(" AND id > ").push_bind(v);
+                }
+                q.push(" ORDER BY id LIMIT ").push_bind(i64::from(s.limit.clamp(1, MAX_PAGE)));
+                let rows = q.build().fetch_all(&self.pool).await?;
+                rows.iter().map(run_from_row).collect()
+            }
+
+            async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+                let mut conn = self.pool.acquire().await?;
+                insert_audit(&mut conn, std::slice::from_ref(entry)).await
+            }
+
+            async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError> {
+                let rows = sqlx::query("SELECT * FROM audit_events WHERE run_id = $1 ORDER BY id")
+                    .bind(run_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(audit_from_row).collect()
+            }
+        }
+    };
+}
+
+macro_rules! const_format_active_by_key {
+    () => {
+        "SELECT * FROM operation_runs WHERE dedup_key = $1 AND status IN ('queued', 'running')"
+    };
+}
+
+pub(super) use const_format_active_by_key;
+pub(super) use impl_run_store;

@@ -1,0 +1,202 @@
+//! Test support for this workspace's integration tests: throwaway stores on
+//! real servers, a catalog, and a factory that writes a run in any state.
+//! Compiled only with the `testing` feature.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::audit::AuditEntry;
+use crate::store::{Inserted, PgRunStore, SqliteRunStore};
+use crate::{
+    Catalog, Clock, Initiator, ManualClock, OperationRun, OperationRunService, RunOutcome, RunStatus, RunStore,
+    ServiceConfig, SourceSurface, SummaryCounts,
+};
+
+/// The variable naming the Postgres server the tests create databases on.
+pub const POSTGRES_URL_VAR: &str = "OPRUN_TEST_POSTGRES_URL";
+/// The variable naming the Redis server the tests use.
+pub const REDIS_URL_VAR: &str = "OPRUN_TEST_REDIS_URL";
+
+/// A server URL from the environment. Missing is a test failure, never a
+/// skip: the README's test command (`scripts/test.sh`) starts the servers.
+pub fn require_env(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{var} is not set: this test needs a real server. Run the tests with scripts/test.sh, \
+             which installs and starts Postgres and Redis on loopback and exports {var}."
+        ),
+    }
+}
+
+/// Which store a conformance test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh database on the test Postgres server.
+    Postgres,
+    /// A fresh SQLite file in a temp dir.
+    Sqlite,
+}
+
+/// A migrated, empty store that lives as long as this value.
+#[derive(Debug)]
+pub struct TestStore {
+    /// The store.
+    pub store: Arc<dyn RunStore>,
+    /// Its URL (for another process or pool on the same database).
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    /// A fresh store of `backend`.
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::postgres().await,
+            Backend::Sqlite => Self::sqlite().await,
+        }
+    }
+
+    /// A fresh database on the test Postgres server.
+    pub async fn postgres() -> Self {
+        let url = fresh_postgres_database().await;
+        let store = PgRunStore::connect(&url, 8).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate the test database");
+        Self { store: Arc::new(store), url, _dir: None }
+    }
+
+    /// A fresh SQLite file.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("oprun.db").display());
+        let store = SqliteRunStore::connect(&url, 8).await.expect("open the test SQLite file");
+        store.migrate().await.expect("migrate the test SQLite file");
+        Self { store: Arc::new(store), url, _dir: Some(dir) }
+    }
+}
+
+/// Create an empty database on the test server and return its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = require_env(POSTGRES_URL_VAR);
+    let name = format!("oprun_test_{}", Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {POSTGRES_URL_VAR}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let _ = conn.close().await;
+    match admin.rfind('/') {
+        Some(i) if admin[..i].ends_with(|c: char| c != '/') => format!("{}/{name}", &admin[..i]),
+        _ => format!("{}/{name}", admin.trim_end_matches('/')),
+    }
+}
+
+/// The catalog the tests use.
+pub const TEST_CATALOG: &str = r#"
+capabilities = ["inventory.sync", "tenant.audit", "report.build"]
+
+[operations."inventory.sync"]
+capability = "inventory.sync"
+scope = "environment"
+lease = "60s"
+heartbeat = "15s"
+queued_stale_after = "5m"
+max_attempts = 3
+resumable = true
+
+[operations."tenant.audit"]
+capability = "tenant.audit"
+scope = "environment"
+lease = "60s"
+heartbeat = "15s"
+queued_stale_after = "2m"
+max_attempts = 3
+resumable = false
+retryable_by_operators = false
+
+[operations."report.build"]
+capability = "report.build"
+scope = "workspace"
+lease = "30s"
+heartbeat = "10s"
+dedup = "none"
+max_attempts = 1
+retry_partial = true
+"#;
+
+/// The test catalog, parsed.
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::from_toml(TEST_CATALOG).expect("test catalog"))
+}
+
+/// A manual clock at a fixed, round instant.
+pub fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(DateTime::parse_from_rfc3339("2026-11-02T09:00:00Z").expect("time").with_timezone(&Utc)))
+}
+
+/// A service over `store` with the test catalog and `clock`.
+pub fn service(store: Arc<dyn RunStore>, clock: Arc<dyn Clock>) -> OperationRunService {
+    OperationRunService::new(store, catalog(), clock, ServiceConfig::default())
+}
+
+/// A run as a factory would write it: queued `inventory.sync` on
+/// contoso/contoso-prod; change any field, then [`insert`].
+pub fn run(now: DateTime<Utc>) -> OperationRun {
+    OperationRun {
+        id: Uuid::now_v7(),
+        operation: "inventory.sync".into(),
+        workspace_id: "contoso".into(),
+        environment_id: Some("contoso-prod".into()),
+        target_type: None,
+        target_id: None,
+        initiator: Initiator::user("ops-user-1"),
+        source_surface: SourceSurface::Cli,
+        context: json!({}),
+        params: json!({}),
+        dedup_key: None,
+        status: RunStatus::Queued,
+        outcome: RunOutcome::Pending,
+        reason_code: None,
+        failure_summary: vec![],
+        summary_counts: SummaryCounts::new(),
+        checkpoint: None,
+        attempt: 1,
+        max_attempts: 3,
+        retry_of: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        heartbeat_at: None,
+        cancel_requested_at: None,
+        queued_at: now,
+        repushed_at: None,
+        created_at: now,
+        started_at: None,
+        completed_at: None,
+        updated_at: now,
+    }
+}
+
+/// Make a factory run running, leased to `worker` until `expires`.
+pub fn running(mut run: OperationRun, worker: &str, expires: DateTime<Utc>) -> OperationRun {
+    run.status = RunStatus::Running;
+    run.lease_owner = Some(worker.into());
+    run.lease_expires_at = Some(expires);
+    run.started_at = Some(run.created_at);
+    run.heartbeat_at = Some(run.created_at);
+    run
+}
+
+/// Write a factory run through the store (with a `test.factory` audit row).
+pub async fn insert(store: &dyn RunStore, run: OperationRun) -> OperationRun {
+    let audit = AuditEntry::new(run.created_at, Initiator::service("test-factory"), "test.factory");
+    match store.insert_run(&run, &[audit]).await.expect("factory insert") {
+        Inserted::New(r) => r,
+        Inserted::Existing(r) => panic!("factory run collided with active run {}", r.id),
+    }
+}
