@@ -30,6 +30,9 @@ cleanup() {
   set +e
   if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; fi
   if [ -n "$pg_pid" ]; then
+    # runuser forks: signal the postmaster itself (first line of postmaster.pid).
+    pm=$(head -n 1 "$work/pg/data/postmaster.pid" 2>/dev/null || true)
+    [ -n "$pm" ] && kill -INT "$pm" 2>/dev/null
     kill -INT "$pg_pid" 2>/dev/null
     for _ in $(seq 1 50); do kill -0 "$pg_pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$pg_pid" 2>/dev/null

@@ -262,7 +262,7 @@ fn check_document(field: &str, v: &Value) -> Result<(), ServiceError> {
     }
     if let Some(path) = redact::find_secret_key(v) {
         return Err(ServiceError::InvalidInput(format!(
-            "{field} holds a secret-named key '{path}': pass secrets through provider configuration, never in runs"
+            "{field} holds a secret-named key '{field}.{path}': pass secrets through provider configuration, never in runs"
         )));
     }
     let size = v.to_string().len();
