@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod access;
 mod audit;
 mod catalog;
 mod clock;
@@ -7,6 +8,7 @@ pub mod config;
 mod counts;
 mod guidance;
 mod lifecycle;
+mod queue;
 mod reason;
 pub mod redact;
 mod run;
@@ -16,6 +18,7 @@ pub mod store;
 pub mod testing;
 mod viewer;
 
+pub use access::{AccessFile, AccessStore, Authorizer, Decision, TickDecision, TickRecord};
 pub use audit::{AuditEntry, AuditEvent};
 pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, ScopeKind};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -25,11 +28,12 @@ pub use guidance::{
     TechnicalDetails, guidance,
 };
 pub use lifecycle::{ActorKind, ParseEnumError, RunOutcome, RunStatus, SourceSurface, Transition, TransitionError};
+pub use queue::{JobPayload, JobQueue, QueueError};
 pub use reason::{Envelope, NextStep, ReasonCode, Retryability, required_capability, translate};
 pub use run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
 pub use service::{
     BlockFrom, Cancelled, Completion, DispatchRequest, Dispatched, LeaseState, OperationRunService, ReconcileAction,
     ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
-pub use store::{RunFilter, RunStore, StoreError};
+pub use store::{Database, RunFilter, RunStore, StoreError};
 pub use viewer::Viewer;

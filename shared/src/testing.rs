@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::access::AccessStore;
 use crate::audit::AuditEntry;
-use crate::store::{Inserted, PgRunStore, SqliteRunStore};
+use crate::store::{Database, Inserted, PgRunStore, SqliteRunStore};
 use crate::{
     Catalog, Clock, Initiator, ManualClock, OperationRun, OperationRunService, RunOutcome, RunStatus, RunStore,
     ServiceConfig, SourceSurface, SummaryCounts,
@@ -46,6 +47,10 @@ pub enum Backend {
 pub struct TestStore {
     /// The store.
     pub store: Arc<dyn RunStore>,
+    /// The same database's access tables and tick record.
+    pub access: Arc<dyn AccessStore>,
+    /// Both, plus the SQLite pool for the queue.
+    pub database: Database,
     /// Its URL (for another process or pool on the same database).
     pub url: String,
     _dir: Option<tempfile::TempDir>,
@@ -63,18 +68,20 @@ impl TestStore {
     /// A fresh database on the test Postgres server.
     pub async fn postgres() -> Self {
         let url = fresh_postgres_database().await;
-        let store = PgRunStore::connect(&url, 8).await.expect("connect to the test database");
+        let store = Arc::new(PgRunStore::connect(&url, 8).await.expect("connect to the test database"));
         store.migrate().await.expect("migrate the test database");
-        Self { store: Arc::new(store), url, _dir: None }
+        let database = Database { runs: store.clone(), access: store.clone(), sqlite: None };
+        Self { store: store.clone(), access: store, database, url, _dir: None }
     }
 
     /// A fresh SQLite file.
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("oprun.db").display());
-        let store = SqliteRunStore::connect(&url, 8).await.expect("open the test SQLite file");
+        let store = Arc::new(SqliteRunStore::connect(&url, 8).await.expect("open the test SQLite file"));
         store.migrate().await.expect("migrate the test SQLite file");
-        Self { store: Arc::new(store), url, _dir: Some(dir) }
+        let database = Database { runs: store.clone(), access: store.clone(), sqlite: Some(store.pool().clone()) };
+        Self { store: store.clone(), access: store, database, url, _dir: Some(dir) }
     }
 }
 
@@ -104,6 +111,7 @@ capabilities = ["inventory.sync", "tenant.audit", "report.build"]
 [operations."inventory.sync"]
 capability = "inventory.sync"
 scope = "environment"
+provider = "graph"
 lease = "60s"
 heartbeat = "15s"
 queued_stale_after = "5m"
@@ -129,6 +137,79 @@ dedup = "none"
 max_attempts = 1
 retry_partial = true
 "#;
+
+/// The access truth the tests start from: contoso (prod, dev active; old
+/// suspended) and fabrikam; an operator and a viewer in contoso; the
+/// scheduler's service actor; graph connections for the active environments.
+pub const TEST_ACCESS: &str = r#"
+[roles]
+operator = ["inventory.sync", "tenant.audit", "report.build", "runs.view", "runs.retry", "runs.cancel", "runs.reconcile"]
+viewer = ["runs.view"]
+automation = ["inventory.sync", "tenant.audit", "report.build"]
+
+[[actors]]
+id = "ops-user-1"
+kind = "user"
+display_name = "Olga Operator"
+[[actors]]
+id = "viewer-1"
+kind = "user"
+[[actors]]
+id = "svc-scheduler"
+kind = "service"
+
+[[workspaces]]
+id = "contoso"
+[[workspaces]]
+id = "fabrikam"
+
+[[environments]]
+id = "contoso-prod"
+workspace = "contoso"
+[[environments]]
+id = "contoso-dev"
+workspace = "contoso"
+[[environments]]
+id = "contoso-old"
+workspace = "contoso"
+status = "suspended"
+[[environments]]
+id = "fabrikam-prod"
+workspace = "fabrikam"
+
+[[memberships]]
+actor = "ops-user-1"
+workspace = "contoso"
+role = "operator"
+[[memberships]]
+actor = "viewer-1"
+workspace = "contoso"
+role = "viewer"
+[[memberships]]
+actor = "svc-scheduler"
+workspace = "contoso"
+role = "automation"
+[[memberships]]
+actor = "svc-scheduler"
+workspace = "fabrikam"
+role = "automation"
+
+[[provider_connections]]
+environment = "contoso-prod"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-dev"
+provider = "graph"
+[[provider_connections]]
+environment = "fabrikam-prod"
+provider = "graph"
+"#;
+
+/// [`TEST_ACCESS`], parsed and checked against the test catalog.
+pub fn access_file() -> crate::AccessFile {
+    let caps = crate::access::grantable_capabilities(&catalog());
+    crate::AccessFile::from_toml(TEST_ACCESS, "TEST_ACCESS", Some(&caps)).expect("test access file")
+}
 
 /// The test catalog, parsed.
 pub fn catalog() -> Arc<Catalog> {

@@ -11,6 +11,7 @@ use crate::counts::SummaryCounts;
 use crate::lifecycle::{RunOutcome, RunStatus};
 use crate::run::{FailureEntry, OperationRun};
 
+mod access_sql;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -215,5 +216,31 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<std::sync::Arc<d
             "'{}' is neither a postgres:// nor a sqlite: URL",
             crate::redact::excerpt(&crate::redact::redact_url(url), 80)
         )))
+    }
+}
+
+/// Both views of one database: runs (through the service) and access truth
+/// plus tick records; and, for the embedded default, the SQLite pool the
+/// queue shares.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// The run store.
+    pub runs: std::sync::Arc<dyn RunStore>,
+    /// The access tables and tick record.
+    pub access: std::sync::Arc<dyn crate::access::AccessStore>,
+    /// The SQLite pool, when the database is SQLite.
+    pub sqlite: Option<sqlx::SqlitePool>,
+}
+
+/// Open the database a URL names (see [`connect`]).
+pub async fn open(url: &str, max_connections: u32) -> Result<Database, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let s = std::sync::Arc::new(PgRunStore::connect(url, max_connections).await?);
+        Ok(Database { runs: s.clone(), access: s, sqlite: None })
+    } else if url.starts_with("sqlite:") {
+        let s = std::sync::Arc::new(SqliteRunStore::connect(url, max_connections).await?);
+        Ok(Database { runs: s.clone(), access: s.clone(), sqlite: Some(s.pool().clone()) })
+    } else {
+        connect(url, max_connections).await.map(|_| unreachable!("connect refuses other URLs"))
     }
 }

@@ -2,6 +2,7 @@
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::store::access_sql::impl_access_store;
 use crate::store::sql::{const_format_active_by_key, impl_run_store};
 
 /// Runs and audit in Postgres.
@@ -39,3 +40,4 @@ impl PgRunStore {
 }
 
 impl_run_store!(PgRunStore, sqlx::Postgres, sqlx::postgres::PgRow, "postgres", MIGRATOR);
+impl_access_store!(PgRunStore, sqlx::Postgres);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::store::access_sql::impl_access_store;
 use crate::store::sql::{const_format_active_by_key, impl_run_store};
 
 /// Runs and audit in one SQLite file.
@@ -47,3 +48,4 @@ impl SqliteRunStore {
 }
 
 impl_run_store!(SqliteRunStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "sqlite", MIGRATOR);
+impl_access_store!(SqliteRunStore, sqlx::Sqlite);
