@@ -1,1 +1,170 @@
-fn main() {}
+//! `oprun`: one binary for every role — `up` (scheduler, reconciler and
+//! worker in one process), `worker`, `scheduler`, `migrate`, `access apply`,
+//! `dispatch`, `runs list|show`, `reconcile`. Thin wiring over the crates.
+
+mod app;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A durable workflow worker with a job queue: every run knows who started
+/// it and for which tenant, is authorized again when it executes, and ends in
+/// one truthful record.
+#[derive(Debug, Parser)]
+#[command(name = "oprun", version)]
+struct Cli {
+    /// The config file (default: the bundled demo on ./oprun.db).
+    #[arg(long, short, global = true, env = "OPRUN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scheduler, reconciler and worker in one process (the embedded default).
+    Up,
+    /// Only the worker.
+    Worker,
+    /// Only the scheduler and the reconciler loop.
+    Scheduler,
+    /// Apply the schema to the store.
+    Migrate,
+    /// Access truth (actors, workspaces, environments, roles, connections).
+    #[command(subcommand)]
+    Access(AccessCommand),
+    /// Start a run by hand.
+    Dispatch(DispatchArgs),
+    /// Runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Move stale runs on now (what the automatic reconciler does).
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccessCommand {
+    /// Make the access tables equal to FILE (unlisted actors are disabled,
+    /// workspaces suspended, environments offboarded; roles, memberships and
+    /// connections are replaced).
+    Apply {
+        /// The access TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DispatchArgs {
+    /// The operation (as named in the config's catalog).
+    operation: String,
+    /// The workspace.
+    #[arg(long)]
+    workspace: String,
+    /// The managed environment (for environment-scoped operations).
+    #[arg(long)]
+    environment: Option<String>,
+    /// A target kind inside the scope.
+    #[arg(long, requires = "target_id")]
+    target_type: Option<String>,
+    /// A target id inside the scope.
+    #[arg(long, requires = "target_type")]
+    target_id: Option<String>,
+    /// The actor the run is started as.
+    #[arg(long = "as", value_name = "ACTOR")]
+    actor: String,
+    /// Parameters, a JSON object.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Runs, newest first.
+    List(ListArgs),
+    /// One run, with its guidance.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// queued, running or completed.
+    #[arg(long)]
+    status: Option<String>,
+    /// pending, succeeded, partially_succeeded, failed, blocked or cancelled.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// One operation.
+    #[arg(long)]
+    operation: Option<String>,
+    /// One workspace.
+    #[arg(long)]
+    workspace: Option<String>,
+    /// Only what this actor may see (default: everything, as the local admin).
+    #[arg(long = "as", value_name = "ACTOR")]
+    actor: Option<String>,
+    /// At most this many (1–1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// The run id.
+    id: String,
+    /// Show it as this actor sees it (default: the local admin).
+    #[arg(long = "as", value_name = "ACTOR")]
+    actor: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReconcileArgs {
+    /// Report what would change; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only this operation.
+    #[arg(long)]
+    operation: Option<String>,
+    /// Only this workspace.
+    #[arg(long)]
+    workspace: Option<String>,
+    /// The actor to audit as.
+    #[arg(long = "as", value_name = "ACTOR", default_value = "oncall")]
+    actor: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    app::init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message());
+            ExitCode::from(e.code())
+        }
+    }
+}

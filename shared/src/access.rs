@@ -523,6 +523,13 @@ pub trait AccessStore: Send + Sync + std::fmt::Debug {
     /// or the workspace is not active).
     async fn capabilities(&self, actor_id: &str, workspace_id: &str) -> Result<BTreeSet<String>, StoreError>;
 
+    /// An actor's kind (`user` or `service`), if it exists.
+    async fn actor_kind(&self, actor_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// The workspaces where `actor` holds `capability` now (active actor and
+    /// workspaces only).
+    async fn workspaces_with(&self, actor_id: &str, capability: &str) -> Result<Vec<String>, StoreError>;
+
     /// The active environments of a workspace, by id.
     async fn operable_environments(&self, workspace_id: &str) -> Result<Vec<String>, StoreError>;
 

@@ -16,6 +16,7 @@ mod service;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod view;
 mod viewer;
 
 pub use access::{AccessFile, AccessStore, Authorizer, Decision, TickDecision, TickRecord};
@@ -36,4 +37,5 @@ pub use service::{
     ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
 pub use store::{Database, RunFilter, RunStore, StoreError};
+pub use view::{RunDetail, RunView, run_detail};
 pub use viewer::Viewer;

@@ -1,1 +1,8 @@
 #![doc = include_str!("../README.md")]
+
+pub mod demo;
+pub mod operation;
+pub mod runner;
+
+pub use operation::{Operation, OperationError, Operations, RunContext};
+pub use runner::{JobResult, Retry, Runner, StatsSnapshot, WorkerStats};

@@ -194,6 +194,29 @@ macro_rules! impl_access_store {
                     rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
                 }
 
+                async fn actor_kind(&self, actor_id: &str) -> Result<Option<String>, StoreError> {
+                    let row = sqlx::query("SELECT kind FROM actors WHERE id = $1")
+                        .bind(actor_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    Ok(row.map(|r| r.try_get(0)).transpose()?)
+                }
+
+                async fn workspaces_with(&self, actor_id: &str, capability: &str) -> Result<Vec<String>, StoreError> {
+                    let rows = sqlx::query(
+                        "SELECT DISTINCT m.workspace_id FROM memberships m \
+                         JOIN role_capabilities rc ON rc.role = m.role AND rc.capability = $2 \
+                         JOIN actors a ON a.id = m.actor_id AND a.status = 'active' \
+                         JOIN workspaces w ON w.id = m.workspace_id AND w.status = 'active' \
+                         WHERE m.actor_id = $1 ORDER BY m.workspace_id",
+                    )
+                    .bind(actor_id)
+                    .bind(capability)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
+                }
+
                 async fn operable_environments(&self, workspace_id: &str) -> Result<Vec<String>, StoreError> {
                     let rows = sqlx::query(
                         "SELECT id FROM environments WHERE workspace_id = $1 AND status = 'active' ORDER BY id",

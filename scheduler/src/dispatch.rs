@@ -1,0 +1,148 @@
+//! Dispatch: capture the actor and context, authorize, write the run through
+//! `OperationRunService`, then push a job that carries only the run id. The
+//! run row is written first: a push that fails leaves a queued run that the
+//! reconciler re-pushes.
+
+use std::sync::Arc;
+
+use oprun_shared::{
+    AuditEntry, Authorizer, Decision, DispatchRequest, Dispatched, JobQueue, OperationRun, OperationRunService,
+    ReasonCode, ServiceError, SourceSurface, StoreError, Transition,
+};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{info, warn};
+
+/// Why a dispatch could not be attempted at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The request is malformed (unknown operation, bad scope or params):
+    /// nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("run store: {0}")]
+    Store(String),
+}
+
+impl From<ServiceError> for DispatchError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Store(s) => DispatchError::Store(s.to_string()),
+            other => DispatchError::Invalid(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for DispatchError {
+    fn from(e: StoreError) -> Self {
+        DispatchError::Store(e.to_string())
+    }
+}
+
+/// What a dispatch did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum DispatchOutcome {
+    /// The run is queued (or an active run of the same scope was returned).
+    Dispatched {
+        /// The run.
+        run: Box<OperationRun>,
+        /// An active run already held the scope.
+        deduplicated: bool,
+        /// The job push failed; the reconciler re-pushes the queued run.
+        push_failed: bool,
+    },
+    /// Authorization said no. A scheduled dispatch records a completed/blocked
+    /// run; other surfaces an audit row.
+    Refused {
+        /// The `execution.*` reason.
+        reason: ReasonCode,
+        /// What is wrong.
+        message: String,
+        /// The blocked run (scheduled dispatches only).
+        run: Option<Box<OperationRun>>,
+    },
+}
+
+/// Dispatches runs for every surface (scheduler, CLI, API, retry).
+#[derive(Clone)]
+pub struct Dispatcher {
+    service: OperationRunService,
+    authorizer: Authorizer,
+    queue: Arc<dyn JobQueue>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher writing through `service` and pushing to `queue`.
+    pub fn new(service: OperationRunService, authorizer: Authorizer, queue: Arc<dyn JobQueue>) -> Self {
+        Self { service, authorizer, queue }
+    }
+
+    /// The service.
+    pub fn service(&self) -> &OperationRunService {
+        &self.service
+    }
+
+    /// The authorizer.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Arc<dyn JobQueue> {
+        &self.queue
+    }
+
+    /// Validate, authorize, write, push.
+    pub async fn dispatch(&self, req: DispatchRequest) -> Result<DispatchOutcome, DispatchError> {
+        self.service.validate(&req)?;
+        let decision = self.authorizer.authorize_dispatch(&req.initiator.id, &req.operation, &req.scope).await?;
+        if let Decision::Denied { reason, message } = decision {
+            return self.refuse(req, reason, message).await;
+        }
+        let Dispatched { run, deduplicated } = self.service.dispatch(req).await?;
+        let mut push_failed = false;
+        if !deduplicated {
+            if let Err(e) = self.queue.push(run.id).await {
+                push_failed = true;
+                warn!(run.id = %run.id, error = %e, "run written but its job was not pushed; the reconciler re-pushes it");
+            }
+            info!(run.id = %run.id, operation = %run.operation, workspace = %run.workspace_id, "dispatched");
+        }
+        Ok(DispatchOutcome::Dispatched { run: Box::new(run), deduplicated, push_failed })
+    }
+
+    async fn refuse(
+        &self,
+        req: DispatchRequest,
+        reason: ReasonCode,
+        message: String,
+    ) -> Result<DispatchOutcome, DispatchError> {
+        info!(operation = %req.operation, workspace = %req.scope.workspace_id, %reason, "dispatch refused: {message}");
+        if req.source == SourceSurface::Scheduler {
+            let run = self.service.refuse_dispatch(req, reason, &message).await?;
+            return Ok(DispatchOutcome::Refused { reason, message, run: Some(Box::new(run)) });
+        }
+        let now = self.service.clock().now();
+        let mut entry = AuditEntry::new(now, req.initiator.clone(), Transition::DispatchRefused.action())
+            .reason(reason.as_str())
+            .details(json!({
+                "operation": req.operation,
+                "source_surface": req.source.as_str(),
+                "message": message,
+                "target_type": req.scope.target_type,
+                "target_id": req.scope.target_id,
+            }));
+        entry.workspace_id = Some(req.scope.workspace_id.clone());
+        entry.environment_id = req.scope.environment_id.clone();
+        self.service.record(entry).await?;
+        Ok(DispatchOutcome::Refused { reason, message, run: None })
+    }
+}

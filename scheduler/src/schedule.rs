@@ -1,0 +1,318 @@
+//! Cron schedules. Each pass computes the ticks due since the schedule's last
+//! recorded tick (the `cron` crate computes times, in the schedule's time
+//! zone), takes each tick with a unique (schedule, scheduled_for) insert — so
+//! a tick fires once however many schedulers run — decides it (fire, skip
+//! for overlap, skip for misfire, refused) and records the decision.
+//!
+//! Misfires: a tick more than the on-time tolerance late was missed (no
+//! scheduler ran). `misfire = "skip"` records every missed tick as
+//! `skipped_misfire`; `misfire = "fire_once"` fires only the newest missed
+//! tick, and only if it is within `misfire_window`, and records the others
+//! as skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use oprun_shared::config::{MisfirePolicy, OverlapPolicy, ScheduleEnvironments, ScheduleSpec};
+use oprun_shared::{
+    AccessStore, Clock, DispatchRequest, Initiator, RunFilter, RunStatus, Scope, SourceSurface, StoreError,
+    TickDecision,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::dispatch::{DispatchError, DispatchOutcome, Dispatcher};
+
+/// At most this many ticks of one schedule are decided per pass (a per-second
+/// schedule after a long outage catches up over several passes).
+pub const MAX_TICKS_PER_PASS: usize = 1000;
+
+/// A schedule whose cron expression and time zone parsed.
+#[derive(Debug, Clone)]
+struct Prepared {
+    spec: ScheduleSpec,
+    cron: cron::Schedule,
+    tz: chrono_tz::Tz,
+}
+
+/// What a pass decided for one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TickOutcome {
+    /// The schedule.
+    pub schedule: String,
+    /// The tick.
+    pub scheduled_for: DateTime<Utc>,
+    /// The decision.
+    pub decision: TickDecision,
+    /// Runs it produced.
+    pub run_ids: Vec<Uuid>,
+}
+
+/// A scheduler failure (the pass stops; the next pass retries).
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// A schedule in the config does not parse.
+    #[error("schedules.{name}: {message}")]
+    Config {
+        /// The schedule.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Dispatch failed.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+}
+
+/// Evaluates cron schedules and dispatches their ticks.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    schedules: Vec<Prepared>,
+    dispatcher: Dispatcher,
+    access: Arc<dyn AccessStore>,
+    clock: Arc<dyn Clock>,
+    name: String,
+    started_at: DateTime<Utc>,
+    on_time: chrono::Duration,
+}
+
+impl Scheduler {
+    /// A scheduler named `name` (unique per process; it appears in tick
+    /// records). `on_time` is how late a tick may be and still count as on
+    /// time (a few scheduler passes).
+    pub fn new(
+        schedules: &[ScheduleSpec],
+        dispatcher: Dispatcher,
+        access: Arc<dyn AccessStore>,
+        clock: Arc<dyn Clock>,
+        name: impl Into<String>,
+        on_time: Duration,
+    ) -> Result<Self, ScheduleError> {
+        let mut prepared = vec![];
+        for spec in schedules.iter().filter(|s| s.enabled) {
+            let err = |message: String| ScheduleError::Config { name: spec.name.clone(), message };
+            let cron = spec.parsed_cron().map_err(err)?;
+            let tz = spec.tz().map_err(err)?;
+            prepared.push(Prepared { spec: spec.clone(), cron, tz });
+        }
+        let started_at = clock.now();
+        let on_time = chrono::Duration::from_std(on_time).unwrap_or(chrono::Duration::seconds(30));
+        Ok(Self { schedules: prepared, dispatcher, access, clock, name: name.into(), started_at, on_time })
+    }
+
+    /// Decide every tick due now, for every schedule.
+    pub async fn run_once(&self) -> Result<Vec<TickOutcome>, ScheduleError> {
+        let now = self.clock.now();
+        let mut out = vec![];
+        for s in &self.schedules {
+            match self.run_schedule(s, now).await {
+                Ok(mut ticks) => out.append(&mut ticks),
+                Err(e) => warn!(schedule = %s.spec.name, error = %e, "schedule pass failed; retrying next pass"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ticks of `s` due in `(after, now]`, oldest first, at most
+    /// [`MAX_TICKS_PER_PASS`], each with whether it is the newest due tick.
+    fn due(s: &Prepared, after: DateTime<Utc>, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bool)> {
+        let mut ticks: Vec<DateTime<Utc>> = vec![];
+        let mut iter = s.cron.after(&after.with_timezone(&s.tz)).map(|t| t.with_timezone(&Utc)).peekable();
+        while let Some(t) = iter.next_if(|t| *t <= now) {
+            ticks.push(t);
+            if ticks.len() == MAX_TICKS_PER_PASS {
+                break;
+            }
+        }
+        let newest_due = iter.peek().is_none_or(|next| *next > now);
+        let n = ticks.len();
+        ticks.into_iter().enumerate().map(|(i, t)| (t, newest_due && i + 1 == n)).collect()
+    }
+
+    async fn run_schedule(&self, s: &Prepared, now: DateTime<Utc>) -> Result<Vec<TickOutcome>, ScheduleError> {
+        let name = &s.spec.name;
+        let after = self.access.last_tick(name).await?.unwrap_or(self.started_at - self.on_time);
+        let mut out = vec![];
+        for (at, newest) in Self::due(s, after, now) {
+            let late = now - at;
+            let missed = late > self.on_time;
+            let window = chrono::Duration::from_std(s.spec.misfire_window).unwrap_or(chrono::Duration::MAX);
+            let fire = !missed || (s.spec.misfire == MisfirePolicy::FireOnce && newest && late <= window);
+            if !fire {
+                if self.access.claim_tick(name, at, TickDecision::SkippedMisfire, &self.name, now).await? {
+                    info!(schedule = %name, scheduled_for = %at, "tick missed: skipped by the misfire policy");
+                    out.push(TickOutcome {
+                        schedule: name.clone(),
+                        scheduled_for: at,
+                        decision: TickDecision::SkippedMisfire,
+                        run_ids: vec![],
+                    });
+                }
+                continue;
+            }
+            if !self.access.claim_tick(name, at, TickDecision::Claimed, &self.name, now).await? {
+                continue; // another scheduler owns this tick
+            }
+            let (decision, run_ids, details) = self.fire(s, at, missed).await?;
+            self.access.decide_tick(name, at, decision, &run_ids, &details).await?;
+            info!(schedule = %name, scheduled_for = %at, %decision, runs = run_ids.len(), "tick decided");
+            out.push(TickOutcome { schedule: name.clone(), scheduled_for: at, decision, run_ids });
+        }
+        Ok(out)
+    }
+
+    async fn scopes(&self, spec: &ScheduleSpec) -> Result<Vec<Option<String>>, ScheduleError> {
+        Ok(match (&spec.environment, &spec.environments) {
+            (Some(env), _) => vec![Some(env.clone())],
+            (None, Some(ScheduleEnvironments::All)) => {
+                self.access.operable_environments(&spec.workspace).await?.into_iter().map(Some).collect()
+            }
+            (None, None) => vec![None],
+        })
+    }
+
+    /// An active run of the same operation and scope, if any.
+    async fn overlapping(&self, operation: &str, scope: &Scope) -> Result<Option<Uuid>, ScheduleError> {
+        let service = self.dispatcher.service();
+        if let Some(key) = service.dedup_key(operation, scope).map_err(DispatchError::from)? {
+            return Ok(service.store().active_run_for_key(&key).await?.map(|r| r.id));
+        }
+        for status in [RunStatus::Queued, RunStatus::Running] {
+            let filter = RunFilter {
+                operation: Some(operation.into()),
+                workspace_id: Some(scope.workspace_id.clone()),
+                status: Some(status),
+                limit: 1000,
+                ..RunFilter::default()
+            };
+            let runs = service.store().list_runs(&filter).await?;
+            if let Some(r) = runs.iter().find(|r| r.environment_id == scope.environment_id) {
+                return Ok(Some(r.id));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fire(
+        &self,
+        s: &Prepared,
+        at: DateTime<Utc>,
+        catch_up: bool,
+    ) -> Result<(TickDecision, Vec<Uuid>, Value), ScheduleError> {
+        let spec = &s.spec;
+        let scopes = self.scopes(spec).await?;
+        let (mut fired, mut refused, mut skipped) = (0, 0, 0);
+        let mut run_ids = vec![];
+        let mut per_scope = serde_json::Map::new();
+        for env in &scopes {
+            let scope = Scope { workspace_id: spec.workspace.clone(), environment_id: env.clone(), ..Scope::default() };
+            let key = env.clone().unwrap_or_else(|| spec.workspace.clone());
+            if spec.overlap == OverlapPolicy::Skip
+                && let Some(active) = self.overlapping(&spec.operation, &scope).await?
+            {
+                skipped += 1;
+                run_ids.push(active);
+                per_scope.insert(key, json!({ "decision": "skipped_overlap", "active_run": active }));
+                continue;
+            }
+            let req = DispatchRequest {
+                operation: spec.operation.clone(),
+                scope,
+                initiator: Initiator::schedule(spec.actor.clone()),
+                source: SourceSurface::Scheduler,
+                context: json!({
+                    "schedule": spec.name,
+                    "scheduled_for": at,
+                    "catch_up": catch_up,
+                    "scheduler": self.name,
+                    "correlation_id": Uuid::now_v7(),
+                }),
+                params: spec.params.clone(),
+            };
+            match self.dispatcher.dispatch(req).await? {
+                DispatchOutcome::Dispatched { run, deduplicated: false, .. } => {
+                    fired += 1;
+                    run_ids.push(run.id);
+                    per_scope.insert(key, json!({ "decision": "fired", "run": run.id }));
+                }
+                DispatchOutcome::Dispatched { run, deduplicated: true, .. } => {
+                    skipped += 1;
+                    run_ids.push(run.id);
+                    per_scope.insert(key, json!({ "decision": "skipped_overlap", "active_run": run.id }));
+                }
+                DispatchOutcome::Refused { reason, run, .. } => {
+                    refused += 1;
+                    let id = run.map(|r| r.id);
+                    run_ids.extend(id);
+                    per_scope.insert(key, json!({ "decision": "refused", "reason": reason, "run": id }));
+                }
+            }
+        }
+        let decision = if fired > 0 || scopes.is_empty() {
+            TickDecision::Fired
+        } else if refused > 0 {
+            TickDecision::Refused
+        } else {
+            debug_assert!(skipped > 0);
+            TickDecision::SkippedOverlap
+        };
+        let mut details = json!({ "scopes": per_scope, "catch_up": catch_up });
+        if scopes.is_empty() {
+            details["note"] = json!("the workspace has no operable environment");
+        }
+        Ok((decision, run_ids, details))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(cron: &str, tz: &str) -> Prepared {
+        let spec: ScheduleSpec = toml::from_str(&format!(
+            "name = \"s\"\ncron = \"{cron}\"\ntimezone = \"{tz}\"\noperation = \"op\"\nworkspace = \"w\"\nactor = \"a\"\n"
+        ))
+        .unwrap();
+        Prepared { cron: spec.parsed_cron().unwrap(), tz: spec.tz().unwrap(), spec }
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn due_lists_ticks_in_the_half_open_interval_and_marks_the_newest() {
+        let s = prepared("*/5 * * * *", "UTC");
+        let due = Scheduler::due(&s, t("2026-11-02T09:00:00Z"), t("2026-11-02T09:16:00Z"));
+        assert_eq!(
+            due,
+            vec![
+                (t("2026-11-02T09:05:00Z"), false),
+                (t("2026-11-02T09:10:00Z"), false),
+                (t("2026-11-02T09:15:00Z"), true)
+            ]
+        );
+        assert!(Scheduler::due(&s, t("2026-11-02T09:15:00Z"), t("2026-11-02T09:19:59Z")).is_empty());
+    }
+
+    #[test]
+    fn time_zones_shift_the_ticks() {
+        let s = prepared("0 2 * * *", "Europe/Berlin");
+        let due = Scheduler::due(&s, t("2026-11-01T00:00:00Z"), t("2026-11-02T12:00:00Z"));
+        assert_eq!(due, vec![(t("2026-11-01T01:00:00Z"), false), (t("2026-11-02T01:00:00Z"), true)]);
+    }
+
+    #[test]
+    fn a_long_outage_is_decided_in_bounded_batches() {
+        let s = prepared("* * * * * *", "UTC");
+        let due = Scheduler::due(&s, t("2026-11-02T00:00:00Z"), t("2026-11-02T09:00:00Z"));
+        assert_eq!(due.len(), MAX_TICKS_PER_PASS);
+        assert!(due.iter().all(|(_, newest)| !newest), "the newest tick is not in this batch");
+    }
+}

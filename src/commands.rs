@@ -1,0 +1,373 @@
+//! The commands.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oprun_scheduler::{DispatchError, DispatchOutcome, Dispatcher, Scheduler, reconcile_and_push, run_loops};
+use oprun_shared::{
+    DispatchRequest, Initiator, JobQueue, OperationRun, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
+    Scope, ServiceError, SourceSurface, TransitionError, Viewer, run_detail,
+};
+use oprun_worker::queue::{WorkerOptions, run_worker};
+use oprun_worker::{Operations, Runner};
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::app::{App, CliError, CliResult, process_name};
+use crate::{AccessCommand, Cli, Command, DispatchArgs, ListArgs, ReconcileArgs, RunsCommand, ShowArgs};
+
+pub async fn run(cli: Cli) -> CliResult<()> {
+    // Argument errors come before any store is opened: nothing is written.
+    if let Command::Dispatch(args) = &cli.command {
+        parse_params(&args.params)?;
+    }
+    let path = cli.config.as_deref();
+    match cli.command {
+        Command::Migrate => {
+            let app = App::open(path).await?;
+            println!("migrated {}", oprun_shared::redact::redact_url(&app.config.store.url));
+            Ok(())
+        }
+        Command::Access(AccessCommand::Apply { file }) => access_apply(path, &file).await,
+        Command::Dispatch(args) => dispatch(path, args).await,
+        Command::Runs(RunsCommand::List(args)) => runs_list(path, args).await,
+        Command::Runs(RunsCommand::Show(args)) => runs_show(path, args).await,
+        Command::Reconcile(args) => reconcile(path, args).await,
+        Command::Up => serve(path, true, true).await,
+        Command::Worker => serve(path, true, false).await,
+        Command::Scheduler => serve(path, false, true).await,
+    }
+}
+
+fn parse_params(text: &str) -> CliResult<Value> {
+    let v: Value = serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--params is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(CliError::Usage("--params must be a JSON object".into()));
+    }
+    Ok(v)
+}
+
+fn store_err(e: impl std::fmt::Display) -> CliError {
+    CliError::Runtime(format!("run store: {e}"))
+}
+
+async fn access_apply(path: Option<&std::path::Path>, file: &std::path::Path) -> CliResult<()> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("{}: cannot read: {e}", file.display())))?;
+    let app = App::open(path).await?;
+    let access = app.parse_access(&text, &file.display().to_string())?;
+    let report = app.db.access.apply_access(&access).await.map_err(store_err)?;
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    Ok(())
+}
+
+async fn dispatch(path: Option<&std::path::Path>, args: DispatchArgs) -> CliResult<()> {
+    let params = parse_params(&args.params)?;
+    let app = App::open(path).await?;
+    if app.catalog.get(&args.operation).is_none() {
+        let known: Vec<_> = app.catalog.operations.keys().cloned().collect();
+        return Err(CliError::Usage(format!(
+            "unknown operation '{}' (this config knows: {})",
+            args.operation,
+            known.join(", ")
+        )));
+    }
+    // An unknown actor is bad input (exit 2, nothing written); a known actor
+    // without the right is a refusal (exit 3, audited).
+    let kind = match app.db.access.actor_kind(&args.actor).await.map_err(store_err)?.as_deref() {
+        None => return Err(CliError::Usage(format!("unknown actor '{}' (see `oprun access apply`)", args.actor))),
+        Some("service") => oprun_shared::ActorKind::Service,
+        Some(_) => oprun_shared::ActorKind::User,
+    };
+    let queue = app.queue().await?;
+    let dispatcher = Dispatcher::new(app.service.clone(), app.authorizer.clone(), queue as Arc<dyn JobQueue>);
+    let req = DispatchRequest {
+        operation: args.operation,
+        scope: Scope {
+            workspace_id: args.workspace,
+            environment_id: args.environment,
+            target_type: args.target_type,
+            target_id: args.target_id,
+        },
+        initiator: Initiator { kind, id: args.actor },
+        source: SourceSurface::Cli,
+        context: serde_json::json!({ "correlation_id": uuid::Uuid::now_v7() }),
+        params,
+    };
+    let outcome = dispatcher.dispatch(req).await.map_err(|e| match e {
+        DispatchError::Invalid(m) => CliError::Usage(m),
+        DispatchError::Store(m) => CliError::Runtime(m),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+    }
+    match outcome {
+        DispatchOutcome::Dispatched { run, deduplicated, push_failed } => {
+            if !args.json {
+                let note = if deduplicated { " (an active run of this scope already existed)" } else { "" };
+                println!("{} {} {}{note}", run.id, run.status, run.operation);
+                if push_failed {
+                    println!("warning: the job was not pushed; the reconciler will push it");
+                }
+            }
+            Ok(())
+        }
+        DispatchOutcome::Refused { reason, message, .. } => {
+            Err(CliError::Refused(format!("dispatch refused ({reason}): {message}")))
+        }
+    }
+}
+
+fn parse_enum<T: std::str::FromStr>(flag: &str, v: Option<String>) -> CliResult<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    v.map(|s| s.parse::<T>().map_err(|e| CliError::Usage(format!("{flag}: {e}")))).transpose()
+}
+
+/// What `--as ACTOR` may see: the workspaces where it holds `runs.view`.
+async fn visible_workspaces(app: &App, actor: &str) -> CliResult<Vec<String>> {
+    app.db.access.workspaces_with(actor, oprun_shared::viewer::RUNS_VIEW).await.map_err(store_err)
+}
+
+async fn runs_list(path: Option<&std::path::Path>, args: ListArgs) -> CliResult<()> {
+    let status = parse_enum::<RunStatus>("--status", args.status)?;
+    let outcome = parse_enum::<RunOutcome>("--outcome", args.outcome)?;
+    let app = App::open(path).await?;
+    let visible = match &args.actor {
+        Some(a) => Some(visible_workspaces(&app, a).await?),
+        None => None,
+    };
+    let filter = RunFilter {
+        visible_workspaces: visible,
+        workspace_id: args.workspace,
+        operation: args.operation,
+        status,
+        outcome,
+        limit: args.limit,
+        ..RunFilter::default()
+    };
+    let runs = app.service.list(&filter).await.map_err(store_err)?;
+    let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&views).unwrap_or_default());
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!("no runs");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  {}",
+        "ID", "OPERATION", "STATUS", "OUTCOME", "REASON", "SCOPE", "INITIATOR", "CREATED"
+    );
+    for v in &views {
+        let scope = match &v.environment_id {
+            Some(e) => format!("{}/{e}", v.workspace_id),
+            None => v.workspace_id.clone(),
+        };
+        println!(
+            "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  {}",
+            v.id,
+            v.operation,
+            v.status,
+            v.outcome,
+            v.reason_code.as_deref().unwrap_or("-"),
+            scope,
+            format!("{}:{}", v.initiator.kind, v.initiator.id),
+            v.created_at.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    Ok(())
+}
+
+async fn runs_show(path: Option<&std::path::Path>, args: ShowArgs) -> CliResult<()> {
+    let id: uuid::Uuid =
+        args.id.parse().map_err(|_| CliError::Usage(format!("'{}' is not a run id (a UUID)", args.id)))?;
+    let app = App::open(path).await?;
+    let not_found = || CliError::Usage(format!("run {id} not found"));
+    let run = match app.service.get(id).await {
+        Ok(run) => run,
+        Err(ServiceError::Transition(TransitionError::NotFound(_))) => return Err(not_found()),
+        Err(e) => return Err(store_err(e)),
+    };
+    let (viewer, visible): (Viewer, Option<BTreeSet<String>>) = match &args.actor {
+        Some(actor) => {
+            let visible: BTreeSet<String> = visible_workspaces(&app, actor).await?.into_iter().collect();
+            if !visible.contains(&run.workspace_id) {
+                return Err(not_found()); // what the viewer may not see does not exist for it
+            }
+            (app.authorizer.viewer(actor, &run.workspace_id).await.map_err(store_err)?, Some(visible))
+        }
+        None => (local_admin(&app), None),
+    };
+    let is_visible = |ws: &str| visible.as_ref().is_none_or(|v| v.contains(ws));
+    let detail = run_detail(&app.service, &run, &viewer, &is_visible).await.map_err(store_err)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&detail).unwrap_or_default());
+        return Ok(());
+    }
+    print_detail(&run, &detail);
+    Ok(())
+}
+
+/// The local CLI user without `--as`: holds every capability (it can open
+/// the store file anyway).
+fn local_admin(app: &App) -> Viewer {
+    Viewer::new("local-admin", oprun_shared::access::grantable_capabilities(&app.catalog))
+}
+
+fn print_detail(run: &OperationRun, d: &oprun_shared::RunDetail) {
+    let g = &d.guidance;
+    println!("run        {}", run.id);
+    println!("operation  {}", run.operation);
+    println!("status     {} / {}", run.status, run.outcome);
+    if let Some(r) = &run.reason_code {
+        println!("reason     {r}");
+    }
+    let scope = match &run.environment_id {
+        Some(e) => format!("{} / {e}", run.workspace_id),
+        None => run.workspace_id.clone(),
+    };
+    println!("scope      {scope}");
+    println!("initiator  {}:{} via {}", run.initiator.kind, run.initiator.id, run.source_surface);
+    println!("attempt    {} of {}", run.attempt, run.max_attempts);
+    if let Some(r) = run.retry_of {
+        println!("retry of   {r}");
+    }
+    println!("counts     {}", run.summary_counts.to_json());
+    println!("created    {}", run.created_at);
+    if let Some(t) = run.started_at {
+        println!("started    {t}");
+    }
+    if let Some(t) = run.completed_at {
+        println!("completed  {t}");
+    }
+    for f in &run.failure_summary {
+        println!("failure    {}: {}", f.reason_code, f.message);
+    }
+    println!();
+    println!("guidance   [{}] {}", serde_json::to_value(g.severity).unwrap_or_default().as_str().unwrap_or("-"), g.title);
+    println!("  why      {}", g.reason);
+    println!("  impact   {}", g.impact);
+    println!("  next     {} ({})", g.primary_action.label, g.primary_action.key);
+    for a in &g.secondary_actions {
+        println!("  also     {} ({})", a.label, a.key);
+    }
+}
+
+async fn reconcile(path: Option<&std::path::Path>, args: ReconcileArgs) -> CliResult<()> {
+    let app = App::open(path).await?;
+    let queue = app.queue().await?;
+    let dispatcher = Dispatcher::new(app.service.clone(), app.authorizer.clone(), queue as Arc<dyn JobQueue>);
+    let filter = ReconcileFilter { operation: args.operation, workspace_id: args.workspace };
+    let report = reconcile_and_push(&dispatcher, &Initiator::user(args.actor), &filter, args.dry_run)
+        .await
+        .map_err(store_err)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return Ok(());
+    }
+    let verb = if report.dry_run { "would" } else { "did" };
+    if report.actions.is_empty() {
+        println!("nothing stale");
+    }
+    for a in &report.actions {
+        println!("{verb} {:?}: {} {} ({})", a.kind, a.run_id, a.operation, a.why);
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) -> CliResult<()> {
+    let app = App::open(path).await?;
+    if scheduler && let Some(access) = app.configured_access()? {
+        let report = app.db.access.apply_access(&access).await.map_err(store_err)?;
+        info!(actors = report.actors, workspaces = report.workspaces, "access file applied");
+    }
+    let queue = app.queue().await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if scheduler {
+        let dispatcher =
+            Dispatcher::new(app.service.clone(), app.authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
+        let sched = Scheduler::new(
+            &app.config.schedules,
+            dispatcher.clone(),
+            app.db.access.clone(),
+            Arc::new(oprun_shared::SystemClock),
+            process_name("scheduler"),
+            (app.config.scheduler.tick * 5).max(Duration::from_secs(5)),
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        let actor = Initiator::service(app.config.scheduler.reconciler_actor.clone());
+        let (tick, every) = (app.config.scheduler.tick, app.config.scheduler.reconcile_interval);
+        let rx = stop_rx.clone();
+        tasks.spawn(async move {
+            run_loops(Some(sched), dispatcher, actor, tick, every, stopped(rx)).await;
+            Ok(())
+        });
+    }
+    if worker {
+        let worker_id = process_name("worker");
+        let runner = Runner::new(app.service.clone(), app.authorizer.clone(), Operations::builtin(), worker_id);
+        let opts = WorkerOptions {
+            name_prefix: "oprun".into(),
+            concurrency: app.config.worker.concurrency,
+            shutdown_grace: app.config.worker.shutdown_grace,
+        };
+        let (queue, qcfg, rx) = (queue.clone(), app.config.queue.clone(), stop_rx.clone());
+        tasks.spawn(async move { run_worker(&queue, &qcfg, opts, Arc::new(runner), stopped(rx)).await });
+    }
+    info!(
+        store = %oprun_shared::redact::redact_url(&app.config.store.url),
+        worker,
+        scheduler,
+        "oprun is running; stop with Ctrl-C or SIGTERM"
+    );
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down: no new runs are fetched; in-flight runs get the grace period"),
+        Some(done) = tasks.join_next() => {
+            let _ = stop_tx.send(true);
+            return match done {
+                Ok(Ok(())) => Err(CliError::Runtime("a component stopped unexpectedly".into())),
+                Ok(Err(e)) => Err(CliError::Runtime(format!("{e:#}"))),
+                Err(e) => Err(CliError::Runtime(format!("a component crashed: {e}"))),
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            return Err(CliError::Runtime(format!("{e:#}")));
+        }
+    }
+    Ok(())
+}

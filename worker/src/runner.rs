@@ -1,0 +1,300 @@
+//! What a worker does with one job: read only the run id from the untrusted
+//! payload, claim the run, reauthorize it against current truth, run its
+//! operation with a heartbeat that renews the lease, and finish it through
+//! `OperationRunService`. The queue only ever learns "done" (acknowledge) or,
+//! when the run store could not be reached, "later" (redeliver).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oprun_shared::{
+    Authorizer, BlockFrom, Completion, Decision, JobPayload, OperationRun, OperationRunService, ReasonCode,
+    RunOutcome, RunStatus, ServiceError, TransitionError, redact,
+};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{Instrument, info, warn};
+
+use crate::operation::{OperationError, Operations, RunContext};
+
+/// Counters a worker keeps (and a metrics endpoint can show).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Jobs received.
+    pub received: AtomicU64,
+    /// Runs this worker finished (any outcome).
+    pub finished: AtomicU64,
+    /// Runs blocked by reauthorization.
+    pub blocked: AtomicU64,
+    /// Deliveries of runs that were no longer queued (duplicates, cancelled).
+    pub skipped: AtomicU64,
+    /// Payloads that did not decode.
+    pub invalid_payloads: AtomicU64,
+    /// Payloads naming no existing run.
+    pub unknown_runs: AtomicU64,
+    /// Handlers that panicked.
+    pub panics: AtomicU64,
+    /// Runs whose lease this worker lost mid-run.
+    pub leases_lost: AtomicU64,
+    /// Store failures that sent a job back to the queue.
+    pub store_errors: AtomicU64,
+}
+
+/// A snapshot of [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// Jobs received.
+    pub received: u64,
+    /// Runs finished.
+    pub finished: u64,
+    /// Runs blocked.
+    pub blocked: u64,
+    /// Deliveries skipped.
+    pub skipped: u64,
+    /// Undecodable payloads.
+    pub invalid_payloads: u64,
+    /// Payloads naming no run.
+    pub unknown_runs: u64,
+    /// Handler panics.
+    pub panics: u64,
+    /// Leases lost.
+    pub leases_lost: u64,
+    /// Store failures.
+    pub store_errors: u64,
+}
+
+impl WorkerStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: g(&self.received),
+            finished: g(&self.finished),
+            blocked: g(&self.blocked),
+            skipped: g(&self.skipped),
+            invalid_payloads: g(&self.invalid_payloads),
+            unknown_runs: g(&self.unknown_runs),
+            panics: g(&self.panics),
+            leases_lost: g(&self.leases_lost),
+            store_errors: g(&self.store_errors),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobResult {
+    /// The run ended (this worker wrote its terminal state).
+    Finished(OperationRun),
+    /// The run was not queued any more: acknowledged, nothing done.
+    Skipped {
+        /// The run.
+        run_id: uuid::Uuid,
+        /// Its status when the job arrived.
+        status: RunStatus,
+    },
+    /// The payload did not decode: acknowledged and counted.
+    InvalidPayload(String),
+    /// The payload named no run: acknowledged and counted.
+    UnknownRun(uuid::Uuid),
+    /// Another worker or the reconciler took the run mid-way.
+    LeaseLost(uuid::Uuid),
+}
+
+/// The store failed: the job should come back later.
+#[derive(Debug, thiserror::Error)]
+#[error("run store unavailable: {0}")]
+pub struct Retry(pub String);
+
+/// Handles jobs for one worker process.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    service: OperationRunService,
+    authorizer: Authorizer,
+    operations: Operations,
+    worker_id: String,
+    stats: Arc<WorkerStats>,
+}
+
+impl Runner {
+    /// A runner that claims leases as `worker_id` (unique per process).
+    pub fn new(service: OperationRunService, authorizer: Authorizer, operations: Operations, worker_id: String) -> Self {
+        Self { service, authorizer, operations, worker_id, stats: Arc::default() }
+    }
+
+    /// This worker's lease owner id.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    /// Handle one raw queue payload.
+    pub async fn handle(&self, payload: Value) -> Result<JobResult, Retry> {
+        bump(&self.stats.received);
+        let id = match serde_json::from_value::<JobPayload>(payload.clone()) {
+            Ok(p) => p.run_id,
+            Err(e) => {
+                bump(&self.stats.invalid_payloads);
+                let shown = redact::excerpt(&redact::sanitize(&payload.to_string()), 120);
+                warn!(payload = %shown, error = %e, "acknowledged a job payload that does not decode");
+                return Ok(JobResult::InvalidPayload(e.to_string()));
+            }
+        };
+        let run = match self.service.claim(id, &self.worker_id).await {
+            Ok(run) => run,
+            Err(ServiceError::Transition(TransitionError::NotFound(_))) => {
+                bump(&self.stats.unknown_runs);
+                warn!(run.id = %id, "acknowledged a job for a run that does not exist");
+                return Ok(JobResult::UnknownRun(id));
+            }
+            Err(ServiceError::Transition(TransitionError::InvalidTransition { status, .. })) => {
+                bump(&self.stats.skipped);
+                info!(run.id = %id, %status, "skipped a delivery of a run that is no longer queued");
+                return Ok(JobResult::Skipped { run_id: id, status });
+            }
+            Err(e) => {
+                bump(&self.stats.store_errors);
+                warn!(run.id = %id, error = %e, "could not claim; the job goes back to the queue");
+                return Err(Retry(e.to_string()));
+            }
+        };
+        Ok(self.execute(run).await)
+    }
+
+    /// Reauthorize, run and finish a claimed run. Every path ends in a
+    /// terminal write by this worker, or in a lost lease.
+    async fn execute(&self, run: OperationRun) -> JobResult {
+        let span = tracing::info_span!("run", run.id = %run.id, operation = %run.operation, attempt = run.attempt);
+        self.execute_in_span(run).instrument(span).await
+    }
+
+    async fn execute_in_span(&self, run: OperationRun) -> JobResult {
+        let id = run.id;
+        let spec = match self.service.spec(&run.operation) {
+            Ok(spec) => spec.clone(),
+            Err(_) => {
+                let msg = format!("this deployment's catalog has no operation '{}'", run.operation);
+                let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
+                return self.finish(id, done).await;
+            }
+        };
+        match self.authorizer.reauthorize(&run).await {
+            Ok(Decision::Allowed) => {}
+            Ok(Decision::Denied { reason, message }) => {
+                return match self.service.block(id, BlockFrom::Lease(self.worker_id.clone()), reason, &message).await {
+                    Ok(run) => {
+                        bump(&self.stats.blocked);
+                        bump(&self.stats.finished);
+                        info!(reason = %reason, "blocked at execution: {message}");
+                        JobResult::Finished(run)
+                    }
+                    Err(e) => self.lost(id, e),
+                };
+            }
+            Err(e) => {
+                // We hold the lease: the reconciler requeues the run when it expires.
+                bump(&self.stats.store_errors);
+                warn!(error = %e, "reauthorization could not read access truth; the lease will expire");
+                return JobResult::LeaseLost(id);
+            }
+        }
+        let Some(op) = self.operations.for_operation(&run.operation, &spec) else {
+            let kind = spec.kind.clone().unwrap_or_else(|| run.operation.clone());
+            let msg = format!("this worker has no handler of kind '{kind}'");
+            let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
+            return self.finish(id, done).await;
+        };
+        if let Err(msg) = op.validate(&run.params, &spec) {
+            let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunPayloadInvalid.as_str(), &msg);
+            return self.finish(id, done).await;
+        }
+        let heartbeat_every = spec.heartbeat;
+        let ctx = Arc::new(RunContext::new(run, spec, self.worker_id.clone(), self.service.clone()));
+        let beat = tokio::spawn(heartbeat(ctx.clone(), self.service.clone(), self.worker_id.clone(), heartbeat_every));
+        // The handler runs on its own task so that a panic ends this run, not the worker.
+        let work = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { op.execute(&ctx).await })
+        };
+        let result = work.await;
+        beat.abort();
+        let completion = match result {
+            Ok(Ok(done)) => done,
+            Ok(Err(OperationError::Failed { reason, message })) => {
+                Completion::failed(RunOutcome::Failed, reason, &message)
+            }
+            Ok(Err(OperationError::Blocked { reason, message })) => {
+                Completion::failed(RunOutcome::Blocked, reason.as_str(), &message)
+            }
+            Ok(Err(OperationError::LeaseLost)) => {
+                bump(&self.stats.leases_lost);
+                warn!("lost the lease mid-run; another attempt owns the run now");
+                return JobResult::LeaseLost(id);
+            }
+            Ok(Err(OperationError::Store(e))) => {
+                bump(&self.stats.store_errors);
+                warn!(error = %e, "the run store failed mid-run; the lease will expire");
+                return JobResult::LeaseLost(id);
+            }
+            Err(join) => {
+                bump(&self.stats.panics);
+                let what = if join.is_panic() { "the handler panicked" } else { "the handler was aborted" };
+                warn!("{what}; the run ends failed");
+                Completion::failed(RunOutcome::Failed, ReasonCode::RunHandlerPanicked.as_str(), what)
+            }
+        };
+        if ctx.lease_lost() {
+            bump(&self.stats.leases_lost);
+            return JobResult::LeaseLost(id);
+        }
+        self.finish(id, completion).await
+    }
+
+    async fn finish(&self, id: uuid::Uuid, completion: Completion) -> JobResult {
+        match self.service.complete(id, &self.worker_id, completion).await {
+            Ok(run) => {
+                bump(&self.stats.finished);
+                info!(outcome = %run.outcome, reason = run.reason_code.as_deref().unwrap_or("-"), "run finished");
+                JobResult::Finished(run)
+            }
+            Err(e) => self.lost(id, e),
+        }
+    }
+
+    fn lost(&self, id: uuid::Uuid, e: ServiceError) -> JobResult {
+        match e {
+            ServiceError::Transition(_) => bump(&self.stats.leases_lost),
+            _ => bump(&self.stats.store_errors),
+        }
+        warn!(error = %e, "could not finish the run; its lease will expire and the reconciler moves it on");
+        JobResult::LeaseLost(id)
+    }
+}
+
+/// Renew the lease every `every` until aborted; note cancel requests and a
+/// lost lease for the handler.
+async fn heartbeat(ctx: Arc<RunContext>, service: OperationRunService, worker: String, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the claim just set the lease
+    loop {
+        tick.tick().await;
+        match service.heartbeat(ctx.run().id, &worker, &ctx.run().operation).await {
+            Ok(state) => ctx.note_cancel(state.cancel_requested),
+            Err(ServiceError::Transition(_)) => {
+                ctx.note_lost();
+                return;
+            }
+            Err(e) => warn!(run.id = %ctx.run().id, error = %e, "heartbeat failed; retrying at the next beat"),
+        }
+    }
+}
