@@ -92,10 +92,8 @@ impl App {
             .map_err(|e| CliError::Runtime(format!("cannot open the store {shown}: {e}")))?;
         db.runs.migrate().await.map_err(|e| CliError::Runtime(format!("cannot migrate the store {shown}: {e}")))?;
         let catalog = Arc::new(config.catalog());
-        let service_config =
-            ServiceConfig { lease_grace: config.scheduler.lease_grace, ..ServiceConfig::default() };
-        let service =
-            OperationRunService::new(db.runs.clone(), catalog.clone(), Arc::new(SystemClock), service_config);
+        let service_config = ServiceConfig { lease_grace: config.scheduler.lease_grace, ..ServiceConfig::default() };
+        let service = OperationRunService::new(db.runs.clone(), catalog.clone(), Arc::new(SystemClock), service_config);
         let authorizer = Authorizer::new(db.access.clone(), catalog.clone());
         Ok(Self { config, bundled, catalog, db, service, authorizer })
     }

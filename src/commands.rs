@@ -54,8 +54,8 @@ fn store_err(e: impl std::fmt::Display) -> CliError {
 }
 
 async fn access_apply(path: Option<&std::path::Path>, file: &std::path::Path) -> CliResult<()> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| CliError::Usage(format!("{}: cannot read: {e}", file.display())))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| CliError::Usage(format!("{}: cannot read: {e}", file.display())))?;
     let app = App::open(path).await?;
     let access = app.parse_access(&text, &file.display().to_string())?;
     let report = app.db.access.apply_access(&access).await.map_err(store_err)?;
@@ -129,7 +129,7 @@ where
 
 /// What `--as ACTOR` may see: the workspaces where it holds `runs.view`.
 async fn visible_workspaces(app: &App, actor: &str) -> CliResult<Vec<String>> {
-    app.db.access.workspaces_with(actor, oprun_shared::viewer::RUNS_VIEW).await.map_err(store_err)
+    app.db.access.workspaces_with(actor, oprun_shared::RUNS_VIEW).await.map_err(store_err)
 }
 
 async fn runs_list(path: Option<&std::path::Path>, args: ListArgs) -> CliResult<()> {
@@ -249,7 +249,11 @@ fn print_detail(run: &OperationRun, d: &oprun_shared::RunDetail) {
         println!("failure    {}: {}", f.reason_code, f.message);
     }
     println!();
-    println!("guidance   [{}] {}", serde_json::to_value(g.severity).unwrap_or_default().as_str().unwrap_or("-"), g.title);
+    println!(
+        "guidance   [{}] {}",
+        serde_json::to_value(g.severity).unwrap_or_default().as_str().unwrap_or("-"),
+        g.title
+    );
     println!("  why      {}", g.reason);
     println!("  impact   {}", g.impact);
     println!("  next     {} ({})", g.primary_action.label, g.primary_action.key);
@@ -344,7 +348,7 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
             shutdown_grace: app.config.worker.shutdown_grace,
         };
         let (queue, qcfg, rx) = (queue.clone(), app.config.queue.clone(), stop_rx.clone());
-        tasks.spawn(async move { run_worker(&queue, &qcfg, opts, Arc::new(runner), stopped(rx)).await });
+        tasks.spawn(async move { run_worker((*queue).clone(), qcfg, opts, Arc::new(runner), stopped(rx)).await });
     }
     info!(
         store = %oprun_shared::redact::redact_url(&app.config.store.url),

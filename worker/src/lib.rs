@@ -6,3 +6,4 @@ pub mod runner;
 
 pub use operation::{Operation, OperationError, Operations, RunContext};
 pub use runner::{JobResult, Retry, Runner, StatsSnapshot, WorkerStats};
+pub mod queue;

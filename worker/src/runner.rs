@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oprun_shared::{
-    Authorizer, BlockFrom, Completion, Decision, JobPayload, OperationRun, OperationRunService, ReasonCode,
-    RunOutcome, RunStatus, ServiceError, TransitionError, redact,
+    Authorizer, BlockFrom, Completion, Decision, JobPayload, OperationRun, OperationRunService, ReasonCode, RunOutcome,
+    RunStatus, ServiceError, TransitionError, redact,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -123,7 +123,12 @@ pub struct Runner {
 
 impl Runner {
     /// A runner that claims leases as `worker_id` (unique per process).
-    pub fn new(service: OperationRunService, authorizer: Authorizer, operations: Operations, worker_id: String) -> Self {
+    pub fn new(
+        service: OperationRunService,
+        authorizer: Authorizer,
+        operations: Operations,
+        worker_id: String,
+    ) -> Self {
         Self { service, authorizer, operations, worker_id, stats: Arc::default() }
     }
 
@@ -138,7 +143,7 @@ impl Runner {
     }
 
     /// Handle one raw queue payload.
-    pub async fn handle(&self, payload: Value) -> Result<JobResult, Retry> {
+    pub async fn handle_job(&self, payload: Value) -> Result<JobResult, Retry> {
         bump(&self.stats.received);
         let id = match serde_json::from_value::<JobPayload>(payload.clone()) {
             Ok(p) => p.run_id,

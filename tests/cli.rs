@@ -1,0 +1,193 @@
+//! The `oprun` binary on the embedded default: `up` with no config shows
+//! succeeded runs and a blocked one with guidance; bad input exits 2 and
+//! writes nothing; a refusal exits 3 and leaves an audit row.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oprun");
+
+fn oprun(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("OPRUN_CONFIG")
+        .env_remove("OPRUN_DATABASE_URL")
+        .env_remove("OPRUN_QUEUE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run oprun")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn runs(dir: &Path) -> Vec<Value> {
+    json(&oprun(dir, &["runs", "list", "--json", "--limit", "1000"])).as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn up_on_the_embedded_default_shows_succeeded_and_blocked_runs_with_guidance() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Command::new(BIN)
+        .arg("up")
+        .current_dir(dir.path())
+        .env_remove("OPRUN_CONFIG")
+        .env_remove("OPRUN_DATABASE_URL")
+        .env_remove("OPRUN_QUEUE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start oprun up");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (succeeded, blocked) = loop {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Ok(Some(status)) = up.try_wait() {
+            let out = up.wait_with_output().unwrap();
+            panic!("oprun up exited early ({status}): {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if !dir.path().join("oprun.db").exists() {
+            continue;
+        }
+        let all = runs(dir.path());
+        let find = |outcome: &str| all.iter().find(|r| r["outcome"] == outcome).cloned();
+        if let (Some(s), Some(b)) = (find("succeeded"), find("blocked")) {
+            break (s, b);
+        }
+        assert!(Instant::now() < deadline, "no succeeded and blocked runs after 90s: {all:?}");
+    };
+    // Stop it as an operator would: SIGTERM, then it exits cleanly.
+    let pid = up.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = up.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(40), "oprun up did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "oprun up exit status after SIGTERM: {status}");
+
+    assert_eq!(succeeded["status"], "completed");
+    assert_eq!(succeeded["initiator"]["kind"], "schedule");
+    assert_eq!(succeeded["initiator"]["id"], "svc-scheduler");
+    assert_eq!(succeeded["source_surface"], "scheduler");
+    assert!(succeeded["summary_counts"]["total"].as_u64().unwrap() > 0, "{succeeded}");
+    assert_eq!(blocked["reason_code"], "execution.environment_not_operable");
+    assert_eq!(blocked["environment_id"], "contoso-lab");
+
+    let id = blocked["id"].as_str().unwrap();
+    let shown = json(&oprun(dir.path(), &["runs", "show", id, "--json"]));
+    assert_eq!(shown["guidance"]["technical"]["reason_code"], "execution.environment_not_operable", "{shown}");
+    assert!(!shown["guidance"]["primary_action"]["key"].as_str().unwrap().is_empty());
+    let text = oprun(dir.path(), &["runs", "show", id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("guidance") && text.contains("execution.environment_not_operable"), "{text}");
+    // The viewer sees contoso runs but fabrikam's do not exist for it.
+    let seen = json(&oprun(dir.path(), &["runs", "list", "--json", "--as", "viewer-1"]));
+    assert!(seen.as_array().unwrap().iter().all(|r| r["workspace_id"] == "contoso"), "{seen}");
+}
+
+#[test]
+fn bad_dispatch_input_exits_2_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let out = oprun(p, &["access", "apply", "/nonexistent/access.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/access.toml"));
+    // Load the demo's access truth into a fresh store.
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    let base = ["dispatch", "demo.inventory_sync", "--workspace", "contoso", "--environment", "contoso-prod"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["dispatch", "no.such.op", "--workspace", "contoso", "--as", "ops-user-1"],
+            "unknown operation 'no.such.op'",
+        ),
+        ([&base[..], &["--as", "ops-user-1", "--params", "{not json"]].concat(), "--params is not JSON"),
+        ([&base[..], &["--as", "ops-user-1", "--params", "[1]"]].concat(), "--params must be a JSON object"),
+        ([&base[..], &["--as", "nobody"]].concat(), "unknown actor 'nobody'"),
+        (vec!["dispatch", "demo.inventory_sync", "--workspace", "contoso", "--as", "ops-user-1"], "environment"),
+        (vec!["dispatch", "demo.inventory_sync", "--as", "ops-user-1"], "--workspace"),
+        ([&base[..], &["--as", "ops-user-1", "--params", r#"{"client_secret":"x"}"#]].concat(), "client_secret"),
+    ];
+    for (args, needle) in cases {
+        let out = oprun(p, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
+    }
+    assert!(runs(p).is_empty(), "nothing was written");
+    let bad = oprun(p, &["runs", "list", "--status", "sleeping"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sleeping"));
+    let bad = oprun(p, &["runs", "show", "not-a-uuid"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn a_refused_dispatch_exits_3_with_the_reason_and_leaves_an_audit_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    // The viewer may not run the sync.
+    let out = oprun(
+        p,
+        &[
+            "dispatch",
+            "demo.inventory_sync",
+            "--workspace",
+            "contoso",
+            "--environment",
+            "contoso-prod",
+            "--as",
+            "viewer-1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("execution.capability_missing"), "{err}");
+    assert!(runs(p).is_empty());
+    // The audit row is in the store.
+    let db = p.join("oprun.db");
+    let url = format!("sqlite://{}", db.display());
+    let refused: i64 = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'run.dispatch_refused' \
+             AND actor_id = 'viewer-1' AND reason_code = 'execution.capability_missing'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    });
+    assert_eq!(refused, 1);
+    // And an allowed one is written and queued.
+    let out = oprun(
+        p,
+        &[
+            "dispatch",
+            "demo.inventory_sync",
+            "--workspace",
+            "contoso",
+            "--environment",
+            "contoso-prod",
+            "--as",
+            "ops-user-1",
+            "--json",
+        ],
+    );
+    let v = json(&out);
+    assert_eq!(v["result"], "dispatched");
+    assert_eq!(v["run"]["status"], "queued");
+    assert_eq!(runs(p).len(), 1);
+}

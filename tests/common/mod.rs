@@ -1,0 +1,322 @@
+//! The end-to-end harness: a real store (Postgres or a SQLite file), a real
+//! queue (Redis, or apalis-sqlite in the same file), the real worker loop and
+//! a test operation that counts its own invocations.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oprun_scheduler::Dispatcher;
+use oprun_shared::config::{QueueBackend, QueueConfig};
+use oprun_shared::testing::{self, TestStore};
+use oprun_shared::{
+    AccessFile, Authorizer, Catalog, Clock, Completion, JobQueue, OperationRun, OperationRunService, RunStatus,
+    RunStore, ServiceConfig, SummaryCounts, SystemClock,
+};
+use oprun_worker::queue::{Queue, WorkerOptions, run_worker};
+use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
+use serde_json::json;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Which stack a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// Production: Postgres runs + Redis queue.
+    PostgresRedis,
+    /// Embedded: one SQLite file for runs and queue.
+    Sqlite,
+}
+
+/// The catalog the end-to-end tests use: `test.count` (environment scope,
+/// provider graph) runs [`Counting`]; `test.slow` walks the demo collection.
+pub const CATALOG: &str = r#"
+capabilities = ["inventory.sync", "report.build"]
+
+[operations."test.count"]
+kind = "count"
+capability = "inventory.sync"
+scope = "environment"
+provider = "graph"
+lease = "20s"
+heartbeat = "2s"
+max_attempts = 3
+
+[operations."test.fanout"]
+kind = "count"
+capability = "inventory.sync"
+scope = "environment"
+provider = "graph"
+dedup = "none"
+
+[operations."test.slow"]
+kind = "demo"
+capability = "inventory.sync"
+scope = "environment"
+lease = "3s"
+heartbeat = "1s"
+max_attempts = 3
+resumable = true
+
+[operations."test.report"]
+kind = "count"
+capability = "report.build"
+scope = "workspace"
+dedup = "none"
+"#;
+
+/// Access truth for the end-to-end tests: one actor and one environment per
+/// reauthorization case, so that a single edit breaks each run differently.
+pub const ACCESS: &str = r#"
+[roles]
+operator = ["inventory.sync", "report.build", "runs.view", "runs.retry"]
+automation = ["inventory.sync", "report.build"]
+
+[[actors]]
+id = "ops-user-1"
+kind = "user"
+[[actors]]
+id = "cap-user"
+kind = "user"
+[[actors]]
+id = "gone-user"
+kind = "user"
+[[actors]]
+id = "svc-scheduler"
+kind = "service"
+
+[[workspaces]]
+id = "contoso"
+[[workspaces]]
+id = "fabrikam"
+
+[[environments]]
+id = "contoso-prod"
+workspace = "contoso"
+[[environments]]
+id = "contoso-dev"
+workspace = "contoso"
+[[environments]]
+id = "contoso-moving"
+workspace = "contoso"
+[[environments]]
+id = "contoso-revoked"
+workspace = "contoso"
+[[environments]]
+id = "contoso-lab"
+workspace = "contoso"
+status = "suspended"
+[[environments]]
+id = "fabrikam-prod"
+workspace = "fabrikam"
+
+[[memberships]]
+actor = "ops-user-1"
+workspace = "contoso"
+role = "operator"
+[[memberships]]
+actor = "cap-user"
+workspace = "contoso"
+role = "operator"
+[[memberships]]
+actor = "gone-user"
+workspace = "contoso"
+role = "operator"
+[[memberships]]
+actor = "svc-scheduler"
+workspace = "contoso"
+role = "automation"
+[[memberships]]
+actor = "svc-scheduler"
+workspace = "fabrikam"
+role = "automation"
+
+[[provider_connections]]
+environment = "contoso-prod"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-dev"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-moving"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-revoked"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-lab"
+provider = "graph"
+[[provider_connections]]
+environment = "fabrikam-prod"
+provider = "graph"
+"#;
+
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::from_toml(CATALOG).expect("test catalog"))
+}
+
+pub fn access(text: &str) -> AccessFile {
+    let caps = oprun_shared::access::grantable_capabilities(&catalog());
+    AccessFile::from_toml(text, "test access", Some(&caps)).expect("test access file")
+}
+
+/// A test operation that counts its invocations and reports one page.
+#[derive(Debug, Default, Clone)]
+pub struct Counting {
+    pub calls: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Operation for Counting {
+    async fn execute(&self, ctx: &RunContext) -> Result<Completion, OperationError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if ctx.params().get("panic").is_some() {
+            panic!("the test operation was told to panic");
+        }
+        let counts = SummaryCounts::new()
+            .with("total", 3)
+            .and_then(|c| c.with("succeeded", 3))
+            .and_then(|c| c.with("pages", 1))
+            .map_err(|e| OperationError::failed("unknown_error", e.to_string()))?;
+        ctx.progress(counts, Some(json!({"page": 1}))).await?;
+        Ok(Completion::succeeded(SummaryCounts::new()))
+    }
+}
+
+/// One stack: store, queue, service, dispatcher, and a worker to start.
+pub struct Env {
+    pub stack: Stack,
+    pub db: TestStore,
+    pub queue: Arc<Queue>,
+    pub queue_config: QueueConfig,
+    pub service: OperationRunService,
+    pub authorizer: Authorizer,
+    pub dispatcher: Dispatcher,
+    pub counting: Counting,
+}
+
+impl Env {
+    pub async fn new(stack: Stack) -> Self {
+        let db = TestStore::new(match stack {
+            Stack::PostgresRedis => testing::Backend::Postgres,
+            Stack::Sqlite => testing::Backend::Sqlite,
+        })
+        .await;
+        db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
+        let queue_config = match stack {
+            Stack::PostgresRedis => QueueConfig {
+                backend: QueueBackend::Redis,
+                url: Some(testing::require_env(testing::REDIS_URL_VAR)),
+                namespace: format!("oprun-test-{}", Uuid::now_v7().simple()),
+                poll_interval: Duration::from_millis(50),
+                ..QueueConfig::default()
+            },
+            Stack::Sqlite => QueueConfig {
+                backend: QueueBackend::Sqlite,
+                poll_interval: Duration::from_millis(50),
+                ..QueueConfig::default()
+            },
+        };
+        let queue = Arc::new(Queue::open(&queue_config, db.database.sqlite.clone()).await.expect("open the queue"));
+        let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
+        let authorizer = Authorizer::new(db.access.clone(), catalog());
+        let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
+        Self { stack, db, queue, queue_config, service, authorizer, dispatcher, counting: Counting::default() }
+    }
+
+    pub fn service_with(store: Arc<dyn RunStore>, clock: Arc<dyn Clock>) -> OperationRunService {
+        OperationRunService::new(store, catalog(), clock, ServiceConfig::default())
+    }
+
+    pub fn operations(&self) -> Operations {
+        let mut ops = Operations::builtin();
+        ops.register("count", self.counting.clone());
+        ops
+    }
+
+    pub fn runner(&self, name: &str) -> Runner {
+        Runner::new(self.service.clone(), self.authorizer.clone(), self.operations(), name.to_string())
+    }
+
+    /// Start the real worker loop with `runner`; stop it with the returned handle.
+    pub fn start_worker(&self, runner: Runner) -> WorkerHandle {
+        let (tx, mut rx) = watch::channel(false);
+        let (queue, cfg) = (self.queue.clone(), self.queue_config.clone());
+        let opts = WorkerOptions { name_prefix: "test".into(), concurrency: 4, shutdown_grace: Duration::from_secs(5) };
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            run_worker((*queue).clone(), cfg, opts, Arc::new(runner), stop).await
+        });
+        WorkerHandle { tx, task }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.counting.calls.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the run is completed (at most `secs`).
+    pub async fn until_completed(&self, id: Uuid, secs: u64) -> OperationRun {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let run = self.service.get(id).await.expect("read run");
+            if run.status == RunStatus::Completed {
+                return run;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "run {id} still {} after {secs}s", run.status);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `check` holds (at most `secs`).
+    pub async fn until<F: FnMut() -> bool>(mut check: F, secs: u64, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub struct WorkerHandle {
+    tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl WorkerHandle {
+    pub async fn stop(self) {
+        let _ = self.tx.send(true);
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the worker stops within its grace period")
+            .expect("worker task")
+            .expect("worker result");
+    }
+}
+
+/// Run each case once per stack.
+#[macro_export]
+macro_rules! both_stacks {
+    ($($case:ident),* $(,)?) => {
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(super::Stack::PostgresRedis).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(super::Stack::Sqlite).await;
+                }
+            )*
+        }
+    };
+}

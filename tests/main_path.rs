@@ -1,0 +1,241 @@
+//! The main path end to end — dispatch → queue → worker reauthorizes →
+//! operation → finish — on Postgres + Redis and on one SQLite file.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ACCESS, Env, Stack, access};
+use oprun_scheduler::{DispatchOutcome, Scheduler};
+use oprun_shared::config::ScheduleSpec;
+use oprun_shared::{
+    ActorKind, Clock, DispatchRequest, Initiator, ManualClock, OperationRun, RunOutcome, Scope, SourceSurface,
+    TickDecision,
+};
+use serde_json::json;
+
+fn req(op: &str, actor: &str, env: Option<&str>) -> DispatchRequest {
+    DispatchRequest {
+        operation: op.into(),
+        scope: Scope { workspace_id: "contoso".into(), environment_id: env.map(Into::into), ..Scope::default() },
+        initiator: Initiator::user(actor),
+        source: SourceSurface::Cli,
+        context: json!({"correlation_id": "test"}),
+        params: json!({}),
+    }
+}
+
+async fn dispatched(e: &Env, r: DispatchRequest) -> OperationRun {
+    match e.dispatcher.dispatch(r).await.expect("dispatch") {
+        DispatchOutcome::Dispatched { run, deduplicated: false, push_failed: false } => *run,
+        other => panic!("expected a fresh dispatch, got {other:?}"),
+    }
+}
+
+async fn a_scheduled_tick_ends_in_a_succeeded_run_started_by_the_schedule_actor(stack: Stack) {
+    let e = Env::new(stack).await;
+    let spec: ScheduleSpec = toml::from_str(
+        r#"
+name = "every-minute"
+cron = "* * * * *"
+operation = "test.count"
+workspace = "contoso"
+environment = "contoso-prod"
+actor = "svc-scheduler"
+"#,
+    )
+    .unwrap();
+    let start = chrono::Utc::now();
+    let clock = Arc::new(ManualClock::new(start));
+    let sched = Scheduler::new(
+        &[spec],
+        e.dispatcher.clone(),
+        e.db.access.clone(),
+        clock.clone(),
+        "sched-test",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    // The next whole minute, one second late.
+    let tick = start + chrono::Duration::seconds(61);
+    clock.set(tick);
+    let decided = sched.run_once().await.unwrap();
+    let fired: Vec<_> = decided.iter().filter(|t| t.decision == TickDecision::Fired).collect();
+    assert_eq!(fired.len(), 1, "{decided:?}");
+    let run_id = fired[0].run_ids[0];
+    let worker = e.start_worker(e.runner("w1"));
+    let run = e.until_completed(run_id, 30).await;
+    worker.stop().await;
+    assert_eq!(run.outcome, RunOutcome::Succeeded, "{run:?}");
+    assert_eq!(run.initiator, Initiator { kind: ActorKind::Schedule, id: "svc-scheduler".into() });
+    assert_eq!(run.source_surface, SourceSurface::Scheduler);
+    assert_eq!(run.context["schedule"], "every-minute");
+    assert_eq!(run.summary_counts.get("total"), 3);
+    assert_eq!(run.summary_counts.get("pages"), 1);
+    assert_eq!(e.calls(), 1);
+    let ticks = e.db.access.ticks("every-minute", 10).await.unwrap();
+    assert_eq!(
+        ticks.iter().map(|t| (t.decision, t.run_ids.clone())).collect::<Vec<_>>(),
+        vec![(TickDecision::Fired, vec![run_id])]
+    );
+}
+
+async fn changes_after_dispatch_block_the_run_at_execution_and_the_operation_never_runs(stack: Stack) {
+    let e = Env::new(stack).await;
+    let ok = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
+    let cap = dispatched(&e, req("test.count", "cap-user", Some("contoso-prod"))).await;
+    let disabled = dispatched(&e, req("test.count", "gone-user", Some("contoso-prod"))).await;
+    let suspended = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-dev"))).await;
+    let moved = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-moving"))).await;
+    let revoked = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-revoked"))).await;
+    // Between dispatch and handling, current truth changes.
+    let edited = ACCESS
+        .replacen(
+            "actor = \"cap-user\"\nworkspace = \"contoso\"\nrole = \"operator\"",
+            "actor = \"cap-user\"\nworkspace = \"fabrikam\"\nrole = \"operator\"",
+            1,
+        )
+        .replacen(
+            "id = \"gone-user\"\nkind = \"user\"",
+            "id = \"gone-user\"\nkind = \"user\"\nstatus = \"disabled\"",
+            1,
+        )
+        .replacen(
+            "id = \"contoso-dev\"\nworkspace = \"contoso\"",
+            "id = \"contoso-dev\"\nworkspace = \"contoso\"\nstatus = \"suspended\"",
+            1,
+        )
+        .replacen(
+            "id = \"contoso-moving\"\nworkspace = \"contoso\"",
+            "id = \"contoso-moving\"\nworkspace = \"fabrikam\"",
+            1,
+        )
+        .replacen(
+            "environment = \"contoso-revoked\"\nprovider = \"graph\"",
+            "environment = \"contoso-revoked\"\nprovider = \"graph\"\nstatus = \"consent_revoked\"",
+            1,
+        );
+    assert_ne!(edited, ACCESS);
+    e.db.access.apply_access(&access(&edited)).await.unwrap();
+    let worker = e.start_worker(e.runner("w1"));
+    let mut results = vec![];
+    for run in [&ok, &cap, &disabled, &suspended, &moved, &revoked] {
+        let done = e.until_completed(run.id, 30).await;
+        results.push((done.outcome, done.reason_code.clone()));
+    }
+    worker.stop().await;
+    let blocked = |code: &str| (RunOutcome::Blocked, Some(code.to_string()));
+    assert_eq!(
+        results,
+        vec![
+            (RunOutcome::Succeeded, None),
+            blocked("execution.capability_missing"),
+            blocked("execution.actor_disabled"),
+            blocked("execution.environment_not_operable"),
+            blocked("execution.scope_changed"),
+            blocked("execution.provider_connection_unusable"),
+        ]
+    );
+    assert_eq!(e.calls(), 1, "only the run that was still allowed invoked the operation");
+    let audit: Vec<String> = e.service.audit(cap.id).await.unwrap().into_iter().map(|a| a.entry.action).collect();
+    assert_eq!(audit, vec!["run.dispatch", "run.claim", "run.block"]);
+}
+
+async fn the_same_job_delivered_twice_runs_the_operation_once(stack: Stack) {
+    let e = Env::new(stack).await;
+    let run = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
+    oprun_shared::JobQueue::push(&*e.queue, run.id).await.unwrap();
+    let runner = e.runner("w1");
+    let stats = runner.stats().clone();
+    let worker = e.start_worker(runner);
+    let done = e.until_completed(run.id, 30).await;
+    Env::until(|| stats.snapshot().received >= 2, 30, "the second delivery").await;
+    worker.stop().await;
+    assert_eq!(done.outcome, RunOutcome::Succeeded);
+    assert_eq!(e.calls(), 1);
+    assert_eq!(stats.snapshot().skipped, 1, "{:?}", stats.snapshot());
+}
+
+async fn a_panicking_operation_fails_its_run_and_the_worker_goes_on(stack: Stack) {
+    let e = Env::new(stack).await;
+    let bad = dispatched(
+        &e,
+        DispatchRequest { params: json!({"panic": true}), ..req("test.count", "ops-user-1", Some("contoso-prod")) },
+    )
+    .await;
+    let good = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-dev"))).await;
+    let runner = e.runner("w1");
+    let stats = runner.stats().clone();
+    let worker = e.start_worker(runner);
+    let bad = e.until_completed(bad.id, 30).await;
+    let good = e.until_completed(good.id, 30).await;
+    worker.stop().await;
+    assert_eq!((bad.outcome, bad.reason_code.as_deref()), (RunOutcome::Failed, Some("run.handler_panicked")));
+    assert_eq!(good.outcome, RunOutcome::Succeeded);
+    assert_eq!(stats.snapshot().panics, 1);
+}
+
+async fn a_cancel_request_is_honoured_between_pages(stack: Stack) {
+    let e = Env::new(stack).await;
+    let r = DispatchRequest {
+        params: json!({"pages": 200, "page_size": 5, "page_delay_ms": 50}),
+        ..req("test.slow", "ops-user-1", Some("contoso-prod"))
+    };
+    let run = dispatched(&e, r).await;
+    let worker = e.start_worker(e.runner("w1"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = e.service.get(run.id).await.unwrap();
+        if now.summary_counts.get("pages") >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slow run never progressed: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.service.cancel(run.id, &Initiator::user("ops-user-1")).await.unwrap();
+    let done = e.until_completed(run.id, 30).await;
+    worker.stop().await;
+    assert_eq!((done.outcome, done.reason_code.as_deref()), (RunOutcome::Cancelled, Some("run.cancelled_by_operator")));
+    let pages = done.summary_counts.get("pages");
+    assert!((2..200).contains(&pages), "stopped between pages, kept its counts: {pages}");
+}
+
+async fn a_refused_scheduled_dispatch_records_a_blocked_run_and_a_refused_tick(stack: Stack) {
+    let e = Env::new(stack).await;
+    let spec: ScheduleSpec = toml::from_str(
+        r#"
+name = "lab"
+cron = "* * * * *"
+operation = "test.count"
+workspace = "contoso"
+environment = "contoso-lab"
+actor = "svc-scheduler"
+"#,
+    )
+    .unwrap();
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let sched =
+        Scheduler::new(&[spec], e.dispatcher.clone(), e.db.access.clone(), clock.clone(), "s", Duration::from_secs(5))
+            .unwrap();
+    clock.advance(chrono::Duration::seconds(61));
+    let decided = sched.run_once().await.unwrap();
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].decision, TickDecision::Refused);
+    let run = e.service.get(decided[0].run_ids[0]).await.unwrap();
+    assert_eq!(
+        (run.outcome, run.reason_code.as_deref()),
+        (RunOutcome::Blocked, Some("execution.environment_not_operable"))
+    );
+    assert_eq!(run.initiator.id, "svc-scheduler");
+    let _ = clock.now();
+}
+
+both_stacks!(
+    a_scheduled_tick_ends_in_a_succeeded_run_started_by_the_schedule_actor,
+    changes_after_dispatch_block_the_run_at_execution_and_the_operation_never_runs,
+    the_same_job_delivered_twice_runs_the_operation_once,
+    a_panicking_operation_fails_its_run_and_the_worker_goes_on,
+    a_cancel_request_is_honoured_between_pages,
+    a_refused_scheduled_dispatch_records_a_blocked_run_and_a_refused_tick,
+);

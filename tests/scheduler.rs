@@ -1,0 +1,113 @@
+//! Schedules: a tick fires once with two schedulers, missed ticks follow the
+//! misfire policy after a restart, and an overlapping tick is recorded as
+//! skipped — on Postgres + Redis and on one SQLite file. Time is a manual
+//! clock; nothing sleeps to make a tick due.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{Env, Stack};
+use oprun_scheduler::{Dispatcher, Scheduler};
+use oprun_shared::config::ScheduleSpec;
+use oprun_shared::{Authorizer, JobQueue, ManualClock, RunFilter, TickDecision};
+
+fn spec(extra: &str) -> ScheduleSpec {
+    toml::from_str(&format!(
+        "name = \"five\"\ncron = \"*/5 * * * *\"\noperation = \"test.fanout\"\nworkspace = \"contoso\"\n\
+         environments = \"all\"\nactor = \"svc-scheduler\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// A scheduler over its own connection pool, as a second process would have.
+async fn scheduler(e: &Env, name: &str, spec: &ScheduleSpec, clock: Arc<ManualClock>) -> Scheduler {
+    let db = oprun_shared::store::open(&e.db.url, 4).await.unwrap();
+    let service = Env::service_with(db.runs.clone(), clock.clone());
+    let authorizer = Authorizer::new(db.access.clone(), common::catalog());
+    let dispatcher = Dispatcher::new(service, authorizer, e.queue.clone() as Arc<dyn JobQueue>);
+    Scheduler::new(std::slice::from_ref(spec), dispatcher, db.access.clone(), clock, name, Duration::from_secs(5))
+        .unwrap()
+}
+
+async fn two_schedulers_fire_every_tick_exactly_once(stack: Stack) {
+    let e = Env::new(stack).await;
+    let s = spec("overlap = \"allow\"");
+    let clock = Arc::new(ManualClock::new(t("2026-11-02T08:59:58Z")));
+    let a = scheduler(&e, "sched-a", &s, clock.clone()).await;
+    let b = scheduler(&e, "sched-b", &s, clock.clone()).await;
+    for minute in ["09:00:01", "09:05:02", "09:10:01"] {
+        clock.set(t(&format!("2026-11-02T{minute}Z")));
+        let (ra, rb) = tokio::join!(a.run_once(), b.run_once());
+        let fired: Vec<_> = ra.unwrap().into_iter().chain(rb.unwrap()).collect();
+        assert_eq!(fired.len(), 1, "one of the two took the tick: {fired:?}");
+        assert_eq!(fired[0].decision, TickDecision::Fired);
+        assert_eq!(fired[0].run_ids.len(), 4, "one run per operable contoso environment");
+    }
+    let ticks = e.db.access.ticks("five", 100).await.unwrap();
+    assert_eq!(ticks.len(), 3);
+    let filter = RunFilter { operation: Some("test.fanout".into()), limit: 100, ..Default::default() };
+    assert_eq!(e.service.list(&filter).await.unwrap().len(), 3 * 4, "3 ticks × 4 environments, no duplicates");
+}
+
+async fn a_restart_after_missed_ticks_follows_the_misfire_policy(stack: Stack) {
+    let e = Env::new(stack).await;
+    for (policy, window, want_fired) in [("skip", "10m", 0), ("fire_once", "10m", 1), ("fire_once", "2m", 0)] {
+        let s = ScheduleSpec {
+            name: format!("mf-{policy}-{window}"),
+            ..spec(&format!("misfire = \"{policy}\"\nmisfire_window = \"{window}\"\noverlap = \"allow\""))
+        };
+        let clock = Arc::new(ManualClock::new(t("2026-11-02T08:59:58Z")));
+        let first = scheduler(&e, "before", &s, clock.clone()).await;
+        clock.set(t("2026-11-02T09:00:01Z"));
+        assert_eq!(first.run_once().await.unwrap()[0].decision, TickDecision::Fired);
+        drop(first);
+        // Down from 09:00 to 09:33: ticks 09:05 … 09:30 were missed.
+        clock.set(t("2026-11-02T09:33:00Z"));
+        let restarted = scheduler(&e, "after", &s, clock.clone()).await;
+        let decided = restarted.run_once().await.unwrap();
+        let at: Vec<_> = decided.iter().map(|d| (d.scheduled_for, d.decision)).collect();
+        let mut want: Vec<_> = ["09:05", "09:10", "09:15", "09:20", "09:25"]
+            .iter()
+            .map(|m| (t(&format!("2026-11-02T{m}:00Z")), TickDecision::SkippedMisfire))
+            .collect();
+        let last = if want_fired == 1 { TickDecision::Fired } else { TickDecision::SkippedMisfire };
+        want.push((t("2026-11-02T09:30:00Z"), last));
+        assert_eq!(at, want, "misfire = {policy}, window = {window}");
+        if want_fired == 1 {
+            assert_eq!(e.db.access.ticks(&s.name, 1).await.unwrap()[0].details["catch_up"], true);
+        }
+        assert!(restarted.run_once().await.unwrap().is_empty(), "nothing is decided twice");
+    }
+}
+
+async fn a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap(stack: Stack) {
+    let e = Env::new(stack).await;
+    let s = ScheduleSpec {
+        operation: "test.count".into(),
+        environment: Some("contoso-prod".into()),
+        environments: None,
+        ..spec("overlap = \"skip\"")
+    };
+    let clock = Arc::new(ManualClock::new(t("2026-11-02T08:59:58Z")));
+    let sched = scheduler(&e, "s", &s, clock.clone()).await;
+    clock.set(t("2026-11-02T09:00:01Z"));
+    let first = sched.run_once().await.unwrap();
+    assert_eq!(first[0].decision, TickDecision::Fired);
+    clock.set(t("2026-11-02T09:05:01Z"));
+    let second = sched.run_once().await.unwrap();
+    assert_eq!(second[0].decision, TickDecision::SkippedOverlap);
+    assert_eq!(second[0].run_ids, first[0].run_ids, "the tick names the active run it deferred to");
+}
+
+both_stacks!(
+    two_schedulers_fire_every_tick_exactly_once,
+    a_restart_after_missed_ticks_follows_the_misfire_policy,
+    a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap,
+);

@@ -1,0 +1,257 @@
+//! The job queue on apalis 1.0: apalis-redis in production, apalis-sqlite
+//! (in the run store's own file) for the embedded default. Jobs carry only a
+//! run id; the run row owns attempts and retries.
+//!
+//! Settings and what they trade (see `shared/notes/apalis-1.0.md`):
+//! - Redis `lock_tasks = false`: apalis's lock scans the whole active list per
+//!   task (cost grows with backlog); our run row's claim is the lock that
+//!   matters, so we skip it and keep fetch cost flat.
+//! - `heartbeat` / `missed_heartbeats` set explicitly (default 5 s × 3): a dead
+//!   worker's in-flight jobs return to the queue after ~15 s instead of apalis's
+//!   5-minute default; the price is one small write per worker per heartbeat.
+//! - A unique worker name per process (`PREFIX-HOST-PID-RANDOM`): apalis
+//!   refuses a name reused within a heartbeat of the old worker.
+//! - Idle polling every `poll_interval` through a tokio-timer stream: apalis
+//!   otherwise re-polls an idle worker only at its heartbeat; a shorter
+//!   interval means lower pickup latency for one cheap query per tick.
+//! - The handler returns `Ok` for everything but a store outage (then `Err`,
+//!   and the backend reschedules the job): the run row, not apalis, decides
+//!   retries, so apalis's own retry budget never fires for run failures.
+//! - No `parallelize`: jobs share the worker's task, but each run's handler
+//!   and heartbeat run on tasks of their own (see `runner`), so only the
+//!   claim and finish writes are polled on the worker task.
+//! - The payload is taken as `serde_json::Value` and parsed by the handler, so
+//!   a payload of the wrong shape is acknowledged and counted, never a decode
+//!   error that stops the worker.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BackendExt, BoxDynError, Data, TaskSink, WorkerBuilder, WorkerBuilderExt};
+use apalis_redis::{ConnectionManager, RedisStorage};
+use apalis_sqlite::SqliteStorage;
+use async_trait::async_trait;
+use futures::Stream;
+use oprun_shared::config::{QueueBackend, QueueConfig};
+use oprun_shared::{JobPayload, JobQueue, QueueError, redact};
+use serde_json::Value;
+use sqlx::SqlitePool;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Handles one raw job payload.
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// `Ok` acknowledges; `Err` (a store outage) sends the job back.
+    async fn handle(&self, payload: Value) -> Result<(), String>;
+}
+
+#[async_trait]
+impl JobHandler for crate::runner::Runner {
+    async fn handle(&self, payload: Value) -> Result<(), String> {
+        self.handle_job(payload).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The worker name's prefix.
+    pub name_prefix: String,
+    /// Jobs handled at once.
+    pub concurrency: usize,
+    /// How long in-flight jobs may finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+/// The queue: one of the two apalis storages.
+#[derive(Clone)]
+pub enum Queue {
+    /// apalis-redis.
+    Redis(RedisStorage<Value, ConnectionManager>),
+    /// apalis-sqlite in the store's file.
+    Sqlite(SqliteStorage<Value>),
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queue::Redis(_) => f.write_str("Queue::Redis"),
+            Queue::Sqlite(_) => f.write_str("Queue::Sqlite"),
+        }
+    }
+}
+
+/// The apalis-sqlite schema, with its own migrations table so that it never
+/// meets the run store's `_sqlx_migrations`.
+async fn migrate_sqlite_queue(pool: &SqlitePool) -> anyhow::Result<()> {
+    let mut migrator = SqliteStorage::<()>::migrations();
+    migrator.dangerous_set_table_name("_apalis_migrations");
+    migrator.run(pool).await?;
+    // A fresh queue without planner statistics picks bad indexes and grows
+    // quadratically (see the apalis note): gather them once.
+    let analyzed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").fetch_one(pool).await?;
+    if analyzed == 0 {
+        sqlx::query("ANALYZE").execute(pool).await?;
+    }
+    Ok(())
+}
+
+impl Queue {
+    /// Open the queue the config names; the SQLite queue needs the store's pool.
+    pub async fn open(cfg: &QueueConfig, sqlite_pool: Option<SqlitePool>) -> anyhow::Result<Queue> {
+        match cfg.backend {
+            QueueBackend::Redis => {
+                let url =
+                    cfg.url.as_deref().ok_or_else(|| anyhow::anyhow!("queue.url: the redis backend needs a URL"))?;
+                let conn = tokio::time::timeout(Duration::from_secs(10), apalis_redis::connect(url))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("redis {}: no answer within 10s", redact::redact_url(url)))?
+                    .map_err(|e| anyhow::anyhow!("redis {}: {e}", redact::redact_url(url)))?;
+                let config = apalis_redis::Config::default()
+                    .queue(&cfg.namespace)
+                    .heartbeat_interval(cfg.heartbeat)
+                    .missed_heartbeats(cfg.missed_heartbeats as usize)
+                    .lock_tasks(false);
+                Ok(Queue::Redis(RedisStorage::new(conn).with_config(config)))
+            }
+            QueueBackend::Sqlite => {
+                let pool = sqlite_pool.ok_or_else(|| {
+                    anyhow::anyhow!("queue.backend = \"sqlite\" needs a sqlite: store (the queue lives in its file)")
+                })?;
+                migrate_sqlite_queue(&pool).await?;
+                let config = apalis_sqlite::Config::default()
+                    .queue(&cfg.namespace)
+                    .heartbeat_interval(cfg.heartbeat)
+                    .missed_heartbeats(cfg.missed_heartbeats as usize);
+                Ok(Queue::Sqlite(SqliteStorage::new(&pool).with_config(config)))
+            }
+        }
+    }
+
+    /// Push a raw JSON payload (the worker must survive any shape).
+    pub async fn push_value(&self, payload: Value) -> Result<(), QueueError> {
+        let err = |e: String| QueueError(e);
+        match self {
+            Queue::Redis(s) => s.clone().push(payload).await.map_err(|e| err(e.to_string())),
+            Queue::Sqlite(s) => s.clone().push(payload).await.map_err(|e| err(e.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for Queue {
+    async fn push(&self, run_id: Uuid) -> Result<(), QueueError> {
+        self.push_value(serde_json::to_value(JobPayload { run_id }).unwrap_or_default()).await
+    }
+
+    async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
+        let payloads: Vec<Value> =
+            run_ids.iter().map(|id| serde_json::to_value(JobPayload { run_id: *id }).unwrap_or_default()).collect();
+        for chunk in payloads.chunks(500) {
+            let r = match self {
+                Queue::Redis(s) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
+                Queue::Sqlite(s) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
+            };
+            r.map_err(QueueError)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ticks every `every`: wakes an idle worker to poll.
+fn ticker(every: Duration) -> std::pin::Pin<Box<dyn Stream<Item = ()> + Send>> {
+    Box::pin(futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(every).await;
+        Some(((), ()))
+    }))
+}
+
+/// The handler as worker data (a concrete type keeps apalis's bounds simple).
+#[derive(Clone)]
+struct Shared(Arc<dyn JobHandler>);
+
+async fn handle(payload: Value, handler: Data<Shared>) -> Result<(), BoxDynError> {
+    let Shared(inner) = &*handler;
+    inner.handle(payload).await.map_err(BoxDynError::from)
+}
+
+/// A name unique to this process.
+pub fn unique_name(prefix: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let random = Uuid::now_v7().simple().to_string();
+    format!("{prefix}-{host}-{}-{}", std::process::id(), &random[random.len() - 10..])
+}
+
+/// Run a worker until `shutdown` resolves, then let in-flight jobs finish for
+/// up to `opts.shutdown_grace`.
+pub async fn run_worker(
+    queue: Queue,
+    cfg: QueueConfig,
+    opts: WorkerOptions,
+    handler: Arc<dyn JobHandler>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let name = unique_name(&opts.name_prefix);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let signal = {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            Ok::<(), std::io::Error>(())
+        }
+    };
+    let grace = {
+        let mut rx = rx.clone();
+        let grace = opts.shutdown_grace;
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    info!(worker = %name, concurrency = opts.concurrency, "worker started");
+    let concurrency = opts.concurrency.max(1);
+    let handler = Shared(handler);
+    let poll = cfg.poll_interval;
+    let worker_name = name.clone();
+    let run = tokio::spawn(async move {
+        let name = worker_name.as_str();
+        match queue {
+            Queue::Redis(s) => {
+                WorkerBuilder::new(name)
+                    .backend(s.poll_with_stream(ticker(poll)))
+                    .data(handler.clone())
+                    .concurrency(concurrency)
+                    .build(handle)
+                    .run_until(signal)
+                    .await
+            }
+            Queue::Sqlite(s) => {
+                WorkerBuilder::new(name)
+                    .backend(s.poll_with_stream(ticker(poll)))
+                    .data(handler.clone())
+                    .concurrency(concurrency)
+                    .build(handle)
+                    .run_until(signal)
+                    .await
+            }
+        }
+    });
+    tokio::select! {
+        r = run => r.map_err(|e| anyhow::anyhow!("worker {name}: {e}"))?.map_err(|e| anyhow::anyhow!("worker {name}: {e}"))?,
+        _ = grace => warn!(worker = %name, "shutdown grace elapsed with runs in flight; their leases will expire"),
+    }
+    info!(worker = %name, "worker stopped");
+    Ok(())
+}
