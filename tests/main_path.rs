@@ -83,12 +83,12 @@ actor = "svc-scheduler"
 
 async fn changes_after_dispatch_block_the_run_at_execution_and_the_operation_never_runs(stack: Stack) {
     let e = Env::new(stack).await;
-    let ok = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
-    let cap = dispatched(&e, req("test.count", "cap-user", Some("contoso-prod"))).await;
-    let disabled = dispatched(&e, req("test.count", "gone-user", Some("contoso-prod"))).await;
-    let suspended = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-dev"))).await;
-    let moved = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-moving"))).await;
-    let revoked = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-revoked"))).await;
+    let ok = dispatched(&e, req("test.fanout", "ops-user-1", Some("contoso-prod"))).await;
+    let cap = dispatched(&e, req("test.fanout", "cap-user", Some("contoso-prod"))).await;
+    let disabled = dispatched(&e, req("test.fanout", "gone-user", Some("contoso-prod"))).await;
+    let suspended = dispatched(&e, req("test.fanout", "ops-user-1", Some("contoso-dev"))).await;
+    let moved = dispatched(&e, req("test.fanout", "ops-user-1", Some("contoso-moving"))).await;
+    let revoked = dispatched(&e, req("test.fanout", "ops-user-1", Some("contoso-revoked"))).await;
     // Between dispatch and handling, current truth changes.
     let edited = ACCESS
         .replacen(

@@ -40,6 +40,17 @@ impl Default for Params {
 }
 
 fn parse(params: &Value) -> Result<Params, String> {
+    let Some(map) = params.as_object() else {
+        return Err("demo params: must be a JSON object".into());
+    };
+    for (key, v) in map {
+        if !["pages", "page_size", "fail_every", "page_delay_ms"].contains(&key.as_str()) {
+            return Err(format!("demo params: unknown field '{key}'"));
+        }
+        if !v.is_u64() {
+            return Err(format!("demo params: {key} must be a non-negative integer"));
+        }
+    }
     let p: Params = serde_json::from_value(params.clone()).map_err(|e| format!("demo params: {e}"))?;
     if !(1..=1000).contains(&p.pages) {
         return Err(format!("demo params: pages must be 1–1000, got {}", p.pages));
