@@ -231,7 +231,28 @@ actor = "svc-scheduler"
     let _ = clock.now();
 }
 
+async fn garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_goes_on(stack: Stack) {
+    let e = Env::new(stack).await;
+    for garbage in [json!("garbage"), json!({"run_id": "not-a-uuid"}), json!([1, 2, 3]), json!({"hello": "world"})] {
+        e.queue.push_value(garbage).await.unwrap();
+    }
+    oprun_shared::JobQueue::push(&*e.queue, uuid::Uuid::now_v7()).await.unwrap();
+    let run = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
+    let runner = e.runner("w1");
+    let stats = runner.stats().clone();
+    let worker = e.start_worker(runner);
+    let done = e.until_completed(run.id, 30).await;
+    Env::until(|| stats.snapshot().received >= 6, 30, "every delivery").await;
+    // Acknowledged, not retried: a while later nothing more has arrived.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.stop().await;
+    assert_eq!(done.outcome, RunOutcome::Succeeded);
+    let s = stats.snapshot();
+    assert_eq!((s.received, s.invalid_payloads, s.unknown_runs, s.finished), (6, 4, 1, 1), "{s:?}");
+}
+
 both_stacks!(
+    garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_goes_on,
     a_scheduled_tick_ends_in_a_succeeded_run_started_by_the_schedule_actor,
     changes_after_dispatch_block_the_run_at_execution_and_the_operation_never_runs,
     the_same_job_delivered_twice_runs_the_operation_once,
