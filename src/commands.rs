@@ -160,8 +160,8 @@ async fn runs_list(path: Option<&std::path::Path>, args: ListArgs) -> CliResult<
         return Ok(());
     }
     println!(
-        "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  {}",
-        "ID", "OPERATION", "STATUS", "OUTCOME", "REASON", "SCOPE", "INITIATOR", "CREATED"
+        "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  CREATED",
+        "ID", "OPERATION", "STATUS", "OUTCOME", "REASON", "SCOPE", "INITIATOR"
     );
     for v in &views {
         let scope = match &v.environment_id {

@@ -90,7 +90,7 @@ fn bump(a: &AtomicU64) {
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobResult {
     /// The run ended (this worker wrote its terminal state).
-    Finished(OperationRun),
+    Finished(Box<OperationRun>),
     /// The run was not queued any more: acknowledged, nothing done.
     Skipped {
         /// The run.
@@ -200,7 +200,7 @@ impl Runner {
                         bump(&self.stats.blocked);
                         bump(&self.stats.finished);
                         info!(reason = %reason, "blocked at execution: {message}");
-                        JobResult::Finished(run)
+                        JobResult::Finished(Box::new(run))
                     }
                     Err(e) => self.lost(id, e),
                 };
@@ -269,7 +269,7 @@ impl Runner {
             Ok(run) => {
                 bump(&self.stats.finished);
                 info!(outcome = %run.outcome, reason = run.reason_code.as_deref().unwrap_or("-"), "run finished");
-                JobResult::Finished(run)
+                JobResult::Finished(Box::new(run))
             }
             Err(e) => self.lost(id, e),
         }
