@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oprun_scheduler::{DispatchError, DispatchOutcome, Dispatcher, Scheduler, reconcile_and_push, run_loops};
+use oprun_scheduler::{
+    ActionError, DispatchError, DispatchOutcome, Dispatcher, Operator, Scheduler, reconcile_and_push, run_loops,
+};
 use oprun_shared::{
     DispatchRequest, Initiator, JobQueue, OperationRun, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
     Scope, ServiceError, SourceSurface, TransitionError, Viewer, run_detail,
@@ -16,7 +18,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::app::{App, CliError, CliResult, process_name};
-use crate::{AccessCommand, Cli, Command, DispatchArgs, ListArgs, ReconcileArgs, RunsCommand, ShowArgs};
+use crate::{
+    AccessCommand, ActArgs, Cli, Command, DispatchArgs, ListArgs, ReconcileArgs, RunsCommand, ShowArgs, TokenCommand,
+};
 
 pub async fn run(cli: Cli) -> CliResult<()> {
     // Argument errors come before any store is opened: nothing is written.
@@ -34,7 +38,13 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Dispatch(args) => dispatch(path, args).await,
         Command::Runs(RunsCommand::List(args)) => runs_list(path, args).await,
         Command::Runs(RunsCommand::Show(args)) => runs_show(path, args).await,
+        Command::Runs(RunsCommand::Retry(args)) => runs_act(path, args, true).await,
+        Command::Runs(RunsCommand::Cancel(args)) => runs_act(path, args, false).await,
         Command::Reconcile(args) => reconcile(path, args).await,
+        Command::Token(TokenCommand::Create { actor, expires_in, json }) => {
+            token_create(path, &actor, expires_in, json).await
+        }
+        Command::Token(TokenCommand::Revoke { id }) => token_revoke(path, &id).await,
         Command::Up => serve(path, true, true).await,
         Command::Worker => serve(path, true, false).await,
         Command::Scheduler => serve(path, false, true).await,
@@ -264,12 +274,17 @@ fn print_detail(run: &OperationRun, d: &oprun_shared::RunDetail) {
 
 async fn reconcile(path: Option<&std::path::Path>, args: ReconcileArgs) -> CliResult<()> {
     let app = App::open(path).await?;
-    let queue = app.queue().await?;
-    let dispatcher = Dispatcher::new(app.service.clone(), app.authorizer.clone(), queue as Arc<dyn JobQueue>);
+    let operator = operator(&app).await?;
     let filter = ReconcileFilter { operation: args.operation, workspace_id: args.workspace };
-    let report = reconcile_and_push(&dispatcher, &Initiator::user(args.actor), &filter, args.dry_run)
-        .await
-        .map_err(store_err)?;
+    let report = match &args.actor {
+        Some(actor) => {
+            let actor = known_actor(&app, actor).await?;
+            operator.reconcile(&actor, &filter, args.dry_run).await.map_err(action_err)?
+        }
+        None => reconcile_and_push(operator.dispatcher(), &Initiator::user("local-admin"), &filter, args.dry_run)
+            .await
+            .map_err(store_err)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return Ok(());
@@ -282,6 +297,96 @@ async fn reconcile(path: Option<&std::path::Path>, args: ReconcileArgs) -> CliRe
         println!("{verb} {:?}: {} {} ({})", a.kind, a.run_id, a.operation, a.why);
     }
     Ok(())
+}
+
+async fn operator(app: &App) -> CliResult<Operator> {
+    let queue = app.queue().await?;
+    Ok(Operator::new(Dispatcher::new(app.service.clone(), app.authorizer.clone(), queue as Arc<dyn JobQueue>)))
+}
+
+fn action_err(e: ActionError) -> CliError {
+    match e {
+        ActionError::NotFound(_) | ActionError::Invalid(_) => CliError::Usage(e.to_string()),
+        ActionError::Forbidden(_) | ActionError::Conflict(_) => CliError::Refused(e.to_string()),
+        ActionError::Store(_) => CliError::Runtime(e.to_string()),
+    }
+}
+
+/// An actor from the access tables, with its kind.
+async fn known_actor(app: &App, actor: &str) -> CliResult<Initiator> {
+    match app.db.access.actor_kind(actor).await.map_err(store_err)?.as_deref() {
+        None => Err(CliError::Usage(format!("unknown actor '{actor}' (see `oprun access apply`)"))),
+        Some("service") => Ok(Initiator::service(actor)),
+        Some(_) => Ok(Initiator::user(actor)),
+    }
+}
+
+async fn runs_act(path: Option<&std::path::Path>, args: ActArgs, retry: bool) -> CliResult<()> {
+    let id: uuid::Uuid =
+        args.id.parse().map_err(|_| CliError::Usage(format!("'{}' is not a run id (a UUID)", args.id)))?;
+    let app = App::open(path).await?;
+    let actor = known_actor(&app, &args.actor).await?;
+    let operator = operator(&app).await?;
+    if retry {
+        let r = operator.retry(&actor, id).await.map_err(action_err)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        } else {
+            let note = if r.deduplicated { " (an active retry already existed)" } else { "" };
+            println!("{} {} retry of {id}{note}", r.run.id, r.run.status);
+        }
+    } else {
+        let c = operator.cancel(&actor, id).await.map_err(action_err)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+        } else {
+            match c {
+                oprun_shared::Cancelled::Cancelled(run) => println!("{} cancelled", run.id),
+                oprun_shared::Cancelled::Requested(run) => {
+                    println!("{} cancel requested: its worker stops it at the next page", run.id)
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn token_create(
+    path: Option<&std::path::Path>,
+    actor: &str,
+    expires_in: Option<Duration>,
+    json: bool,
+) -> CliResult<()> {
+    let app = App::open(path).await?;
+    known_actor(&app, actor).await?;
+    let (token, id, hash) = oprun_scheduler::api::new_token();
+    let now = chrono::Utc::now();
+    let expires_at = oprun_scheduler::api::expiry(now, expires_in);
+    app.db.access.create_token(&id, &hash, actor, now, expires_at).await.map_err(store_err)?;
+    if json {
+        let v = serde_json::json!({ "id": id, "actor": actor, "token": token, "expires_at": expires_at });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("token id  {id}");
+        println!("actor     {actor}");
+        println!(
+            "expires   {}",
+            expires_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never (revoke with `oprun token revoke`)".into())
+        );
+        println!("token     {token}");
+        println!("(shown once: only its hash is stored)");
+    }
+    Ok(())
+}
+
+async fn token_revoke(path: Option<&std::path::Path>, id: &str) -> CliResult<()> {
+    let app = App::open(path).await?;
+    if app.db.access.revoke_token(id, chrono::Utc::now()).await.map_err(store_err)? {
+        println!("revoked {id}");
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!("no live token with id '{id}'")))
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -338,6 +443,25 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
             run_loops(Some(sched), dispatcher, actor, tick, every, stopped(rx)).await;
             Ok(())
         });
+    }
+    if scheduler && app.config.api.enabled {
+        let state = oprun_scheduler::api::ApiState {
+            operator: Operator::new(Dispatcher::new(
+                app.service.clone(),
+                app.authorizer.clone(),
+                queue.clone() as Arc<dyn JobQueue>,
+            )),
+            access: app.db.access.clone(),
+            queue: queue.clone() as Arc<dyn JobQueue>,
+            schedules: Arc::new(app.config.schedules.clone()),
+            clock: Arc::new(oprun_shared::SystemClock),
+        };
+        let (bind, rx) = (app.config.api.bind.clone(), stop_rx.clone());
+        // Bind now so that a taken port is a start-up error, not a silent gap.
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .map_err(|e| CliError::Usage(format!("api.bind {bind}: cannot listen: {e}")))?;
+        tasks.spawn(async move { oprun_scheduler::api::serve_on(listener, state, stopped(rx)).await });
     }
     if worker {
         let worker_id = process_name("worker");

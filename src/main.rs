@@ -46,6 +46,30 @@ enum Command {
     Runs(RunsCommand),
     /// Move stale runs on now (what the automatic reconciler does).
     Reconcile(ReconcileArgs),
+    /// API bearer tokens (stored hashed; printed once).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token for an actor and print it once.
+    Create {
+        /// The actor the token acts as.
+        #[arg(long)]
+        actor: String,
+        /// Lifetime, e.g. `30d`, `12h` (default: until revoked).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        /// The token id (printed at creation).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +116,22 @@ enum RunsCommand {
     List(ListArgs),
     /// One run, with its guidance.
     Show(ShowArgs),
+    /// Retry a blocked or failed run (a new run linked to it).
+    Retry(ActArgs),
+    /// Cancel a queued run, or ask a running one to stop.
+    Cancel(ActArgs),
+}
+
+#[derive(Debug, Args)]
+struct ActArgs {
+    /// The run id.
+    id: String,
+    /// The operator acting (authorized against current access truth).
+    #[arg(long = "as", value_name = "ACTOR")]
+    actor: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -142,9 +182,9 @@ struct ReconcileArgs {
     /// Only this workspace.
     #[arg(long)]
     workspace: Option<String>,
-    /// The actor to audit as.
-    #[arg(long = "as", value_name = "ACTOR", default_value = "oncall")]
-    actor: String,
+    /// The on-call actor (needs `runs.reconcile`); default: the local admin.
+    #[arg(long = "as", value_name = "ACTOR")]
+    actor: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,

@@ -1,10 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+pub mod api;
 pub mod dispatch;
+pub mod operator;
 pub mod reconciler;
 pub mod schedule;
 
 pub use dispatch::{DispatchError, DispatchOutcome, Dispatcher};
+pub use operator::{ActionError, Operator, Retried};
 pub use reconciler::reconcile_and_push;
 pub use schedule::{ScheduleError, Scheduler, TickOutcome};
 

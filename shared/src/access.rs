@@ -530,8 +530,28 @@ pub trait AccessStore: Send + Sync + std::fmt::Debug {
     /// workspaces only).
     async fn workspaces_with(&self, actor_id: &str, capability: &str) -> Result<Vec<String>, StoreError>;
 
+    /// The active workspaces, by id.
+    async fn active_workspaces(&self) -> Result<Vec<String>, StoreError>;
+
     /// The active environments of a workspace, by id.
     async fn operable_environments(&self, workspace_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Store a new API token's hash for `actor_id`.
+    async fn create_token(
+        &self,
+        id: &str,
+        token_hash: &str,
+        actor_id: &str,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
+
+    /// Revoke a token by id; false if there is no such live token.
+    async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// The actor a token hash belongs to, if the token is live (not revoked,
+    /// not expired) and its actor active.
+    async fn token_actor(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<String>, StoreError>;
 
     /// Take a tick: true for the one caller that inserted it.
     async fn claim_tick(

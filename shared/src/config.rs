@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, OperationSpec};
 
+/// The environment variable that overrides `api.bind`.
+pub const API_BIND_VAR: &str = "OPRUN_API_BIND";
 /// The environment variable that overrides `store.url`.
 pub const DATABASE_URL_VAR: &str = "OPRUN_DATABASE_URL";
 /// The environment variable that overrides `queue.url`.
@@ -365,6 +367,11 @@ impl Config {
             && !url.is_empty()
         {
             self.store.url = url;
+        }
+        if let Ok(bind) = std::env::var(API_BIND_VAR)
+            && !bind.is_empty()
+        {
+            self.api.bind = bind;
         }
         if let Ok(url) = std::env::var(QUEUE_URL_VAR)
             && !url.is_empty()

@@ -25,6 +25,11 @@ pub trait JobQueue: Send + Sync {
     /// Push one job for `run_id`.
     async fn push(&self, run_id: Uuid) -> Result<(), QueueError>;
 
+    /// Check that the queue answers.
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Push one job per id (backends batch where they can).
     async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
         for id in run_ids {

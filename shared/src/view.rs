@@ -115,7 +115,7 @@ pub async fn run_detail(
     service: &OperationRunService,
     run: &OperationRun,
     viewer: &Viewer,
-    visible: &dyn Fn(&str) -> bool,
+    visible: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<RunDetail, ServiceError> {
     let spec = service.catalog().get(&run.operation);
     let mut chain = vec![];

@@ -72,8 +72,9 @@ dedup = "none"
 /// reauthorization case, so that a single edit breaks each run differently.
 pub const ACCESS: &str = r#"
 [roles]
-operator = ["inventory.sync", "report.build", "runs.view", "runs.retry"]
+operator = ["inventory.sync", "report.build", "runs.view", "runs.retry", "runs.cancel", "runs.reconcile"]
 automation = ["inventory.sync", "report.build"]
+viewer = ["runs.view"]
 
 [[actors]]
 id = "ops-user-1"
@@ -87,6 +88,12 @@ kind = "user"
 [[actors]]
 id = "svc-scheduler"
 kind = "service"
+[[actors]]
+id = "viewer-1"
+kind = "user"
+[[actors]]
+id = "fab-user"
+kind = "user"
 
 [[workspaces]]
 id = "contoso"
@@ -133,6 +140,14 @@ role = "automation"
 actor = "svc-scheduler"
 workspace = "fabrikam"
 role = "automation"
+[[memberships]]
+actor = "viewer-1"
+workspace = "contoso"
+role = "viewer"
+[[memberships]]
+actor = "fab-user"
+workspace = "fabrikam"
+role = "operator"
 
 [[provider_connections]]
 environment = "contoso-prod"

@@ -147,6 +147,22 @@ impl JobQueue for Queue {
         self.push_value(serde_json::to_value(JobPayload { run_id }).unwrap_or_default()).await
     }
 
+    async fn ping(&self) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(s) => {
+                let mut s = s.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(s.get_connection())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| QueueError(e.to_string()))
+            }
+            Queue::Sqlite(s) => {
+                sqlx::query("SELECT 1").execute(s.pool()).await.map(|_| ()).map_err(|e| QueueError(e.to_string()))
+            }
+        }
+    }
+
     async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
         let payloads: Vec<Value> =
             run_ids.iter().map(|id| serde_json::to_value(JobPayload { run_id: *id }).unwrap_or_default()).collect();

@@ -217,6 +217,13 @@ macro_rules! impl_access_store {
                     rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
                 }
 
+                async fn active_workspaces(&self) -> Result<Vec<String>, StoreError> {
+                    let rows = sqlx::query("SELECT id FROM workspaces WHERE status = 'active' ORDER BY id")
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
+                }
+
                 async fn operable_environments(&self, workspace_id: &str) -> Result<Vec<String>, StoreError> {
                     let rows = sqlx::query(
                         "SELECT id FROM environments WHERE workspace_id = $1 AND status = 'active' ORDER BY id",
@@ -225,6 +232,54 @@ macro_rules! impl_access_store {
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
+                }
+
+                async fn create_token(
+                    &self,
+                    id: &str,
+                    token_hash: &str,
+                    actor_id: &str,
+                    now: DateTime<Utc>,
+                    expires_at: Option<DateTime<Utc>>,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "INSERT INTO api_tokens (id, token_hash, actor_id, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(token_hash)
+                    .bind(actor_id)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                    let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                        .bind(id)
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn token_actor(
+                    &self,
+                    token_hash: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<Option<String>, StoreError> {
+                    let row = sqlx::query(
+                        "SELECT t.actor_id FROM api_tokens t JOIN actors a ON a.id = t.actor_id \
+                         WHERE t.token_hash = $1 AND t.revoked_at IS NULL \
+                         AND (t.expires_at IS NULL OR t.expires_at > $2) AND a.status = 'active'",
+                    )
+                    .bind(token_hash)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(row.map(|r| r.try_get(0)).transpose()?)
                 }
 
                 async fn claim_tick(

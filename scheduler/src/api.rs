@@ -1,0 +1,392 @@
+//! The operator HTTP API (served by `oprun scheduler` and `oprun up`).
+//! Bearer tokens map to actors; every read and action is authorized on the
+//! server through [`Operator`]. Errors are JSON
+//! `{"error": {"code": "...", "message": "..."}}`. The OpenAPI document at
+//! `/v1/openapi.json` is generated from the route annotations below.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use oprun_shared::config::ScheduleSpec;
+use oprun_shared::{
+    AccessStore, Clock, Initiator, JobQueue, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::operator::{ActionError, Operator};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Token prefix (so that leaked tokens are recognisable by scanners).
+pub const TOKEN_PREFIX: &str = "oprun_";
+
+/// The SHA-256 of a token, hex: the only form a token is stored in.
+pub fn hash_token(token: &str) -> String {
+    format!("{:x}", Sha256::digest(token.as_bytes()))
+}
+
+/// A new token: `oprun_<id>_<secret>`, its public id, and its hash.
+pub fn new_token() -> (String, String, String) {
+    let id = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+    let hash = hash_token(&token);
+    (token, id, hash)
+}
+
+/// What the API serves.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Operator actions.
+    pub operator: Operator,
+    /// Tokens and tick records.
+    pub access: Arc<dyn AccessStore>,
+    /// The queue (for readiness).
+    pub queue: Arc<dyn JobQueue>,
+    /// The configured schedules.
+    pub schedules: Arc<Vec<ScheduleSpec>>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// An API error: a status and a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+    }
+
+    fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "api: store unavailable");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the run store is unavailable; try again")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        let status = match &e {
+            ActionError::NotFound(_) => StatusCode::NOT_FOUND,
+            ActionError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ActionError::Conflict(_) => StatusCode::CONFLICT,
+            ActionError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ActionError::Store(_) => return ApiError::unavailable(&e),
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The caller behind the bearer token.
+async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Initiator> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| t.starts_with(TOKEN_PREFIX))
+        .ok_or_else(ApiError::unauthorized)?;
+    let actor = state
+        .access
+        .token_actor(&hash_token(token), state.clock.now())
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(ApiError::unauthorized)?;
+    let kind = state.access.actor_kind(&actor).await.map_err(ApiError::unavailable)?;
+    Ok(if kind.as_deref() == Some("service") { Initiator::service(actor) } else { Initiator::user(actor) })
+}
+
+fn run_id(raw: &str) -> ApiResult<Uuid> {
+    raw.parse().map_err(|_| ApiError::invalid(format!("'{}' is not a run id (a UUID)", raw.escape_debug())))
+}
+
+fn body_json<T: serde::de::DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("bodies are at most {MAX_BODY_BYTES} bytes"),
+        ),
+        _ => ApiError::invalid(r.body_text()),
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+}
+
+/// Filters of `GET /v1/runs`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// queued, running or completed.
+    status: Option<String>,
+    /// An outcome.
+    outcome: Option<String>,
+    /// One operation.
+    operation: Option<String>,
+    /// One workspace.
+    workspace: Option<String>,
+    /// Cursor: runs older than this id.
+    before: Option<String>,
+    /// Page size, 1–1000 (default 50).
+    limit: Option<u32>,
+}
+
+/// List runs the caller may see, newest first.
+#[utoipa::path(get, path = "/v1/runs", params(ListQuery), responses(
+    (status = 200, description = "{\"runs\": [run], \"next_before\": id|null}"),
+    (status = 401, description = "no valid token"), (status = 422, description = "bad filter")))]
+async fn list_runs(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let Query(q) = query.map_err(|r| ApiError::invalid(r.body_text()))?;
+    let status = q.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
+    let outcome =
+        q.outcome.map(|s| s.parse::<RunOutcome>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1–1000"));
+    }
+    let before = q.before.as_deref().map(run_id).transpose()?;
+    let filter = RunFilter {
+        workspace_id: q.workspace,
+        operation: q.operation,
+        status,
+        outcome,
+        before,
+        limit,
+        ..RunFilter::default()
+    };
+    let runs = state.operator.list(&actor.id, filter).await?;
+    let next = if runs.len() == limit as usize { runs.last().map(|r| r.id) } else { None };
+    let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
+    Ok(Json(json!({ "runs": views, "next_before": next })))
+}
+
+/// One run with its guidance for the caller.
+#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "run id")), responses(
+    (status = 200, description = "the run and its guidance"), (status = 404, description = "no such run in the caller's scope")))]
+async fn show_run(State(state): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let detail = state.operator.show(&actor.id, run_id(&id)?).await?;
+    Ok(Json(serde_json::to_value(detail).unwrap_or_default()))
+}
+
+/// A run's audit trail.
+#[utoipa::path(get, path = "/v1/runs/{id}/audit", params(("id" = String, Path, description = "run id")), responses(
+    (status = 200, description = "{\"events\": [...]}, oldest first"), (status = 404, description = "not found")))]
+async fn run_audit(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let events = state.operator.audit(&actor.id, run_id(&id)?).await?;
+    Ok(Json(json!({ "events": events })))
+}
+
+/// The (empty) body of retry and cancel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoBody {}
+
+/// Retry a blocked or failed run.
+#[utoipa::path(post, path = "/v1/runs/{id}/retry", params(("id" = String, Path, description = "run id")), responses(
+    (status = 201, description = "the new (or existing active) retry run"), (status = 403, description = "not allowed"),
+    (status = 404, description = "not found"), (status = 409, description = "not retryable now")))]
+async fn retry_run(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let actor = caller(&state, &headers).await?;
+    let id = run_id(&id)?;
+    let _: NoBody = body_json(body)?;
+    let r = state.operator.retry(&actor, id).await?;
+    let status = if r.deduplicated { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({ "run": RunView::from(&r.run), "deduplicated": r.deduplicated }))))
+}
+
+/// Cancel a queued run, or ask a running one to stop.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path, description = "run id")), responses(
+    (status = 200, description = "{\"result\": \"cancelled\"|\"requested\", \"run\": run}"), (status = 403, description = "not allowed"),
+    (status = 404, description = "not found"), (status = 409, description = "already completed")))]
+async fn cancel_run(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let id = run_id(&id)?;
+    let _: NoBody = body_json(body)?;
+    let (result, run) = match state.operator.cancel(&actor, id).await? {
+        oprun_shared::Cancelled::Cancelled(run) => ("cancelled", run),
+        oprun_shared::Cancelled::Requested(run) => ("requested", run),
+    };
+    Ok(Json(json!({ "result": result, "run": RunView::from(&run) })))
+}
+
+/// Body of `POST /v1/reconcile`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileBody {
+    /// Report only.
+    #[serde(default)]
+    dry_run: bool,
+    /// Only this operation.
+    operation: Option<String>,
+    /// Only this workspace.
+    workspace: Option<String>,
+}
+
+/// Move stale runs on (or, dry, report what would move).
+#[utoipa::path(post, path = "/v1/reconcile", request_body = ReconcileBody, responses(
+    (status = 200, description = "the reconcile report"), (status = 403, description = "not allowed")))]
+async fn reconcile(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let b: ReconcileBody = body_json(body)?;
+    let filter = ReconcileFilter { operation: b.operation, workspace_id: b.workspace };
+    let report = state.operator.reconcile(&actor, &filter, b.dry_run).await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Schedules with their recent tick decisions (only those in workspaces the
+/// caller may see).
+#[utoipa::path(get, path = "/v1/schedules", responses((status = 200, description = "{\"schedules\": [...]}")))]
+async fn schedules(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let visible = state.operator.visible_workspaces(&actor.id).await?;
+    let mut out = vec![];
+    for s in state.schedules.iter().filter(|s| visible.contains(&s.workspace)) {
+        let ticks = state.access.ticks(&s.name, 20).await.map_err(ApiError::unavailable)?;
+        let mut succeeded_streak = 0;
+        for t in &ticks {
+            if t.decision != oprun_shared::TickDecision::Fired {
+                break;
+            }
+            let mut all_ok = !t.run_ids.is_empty();
+            for id in &t.run_ids {
+                let run = state.operator.dispatcher().service().get(*id).await;
+                all_ok &= matches!(run, Ok(r) if r.outcome == RunOutcome::Succeeded);
+            }
+            if !all_ok {
+                break;
+            }
+            succeeded_streak += 1;
+        }
+        let recent: Vec<Value> = ticks
+            .iter()
+            .map(|t| json!({ "scheduled_for": t.scheduled_for, "decision": t.decision, "run_ids": t.run_ids }))
+            .collect();
+        out.push(json!({
+            "name": s.name, "cron": s.cron, "timezone": s.timezone, "operation": s.operation,
+            "workspace": s.workspace, "environment": s.environment, "enabled": s.enabled,
+            "recent_ticks": recent, "consecutive_succeeded_ticks": succeeded_streak,
+        }));
+    }
+    Ok(Json(json!({ "schedules": out })))
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: the store and the queue answer.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let store = state.operator.dispatcher().service().store().ping().await;
+    let queue = state.queue.ping().await;
+    let body = json!({ "store": store.is_ok(), "queue": queue.is_ok() });
+    let status = if store.is_ok() && queue.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(info(title = "oprun operator API", description = "Runs, guidance, retry, cancel, reconcile, schedules."))]
+struct ApiDoc;
+
+/// The router and its generated OpenAPI document.
+pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_runs))
+        .routes(routes!(show_run))
+        .routes(routes!(run_audit))
+        .routes(routes!(retry_run))
+        .routes(routes!(cancel_run))
+        .routes(routes!(reconcile))
+        .routes(routes!(schedules))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .with_state(state)
+        .split_for_parts();
+    let served = doc.clone();
+    let router = router
+        .route("/v1/openapi.json", axum::routing::get(move || async move { Json(served) }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    (router, doc)
+}
+
+/// Serve on `listener` until `shutdown` resolves.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "operator API listening");
+    }
+    let (router, _) = router(state);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// A token's expiry from a `--expires-in` duration.
+pub fn expiry(now: DateTime<Utc>, expires_in: Option<std::time::Duration>) -> Option<DateTime<Utc>> {
+    expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| now + d)
+}
