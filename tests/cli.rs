@@ -22,6 +22,10 @@ fn oprun(dir: &Path, args: &[&str]) -> Output {
         .expect("run oprun")
 }
 
+fn uuid_like() -> String {
+    "01a20f3e-0000-7000-8000-000000000000".to_string()
+}
+
 fn json(out: &Output) -> Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
@@ -191,4 +195,52 @@ fn a_refused_dispatch_exits_3_with_the_reason_and_leaves_an_audit_row() {
     assert_eq!(v["result"], "dispatched");
     assert_eq!(v["run"]["status"], "queued");
     assert_eq!(runs(p).len(), 1);
+}
+
+#[test]
+fn operators_cancel_retry_reconcile_and_manage_tokens_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    let scope = ["--workspace", "contoso", "--environment", "contoso-prod"];
+    let out = oprun(p, &[&["dispatch", "demo.inventory_sync"][..], &scope, &["--as", "ops-user-1", "--json"]].concat());
+    let id = json(&out)["run"]["id"].as_str().unwrap().to_string();
+    // The viewer sees it but may not cancel it: refused, exit 3.
+    let out = oprun(p, &["runs", "cancel", &id, "--as", "viewer-1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // An actor without runs.view there gets "not found", as for an unknown id.
+    let out = oprun(p, &["runs", "show", &id, "--as", "svc-scheduler", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let hidden = String::from_utf8_lossy(&out.stderr).replace(&id, "ID");
+    let unknown = uuid_like();
+    let out = oprun(p, &["runs", "show", &unknown, "--as", "svc-scheduler"]);
+    assert_eq!(hidden, String::from_utf8_lossy(&out.stderr).replace(&unknown, "ID"), "same message");
+    let cancelled = json(&oprun(p, &["runs", "cancel", &id, "--as", "ops-user-1", "--json"]));
+    assert_eq!(cancelled["result"], "cancelled", "{cancelled}");
+    // A cancelled run is not retryable: refused with the reason.
+    let out = oprun(p, &["runs", "retry", &id, "--as", "ops-user-1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    // On-call reconcile: the viewer may not; the operator may (dry run, nothing stale).
+    assert_eq!(oprun(p, &["reconcile", "--dry-run", "--as", "viewer-1"]).status.code(), Some(3));
+    let report = json(&oprun(p, &["reconcile", "--dry-run", "--workspace", "contoso", "--as", "ops-user-1", "--json"]));
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["actions"], serde_json::json!([]));
+    // Tokens: printed once, stored hashed, revocable.
+    let created = json(&oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", "1h", "--json"]));
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with("oprun_"));
+    let raw = std::fs::read(p.join("oprun.db")).unwrap();
+    let wal = std::fs::read(p.join("oprun.db-wal")).unwrap_or_default();
+    let secret = &token[token.len() - 32..];
+    for bytes in [&raw, &wal] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the token itself is not stored");
+    }
+    let id = created["id"].as_str().unwrap();
+    assert!(oprun(p, &["token", "revoke", id]).status.success());
+    assert_eq!(oprun(p, &["token", "revoke", id]).status.code(), Some(2), "already revoked");
+    assert_eq!(oprun(p, &["token", "create", "--actor", "nobody"]).status.code(), Some(2));
+    assert_eq!(oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", "soon"]).status.code(), Some(2));
 }
