@@ -24,12 +24,16 @@ struct Api {
 }
 
 async fn api(stack: Stack) -> Api {
+    api_with(stack, vec![]).await
+}
+
+async fn api_with(stack: Stack, schedules: Vec<oprun_shared::config::ScheduleSpec>) -> Api {
     let e = Env::new(stack).await;
     let state = ApiState {
         operator: Operator::new(e.dispatcher.clone()),
         access: e.db.access.clone(),
         queue: e.queue.clone() as Arc<dyn JobQueue>,
-        schedules: Arc::new(vec![]),
+        schedules: Arc::new(schedules),
         clock: Arc::new(SystemClock),
     };
     let (router, _) = api::router(state);
@@ -272,6 +276,42 @@ async fn cancel_and_reconcile_through_the_api(stack: Stack) {
     assert_eq!((after.status, after.attempt), (RunStatus::Queued, 2));
 }
 
+async fn schedules_show_recent_decisions_in_visible_workspaces_only(stack: Stack) {
+    let spec = |name: &str, ws: &str, env: &str| -> oprun_shared::config::ScheduleSpec {
+        toml::from_str(&format!(
+            "name = \"{name}\"\ncron = \"*/5 * * * *\"\noperation = \"test.count\"\nworkspace = \"{ws}\"\n\
+             environment = \"{env}\"\nactor = \"svc-scheduler\"\n"
+        ))
+        .unwrap()
+    };
+    let a = api_with(
+        stack,
+        vec![spec("contoso-sync", "contoso", "contoso-prod"), spec("fab-sync", "fabrikam", "fabrikam-prod")],
+    )
+    .await;
+    let run = a.dispatch("ops-user-1", "contoso", "contoso-prod", "test.count", json!({})).await;
+    let worker = a.e.start_worker(a.e.runner("w1"));
+    a.e.until_completed(run.id, 30).await;
+    worker.stop().await;
+    let access = &a.e.db.access;
+    let t1: chrono::DateTime<chrono::Utc> = "2026-11-02T09:00:00Z".parse().unwrap();
+    let t2 = t1 + chrono::Duration::minutes(5);
+    let now = SystemClock.now();
+    access.claim_tick("contoso-sync", t1, oprun_shared::TickDecision::SkippedMisfire, "s", now).await.unwrap();
+    access.claim_tick("contoso-sync", t2, oprun_shared::TickDecision::Claimed, "s", now).await.unwrap();
+    access.decide_tick("contoso-sync", t2, oprun_shared::TickDecision::Fired, &[run.id], &json!({})).await.unwrap();
+    let (ops, _) = a.token("ops-user-1", None).await;
+    let (status, v) = a.call("GET", "/v1/schedules", Some(&ops), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = v["schedules"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "fabrikam's schedule is not visible: {v}");
+    assert_eq!(list[0]["name"], "contoso-sync");
+    let decisions: Vec<&str> =
+        list[0]["recent_ticks"].as_array().unwrap().iter().map(|t| t["decision"].as_str().unwrap()).collect();
+    assert_eq!(decisions, vec!["fired", "skipped_misfire"]);
+    assert_eq!(list[0]["consecutive_succeeded_ticks"], 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_names_every_route() {
     let a = api(Stack::Sqlite).await;
@@ -306,4 +346,5 @@ both_stacks!(
     bad_input_is_always_a_json_4xx,
     blocked_then_fixed_then_retried_succeeds_with_the_chain_audited,
     cancel_and_reconcile_through_the_api,
+    schedules_show_recent_decisions_in_visible_workspaces_only,
 );
