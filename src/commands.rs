@@ -465,7 +465,11 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
     }
     if worker {
         let worker_id = process_name("worker");
-        let runner = Runner::new(app.service.clone(), app.authorizer.clone(), Operations::builtin(), worker_id);
+        let providers = oprun_worker::http::Providers::from_config(&app.config)
+            .map_err(|e| CliError::Usage(format!("config: {e}")))?;
+        let mut operations = Operations::builtin();
+        providers.register(&mut operations);
+        let runner = Runner::new(app.service.clone(), app.authorizer.clone(), operations, worker_id);
         let opts = WorkerOptions {
             name_prefix: "oprun".into(),
             concurrency: app.config.worker.concurrency,

@@ -5,57 +5,19 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Env, Stack};
-use oprun_scheduler::{Dispatcher, reconcile_and_push};
-use oprun_shared::{
-    Clock, DispatchRequest, Initiator, JobQueue, ManualClock, ReconcileFilter, ReconcileKind, RunOutcome, RunStatus,
-    Scope, SourceSurface, SystemClock,
-};
+use oprun_shared::{DispatchRequest, Initiator, ReconcileKind, RunOutcome, RunStatus, Scope, SourceSurface};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oprun");
-
-fn config(e: &Env) -> String {
-    let queue = match e.stack {
-        Stack::PostgresRedis => format!(
-            "backend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
-            e.queue_config.url.as_deref().unwrap(),
-            e.queue_config.namespace
-        ),
-        Stack::Sqlite => "backend = \"sqlite\"\n".to_string(),
-    };
-    format!(
-        r#"
-capabilities = ["inventory.sync", "report.build"]
-[store]
-url = "{url}"
-max_connections = 4
-[queue]
-{queue}poll_interval = "50ms"
-[worker]
-concurrency = 2
-shutdown_grace = "1s"
-[operations."test.slow"]
-kind = "demo"
-capability = "inventory.sync"
-scope = "environment"
-lease = "3s"
-heartbeat = "1s"
-max_attempts = 3
-resumable = true
-"#,
-        url = e.db.url
-    )
-}
 
 async fn a_killed_worker_s_run_is_requeued_and_finished_by_another_from_its_checkpoint(stack: Stack) {
     let e = Env::new(stack).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("oprun.toml");
-    std::fs::write(&cfg, config(&e)).unwrap();
+    std::fs::write(&cfg, common::binary_config(&e)).unwrap();
     let req = DispatchRequest {
         operation: "test.slow".into(),
         scope: Scope {
@@ -98,12 +60,7 @@ async fn a_killed_worker_s_run_is_requeued_and_finished_by_another_from_its_chec
     let pages_at_kill = stranded.summary_counts.get("pages");
 
     // The reconciler, at a time past lease expiry plus grace.
-    let later = Arc::new(ManualClock::new(SystemClock.now() + chrono::Duration::seconds(3 + 10 + 1)));
-    let service = Env::service_with(e.db.store.clone(), later);
-    let reconciler = Dispatcher::new(service, e.authorizer.clone(), e.queue.clone() as Arc<dyn JobQueue>);
-    let report = reconcile_and_push(&reconciler, &Initiator::user("oncall-1"), &ReconcileFilter::default(), false)
-        .await
-        .unwrap();
+    let report = common::reconcile_later(&e, 3 + 10 + 1).await;
     assert_eq!(report.actions.len(), 1, "{report:?}");
     assert_eq!(report.actions[0].kind, ReconcileKind::Requeued);
     let requeued = e.service.get(run.id).await.unwrap();

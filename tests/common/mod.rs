@@ -52,6 +52,25 @@ scope = "environment"
 provider = "graph"
 dedup = "none"
 
+[operations."test.collect"]
+kind = "http.collect"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+lease = "20s"
+heartbeat = "1s"
+max_attempts = 3
+settings = { path = "/coll/{environment}" }
+
+[operations."test.call"]
+kind = "http.call"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+settings = { path = "/call/{environment}", method = "POST" }
+
 [operations."test.slow"]
 kind = "demo"
 capability = "inventory.sync"
@@ -256,6 +275,13 @@ impl Env {
         Runner::new(self.service.clone(), self.authorizer.clone(), self.operations(), name.to_string())
     }
 
+    /// A runner that also knows the HTTP kinds, with `providers`.
+    pub fn http_runner(&self, name: &str, providers: &oprun_worker::http::Providers) -> Runner {
+        let mut ops = self.operations();
+        providers.register(&mut ops);
+        Runner::new(self.service.clone(), self.authorizer.clone(), ops, name.to_string())
+    }
+
     /// Start the real worker loop with `runner`; stop it with the returned handle.
     pub fn start_worker(&self, runner: Runner) -> WorkerHandle {
         let (tx, mut rx) = watch::channel(false);
@@ -334,4 +360,103 @@ macro_rules! both_stacks {
             )*
         }
     };
+}
+
+/// Capture every log line of this test process (tests run one per process
+/// under nextest) into a buffer.
+pub fn capture_logs() -> Arc<std::sync::Mutex<String>> {
+    static BUF: std::sync::OnceLock<Arc<std::sync::Mutex<String>>> = std::sync::OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(Arc<std::sync::Mutex<String>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every row of every table as text (Postgres), or the database files
+/// themselves (SQLite), for searching.
+pub async fn dump_tables(e: &Env) -> String {
+    match e.stack {
+        Stack::Sqlite => {
+            let path = e.db.url.trim_start_matches("sqlite://").to_string();
+            let mut out = String::new();
+            for suffix in ["", "-wal"] {
+                if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
+            out
+        }
+        Stack::PostgresRedis => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&e.db.url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            let mut out = String::new();
+            for t in tables {
+                let rows: Vec<String> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT t::text FROM \"{t}\" t")))
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap();
+                out.push_str(&rows.join("\n"));
+            }
+            out
+        }
+    }
+}
+
+/// A config file for the `oprun` binary on this env's store and queue.
+pub fn binary_config(e: &Env) -> String {
+    let queue = match e.stack {
+        Stack::PostgresRedis => format!(
+            "backend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
+            e.queue_config.url.as_deref().unwrap(),
+            e.queue_config.namespace
+        ),
+        Stack::Sqlite => "backend = \"sqlite\"\n".to_string(),
+    };
+    format!(
+        "{CATALOG}\n[store]\nurl = \"{url}\"\nmax_connections = 4\n[queue]\n{queue}poll_interval = \"50ms\"\n\
+         [worker]\nconcurrency = 2\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n",
+        url = e.db.url
+    )
+}
+
+/// Reconcile as on-call at `secs` seconds from now (past lease expiry and
+/// grace), pushing the jobs of requeued runs.
+pub async fn reconcile_later(e: &Env, secs: i64) -> oprun_shared::ReconcileReport {
+    let later = Arc::new(oprun_shared::ManualClock::new(SystemClock.now() + chrono::Duration::seconds(secs)));
+    let service = Env::service_with(e.db.store.clone(), later);
+    let d = Dispatcher::new(service, e.authorizer.clone(), e.queue.clone() as Arc<dyn JobQueue>);
+    oprun_scheduler::reconcile_and_push(
+        &d,
+        &oprun_shared::Initiator::user("oncall-1"),
+        &oprun_shared::ReconcileFilter::default(),
+        false,
+    )
+    .await
+    .unwrap()
 }

@@ -32,6 +32,9 @@ pub enum OperationError {
         /// What happened.
         message: String,
     },
+    /// An operator's cancel request was seen mid-work: end the run cancelled.
+    #[error("cancelled by an operator")]
+    Cancelled,
     /// This worker no longer holds the run's lease: stop, write nothing more.
     #[error("the lease was lost")]
     LeaseLost,

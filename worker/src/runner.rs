@@ -240,6 +240,7 @@ impl Runner {
             Ok(Err(OperationError::Blocked { reason, message })) => {
                 Completion::failed(RunOutcome::Blocked, reason.as_str(), &message)
             }
+            Ok(Err(OperationError::Cancelled)) => ctx.cancelled(),
             Ok(Err(OperationError::LeaseLost)) => {
                 bump(&self.stats.leases_lost);
                 warn!("lost the lease mid-run; another attempt owns the run now");
