@@ -17,7 +17,7 @@ async fn a_killed_worker_s_run_is_requeued_and_finished_by_another_from_its_chec
     let e = Env::new(stack).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("oprun.toml");
-    std::fs::write(&cfg, common::binary_config(&e)).unwrap();
+    std::fs::write(&cfg, common::binary_config(&e, dir.path(), "http://127.0.0.1:9")).unwrap();
     let req = DispatchRequest {
         operation: "test.slow".into(),
         scope: Scope {
@@ -50,6 +50,7 @@ async fn a_killed_worker_s_run_is_requeued_and_finished_by_another_from_its_chec
             break now.lease_owner.clone().expect("running with a lease");
         }
         assert!(tokio::time::Instant::now() < deadline, "the worker process never progressed: {now:?}");
+        assert!(child.try_wait().unwrap().is_none(), "the worker process exited early");
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     // SIGKILL: no shutdown, no completion, the lease just stops being renewed.

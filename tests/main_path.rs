@@ -46,7 +46,8 @@ actor = "svc-scheduler"
 "#,
     )
     .unwrap();
-    let start = chrono::Utc::now();
+    // A fixed half-minute, so that exactly one whole minute falls in the window.
+    let start: chrono::DateTime<chrono::Utc> = "2026-11-02T09:00:30Z".parse().unwrap();
     let clock = Arc::new(ManualClock::new(start));
     let sched = Scheduler::new(
         &[spec],
@@ -58,7 +59,7 @@ actor = "svc-scheduler"
     )
     .unwrap();
     // The next whole minute, one second late.
-    let tick = start + chrono::Duration::seconds(61);
+    let tick = start + chrono::Duration::seconds(31);
     clock.set(tick);
     let decided = sched.run_once().await.unwrap();
     let fired: Vec<_> = decided.iter().filter(|t| t.decision == TickDecision::Fired).collect();
@@ -214,11 +215,11 @@ actor = "svc-scheduler"
 "#,
     )
     .unwrap();
-    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let clock = Arc::new(ManualClock::new("2026-11-02T09:00:30Z".parse().unwrap()));
     let sched =
         Scheduler::new(&[spec], e.dispatcher.clone(), e.db.access.clone(), clock.clone(), "s", Duration::from_secs(5))
             .unwrap();
-    clock.advance(chrono::Duration::seconds(61));
+    clock.advance(chrono::Duration::seconds(31));
     let decided = sched.run_once().await.unwrap();
     assert_eq!(decided.len(), 1);
     assert_eq!(decided[0].decision, TickDecision::Refused);

@@ -106,7 +106,6 @@ async fn call(State(fix): State<Arc<Fix>>, Path(env): Path<String>, body: String
 struct Provider {
     fix: Arc<Fix>,
     providers: Providers,
-    config_toml: String,
     _dir: tempfile::TempDir,
 }
 
@@ -131,7 +130,7 @@ async fn provider(retry_budget: u32, concurrency: usize) -> Provider {
     );
     let config = Config::from_toml(&format!("{}\n{config_toml}", common::CATALOG), "provider test").unwrap();
     let providers = Providers::from_config(&config).unwrap();
-    Provider { fix, providers, config_toml, _dir: dir }
+    Provider { fix, providers, _dir: dir }
 }
 
 impl Provider {
@@ -330,7 +329,9 @@ async fn a_killed_worker_resumes_the_collection_from_its_checkpoint(stack: Stack
     p.fix.delay_ms.store(400, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("oprun.toml");
-    std::fs::write(&cfg, format!("{}\n{}", common::binary_config(&e), p.config_toml)).unwrap();
+    let base = p.fix.base.lock().unwrap().clone();
+    std::fs::copy(p._dir.path().join("graph.token"), dir.path().join("graph.token")).unwrap();
+    std::fs::write(&cfg, common::binary_config(&e, dir.path(), &base)).unwrap();
     let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_oprun"))
         .args(["--config", cfg.to_str().unwrap(), "worker"])
@@ -344,6 +345,7 @@ async fn a_killed_worker_resumes_the_collection_from_its_checkpoint(stack: Stack
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while e.service.get(run.id).await.unwrap().summary_counts.get("pages") < 2 {
         assert!(tokio::time::Instant::now() < deadline, "the worker process never got to page 2");
+        assert!(child.try_wait().unwrap().is_none(), "the worker process exited early");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().unwrap();

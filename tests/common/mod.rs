@@ -428,8 +428,13 @@ pub async fn dump_tables(e: &Env) -> String {
     }
 }
 
-/// A config file for the `oprun` binary on this env's store and queue.
-pub fn binary_config(e: &Env) -> String {
+/// A config file for the `oprun` binary on this env's store and queue, with a
+/// `graph` provider at `provider_base` (its token in a file under `dir`).
+pub fn binary_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> String {
+    let token_file = dir.join("graph.token");
+    if !token_file.exists() {
+        std::fs::write(&token_file, "tok-binary-config").unwrap();
+    }
     let queue = match e.stack {
         Stack::PostgresRedis => format!(
             "backend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
@@ -440,8 +445,10 @@ pub fn binary_config(e: &Env) -> String {
     };
     format!(
         "{CATALOG}\n[store]\nurl = \"{url}\"\nmax_connections = 4\n[queue]\n{queue}poll_interval = \"50ms\"\n\
-         [worker]\nconcurrency = 2\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n",
-        url = e.db.url
+         [worker]\nconcurrency = 2\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n\
+         [providers.graph]\nbase_url = \"{provider_base}\"\ntoken_file = \"{token}\"\n",
+        url = e.db.url,
+        token = token_file.display()
     )
 }
 
