@@ -244,3 +244,30 @@ fn operators_cancel_retry_reconcile_and_manage_tokens_from_the_cli() {
     assert_eq!(oprun(p, &["token", "create", "--actor", "nobody"]).status.code(), Some(2));
     assert_eq!(oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", "soon"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_missing_provider_token_is_a_start_up_error_naming_the_variable_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    for (source, needle) in [
+        ("token_env = \"OPRUN_TEST_SURELY_UNSET_TOKEN\"", "OPRUN_TEST_SURELY_UNSET_TOKEN"),
+        ("token_file = \"/nonexistent/graph.token\"", "/nonexistent/graph.token"),
+    ] {
+        let cfg = p.join("oprun.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "capabilities = [\"inventory.sync\"]\n[store]\nurl = \"sqlite://{}/x.db\"\n\
+                 [providers.graph]\nbase_url = \"http://127.0.0.1:9\"\n{source}\n\
+                 [operations.sync]\nkind = \"http.collect\"\nprovider = \"graph\"\ncapability = \"inventory.sync\"\n\
+                 scope = \"environment\"\nsettings = {{ path = \"/x\" }}\n",
+                p.display()
+            ),
+        )
+        .unwrap();
+        let out = oprun(p, &["--config", cfg.to_str().unwrap(), "worker"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle) && err.contains("providers.graph"), "{err}");
+    }
+}
