@@ -127,12 +127,5 @@ impl App {
 
 /// A name unique to this process: `PREFIX-HOST-PID-RANDOM`.
 pub fn process_name(prefix: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
-    let random = uuid::Uuid::now_v7().simple().to_string();
-    format!("{prefix}-{host}-{}-{}", std::process::id(), &random[random.len() - 8..])
+    oprun_worker::queue::unique_name(prefix)
 }
