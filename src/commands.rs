@@ -455,6 +455,10 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
             queue: queue.clone() as Arc<dyn JobQueue>,
             schedules: Arc::new(app.config.schedules.clone()),
             clock: Arc::new(oprun_shared::SystemClock),
+            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok(),
         };
         let (bind, rx) = (app.config.api.bind.clone(), stop_rx.clone());
         // Bind now so that a taken port is a start-up error, not a silent gap.

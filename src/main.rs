@@ -20,7 +20,7 @@ struct Cli {
     #[arg(long, short, global = true, env = "OPRUN_CONFIG")]
     config: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    #[arg(long, global = true, env = "OPRUN_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     #[command(subcommand)]
     command: Command,

@@ -17,6 +17,13 @@ use oprun_shared::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// One Prometheus recorder per test process.
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static H: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    H.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("recorder"))
+        .clone()
+}
+
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -35,6 +42,7 @@ async fn api_with(stack: Stack, schedules: Vec<oprun_shared::config::ScheduleSpe
         queue: e.queue.clone() as Arc<dyn JobQueue>,
         schedules: Arc::new(schedules),
         clock: Arc::new(SystemClock),
+        metrics: Some(metrics_handle()),
     };
     let (router, _) = api::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -225,6 +233,15 @@ async fn blocked_then_fixed_then_retried_succeeds_with_the_chain_audited(stack: 
     }
     let done = a.e.until_completed(new_id, 30).await;
     worker.stop().await;
+    let metrics = a.http.get(format!("{}/metrics", a.base)).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "oprun_runs_dispatched_total",
+        "oprun_runs_finished_total",
+        "oprun_execution_denials_total{reason=\"execution.environment_not_operable\"} 1",
+        "oprun_queue_latency_seconds",
+    ] {
+        assert!(metrics.contains(line), "/metrics has {line}: {metrics}");
+    }
     assert_eq!(done.outcome, RunOutcome::Succeeded);
     assert_eq!(done.retry_of, Some(run.id));
     assert_eq!(done.initiator, Initiator::user("ops-user-1"));
@@ -328,6 +345,7 @@ async fn the_openapi_document_names_every_route() {
         ("get", "/v1/schedules"),
         ("get", "/healthz"),
         ("get", "/readyz"),
+        ("get", "/metrics"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing from the document");
     }
@@ -335,6 +353,11 @@ async fn the_openapi_document_names_every_route() {
     for (path, item) in paths {
         let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
         for method in item.as_object().unwrap().keys() {
+            if path == "/metrics" {
+                let resp = a.http.get(format!("{}{path}", a.base)).send().await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                continue;
+            }
             let (_, v) = a.call(&method.to_uppercase(), &concrete, None, Some("{}")).await;
             assert_ne!(v["error"]["message"], "no such endpoint", "{method} {path}");
         }

@@ -59,6 +59,8 @@ pub struct ApiState {
     pub schedules: Arc<Vec<ScheduleSpec>>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// The Prometheus recorder's handle, when metrics are on.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// An API error: a status and a JSON body.
@@ -346,6 +348,18 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format"), (status = 503, description = "metrics are off")))]
+async fn prometheus(State(state): State<ApiState>) -> Response {
+    match &state.metrics {
+        Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics_off", "metrics are not enabled in this process")
+                .into_response()
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(info(title = "oprun operator API", description = "Runs, guidance, retry, cancel, reconcile, schedules."))]
 struct ApiDoc;
@@ -362,6 +376,7 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(schedules))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(prometheus))
         .with_state(state)
         .split_for_parts();
     let served = doc.clone();

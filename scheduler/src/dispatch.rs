@@ -109,7 +109,11 @@ impl Dispatcher {
         }
         let Dispatched { run, deduplicated } = self.service.dispatch(req).await?;
         let mut push_failed = false;
-        if !deduplicated {
+        if deduplicated {
+            metrics::counter!("oprun_dispatch_deduplicated_total", "operation" => run.operation.clone()).increment(1);
+        } else {
+            metrics::counter!("oprun_runs_dispatched_total", "operation" => run.operation.clone(), "source" => run.source_surface.as_str())
+                .increment(1);
             if let Err(e) = self.queue.push(run.id).await {
                 push_failed = true;
                 warn!(run.id = %run.id, error = %e, "run written but its job was not pushed; the reconciler re-pushes it");
@@ -126,6 +130,7 @@ impl Dispatcher {
         message: String,
     ) -> Result<DispatchOutcome, DispatchError> {
         info!(operation = %req.operation, workspace = %req.scope.workspace_id, %reason, "dispatch refused: {message}");
+        metrics::counter!("oprun_dispatch_refused_total", "reason" => reason.as_str()).increment(1);
         if req.source == SourceSurface::Scheduler {
             let run = self.service.refuse_dispatch(req, reason, &message).await?;
             return Ok(DispatchOutcome::Refused { reason, message, run: Some(Box::new(run)) });

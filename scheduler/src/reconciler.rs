@@ -16,6 +16,11 @@ pub async fn reconcile_and_push(
 ) -> Result<ReconcileReport, ServiceError> {
     let report = dispatcher.service().reconcile(actor, filter, dry_run).await?;
     if !dry_run {
+        for a in &report.actions {
+            let kind =
+                serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            metrics::counter!("oprun_reconcile_actions_total", "kind" => kind).increment(1);
+        }
         let ids = report.to_push();
         if !ids.is_empty() {
             match dispatcher.queue().push_many(&ids).await {

@@ -147,6 +147,8 @@ impl Scheduler {
             if !fire {
                 if self.access.claim_tick(name, at, TickDecision::SkippedMisfire, &self.name, now).await? {
                     info!(schedule = %name, scheduled_for = %at, "tick missed: skipped by the misfire policy");
+                    metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => "skipped_misfire")
+                        .increment(1);
                     out.push(TickOutcome {
                         schedule: name.clone(),
                         scheduled_for: at,
@@ -162,6 +164,8 @@ impl Scheduler {
             let (decision, run_ids, details) = self.fire(s, at, missed).await?;
             self.access.decide_tick(name, at, decision, &run_ids, &details).await?;
             info!(schedule = %name, scheduled_for = %at, %decision, runs = run_ids.len(), "tick decided");
+            metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => decision.as_str())
+                .increment(1);
             out.push(TickOutcome { schedule: name.clone(), scheduled_for: at, decision, run_ids });
         }
         Ok(out)

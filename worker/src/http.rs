@@ -277,7 +277,14 @@ impl Provider {
                 if let Some(b) = body {
                     req = req.json(b);
                 }
-                match req.send().await {
+                let sent = req.send().await;
+                let status_label = match &sent {
+                    Ok(r) => r.status().as_u16().to_string(),
+                    Err(_) => "error".to_string(),
+                };
+                metrics::counter!("oprun_provider_requests_total", "provider" => self.name.clone(), "status" => status_label)
+                    .increment(1);
+                match sent {
                     Ok(resp) => {
                         let status = resp.status();
                         let headers = resp.headers().clone();
@@ -309,6 +316,12 @@ impl Provider {
                 None => backoff,
             };
             warn!(provider = %self.name, reason = %failure.reason, wait_ms = wait.as_millis() as u64, "transient provider failure; retrying");
+            metrics::counter!("oprun_provider_retries_total", "provider" => self.name.clone(), "reason" => failure.reason.as_str())
+                .increment(1);
+            if failure.reason == ReasonCode::ProviderThrottled {
+                metrics::counter!("oprun_provider_throttle_wait_ms_total", "provider" => self.name.clone())
+                    .increment(wait.as_millis() as u64);
+            }
             let mut counts = SummaryCounts::new();
             let _ = counts.add("retries", 1);
             if failure.reason == ReasonCode::ProviderThrottled {

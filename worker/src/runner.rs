@@ -149,6 +149,7 @@ impl Runner {
             Ok(p) => p.run_id,
             Err(e) => {
                 bump(&self.stats.invalid_payloads);
+                metrics::counter!("oprun_jobs_invalid_total").increment(1);
                 let shown = redact::excerpt(&redact::sanitize(&payload.to_string()), 120);
                 warn!(payload = %shown, error = %e, "acknowledged a job payload that does not decode");
                 return Ok(JobResult::InvalidPayload(e.to_string()));
@@ -158,11 +159,13 @@ impl Runner {
             Ok(run) => run,
             Err(ServiceError::Transition(TransitionError::NotFound(_))) => {
                 bump(&self.stats.unknown_runs);
+                metrics::counter!("oprun_jobs_unknown_run_total").increment(1);
                 warn!(run.id = %id, "acknowledged a job for a run that does not exist");
                 return Ok(JobResult::UnknownRun(id));
             }
             Err(ServiceError::Transition(TransitionError::InvalidTransition { status, .. })) => {
                 bump(&self.stats.skipped);
+                metrics::counter!("oprun_jobs_skipped_total").increment(1);
                 info!(run.id = %id, %status, "skipped a delivery of a run that is no longer queued");
                 return Ok(JobResult::Skipped { run_id: id, status });
             }
@@ -172,7 +175,23 @@ impl Runner {
                 return Err(Retry(e.to_string()));
             }
         };
-        Ok(self.execute(run).await)
+        if let Some(started) = run.started_at {
+            let waited = (started - run.queued_at).to_std().unwrap_or_default().as_secs_f64();
+            metrics::histogram!("oprun_queue_latency_seconds", "operation" => run.operation.clone()).record(waited);
+        }
+        let leases = metrics::gauge!("oprun_active_leases");
+        leases.increment(1.0);
+        let result = self.execute(run).await;
+        leases.decrement(1.0);
+        if let JobResult::Finished(run) = &result {
+            metrics::counter!("oprun_runs_finished_total", "operation" => run.operation.clone(), "outcome" => run.outcome.as_str())
+                .increment(1);
+            if let (Some(a), Some(b)) = (run.started_at, run.completed_at) {
+                let secs = (b - a).to_std().unwrap_or_default().as_secs_f64();
+                metrics::histogram!("oprun_run_duration_seconds", "operation" => run.operation.clone()).record(secs);
+            }
+        }
+        Ok(result)
     }
 
     /// Reauthorize, run and finish a claimed run. Every path ends in a
@@ -198,6 +217,7 @@ impl Runner {
                 return match self.service.block(id, BlockFrom::Lease(self.worker_id.clone()), reason, &message).await {
                     Ok(run) => {
                         bump(&self.stats.blocked);
+                        metrics::counter!("oprun_execution_denials_total", "reason" => reason.as_str()).increment(1);
                         bump(&self.stats.finished);
                         info!(reason = %reason, "blocked at execution: {message}");
                         JobResult::Finished(Box::new(run))
