@@ -45,6 +45,16 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             token_create(path, &actor, expires_in, json).await
         }
         Command::Token(TokenCommand::Revoke { id }) => token_revoke(path, &id).await,
+        Command::Bench(b) => {
+            let args = crate::bench::BenchArgs {
+                runs: b.runs,
+                concurrency: b.concurrency,
+                dispatchers: b.dispatchers,
+                baseline: b.baseline,
+                json: b.json,
+            };
+            crate::bench::bench(path, args).await
+        }
         Command::Up => serve(path, true, true).await,
         Command::Worker => serve(path, true, false).await,
         Command::Scheduler => serve(path, false, true).await,

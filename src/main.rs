@@ -3,6 +3,7 @@
 //! `dispatch`, `runs list|show`, `reconcile`. Thin wiring over the crates.
 
 mod app;
+mod bench;
 mod commands;
 
 use std::path::PathBuf;
@@ -46,9 +47,31 @@ enum Command {
     Runs(RunsCommand),
     /// Move stale runs on now (what the automatic reconciler does).
     Reconcile(ReconcileArgs),
+    /// Measure the real path: N runs dispatched, claimed, reauthorized,
+    /// completed and audited (needs a scratch store).
+    Bench(BenchCli),
     /// API bearer tokens (stored hashed; printed once).
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+struct BenchCli {
+    /// Runs to push through.
+    #[arg(long, default_value_t = 20_000)]
+    runs: u64,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Concurrent dispatchers.
+    #[arg(long, default_value_t = 32)]
+    dispatchers: usize,
+    /// Also push N bare apalis jobs on the same queue and print the ratio.
+    #[arg(long)]
+    baseline: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,0 +1,286 @@
+//! `oprun bench`: the product's real path, measured. N runs are dispatched
+//! through `OperationRunService` (authorized, written, audited, pushed),
+//! workers claim, reauthorize, run a no-op operation and complete every run
+//! through the service, on the configured store and queue. `--baseline`
+//! pushes the same N no-op jobs through bare apalis on the same queue.
+//!
+//! The bench needs a scratch store: it loads its own access truth (workspace
+//! `bench`), and refuses a store whose access tables hold anything else.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use oprun_scheduler::{DispatchOutcome, Dispatcher};
+use oprun_shared::{
+    AccessFile, Catalog, Completion, DispatchRequest, Initiator, JobQueue, OperationRunService, RunFilter, RunOutcome,
+    Scope, ServiceConfig, SourceSurface, SummaryCounts, SystemClock,
+};
+use oprun_worker::queue::{JobHandler, Queue, WorkerOptions, run_worker};
+use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::app::{App, CliError, CliResult};
+
+const BENCH_CATALOG: &str = r#"
+capabilities = ["bench.run"]
+[operations."bench.noop"]
+kind = "bench.noop"
+capability = "bench.run"
+scope = "workspace"
+dedup = "none"
+lease = "60s"
+heartbeat = "20s"
+max_attempts = 1
+"#;
+
+const BENCH_ACCESS: &str = r#"
+[roles]
+bench = ["bench.run", "runs.view"]
+[[actors]]
+id = "bench-actor"
+kind = "service"
+[[workspaces]]
+id = "bench"
+[[memberships]]
+actor = "bench-actor"
+workspace = "bench"
+role = "bench"
+"#;
+
+#[derive(Debug, Default)]
+struct Noop {
+    calls: AtomicU64,
+}
+
+#[async_trait]
+impl Operation for Noop {
+    async fn execute(&self, _ctx: &RunContext) -> Result<Completion, OperationError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Ok(Completion::succeeded(SummaryCounts::new()))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SharedNoop(Arc<Noop>);
+
+#[async_trait]
+impl Operation for SharedNoop {
+    async fn execute(&self, ctx: &RunContext) -> Result<Completion, OperationError> {
+        self.0.execute(ctx).await
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Bench settings.
+pub struct BenchArgs {
+    pub runs: u64,
+    pub concurrency: usize,
+    pub dispatchers: usize,
+    pub baseline: bool,
+    pub json: bool,
+}
+
+pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult<()> {
+    if args.runs == 0 || args.concurrency == 0 || args.dispatchers == 0 {
+        return Err(CliError::Usage("--runs, --concurrency and --dispatchers must be at least 1".into()));
+    }
+    let app = App::open(path).await?;
+    // A scratch store only: the bench replaces the access tables.
+    let existing = app.db.access.active_workspaces().await.map_err(|e| CliError::Runtime(e.to_string()))?;
+    if existing.iter().any(|w| w != "bench") {
+        return Err(CliError::Usage(format!(
+            "bench needs a scratch store (it replaces the access tables); this one has workspaces {existing:?}. \
+             Point OPRUN_DATABASE_URL (and OPRUN_QUEUE_URL) at an empty database"
+        )));
+    }
+    let catalog = Arc::new(Catalog::from_toml(BENCH_CATALOG).map_err(|e| CliError::Runtime(e.to_string()))?);
+    let access =
+        AccessFile::from_toml(BENCH_ACCESS, "bench access", None).map_err(|e| CliError::Runtime(e.to_string()))?;
+    app.db.access.apply_access(&access).await.map_err(|e| CliError::Runtime(e.to_string()))?;
+    let service =
+        OperationRunService::new(app.db.runs.clone(), catalog.clone(), Arc::new(SystemClock), ServiceConfig::default());
+    let authorizer = oprun_shared::Authorizer::new(app.db.access.clone(), catalog.clone());
+    let queue = app.queue().await?;
+    let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
+    let noop = Arc::new(Noop::default());
+    let mut ops = Operations::new();
+    ops.register("bench.noop", SharedNoop(noop.clone()));
+    let runner = Runner::new(service.clone(), authorizer, ops, crate::app::process_name("bench"));
+    let stats = runner.stats().clone();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let opts = WorkerOptions {
+        name_prefix: "bench".into(),
+        concurrency: args.concurrency,
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let (q, qcfg) = ((*queue).clone(), app.config.queue.clone());
+    let worker = tokio::spawn(async move {
+        run_worker(q, qcfg, opts, Arc::new(runner), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    let n = args.runs;
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut dispatchers = tokio::task::JoinSet::new();
+    for _ in 0..args.dispatchers {
+        let (d, next) = (dispatcher.clone(), next.clone());
+        dispatchers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let req = DispatchRequest {
+                    operation: "bench.noop".into(),
+                    scope: Scope { workspace_id: "bench".into(), ..Scope::default() },
+                    initiator: Initiator::service("bench-actor"),
+                    source: SourceSurface::Cli,
+                    context: json!({}),
+                    params: json!({}),
+                };
+                match d.dispatch(req).await {
+                    Ok(DispatchOutcome::Dispatched { .. }) => {}
+                    Ok(other) => return Err(format!("dispatch refused: {other:?}")),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = dispatchers.join_next().await {
+        r.map_err(|e| CliError::Runtime(e.to_string()))?.map_err(CliError::Runtime)?;
+    }
+    let dispatched_in = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while stats.snapshot().finished < n {
+        if Instant::now() > deadline {
+            return Err(CliError::Runtime(format!(
+                "only {} of {n} runs finished in 10 minutes",
+                stats.snapshot().finished
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    // Check the truth: exactly N runs, all succeeded, each executed once.
+    let mut queue_lat = Vec::with_capacity(n as usize);
+    let mut e2e = Vec::with_capacity(n as usize);
+    let mut seen = 0u64;
+    let mut succeeded = 0u64;
+    let mut before = None;
+    loop {
+        let page = service
+            .list(&RunFilter { workspace_id: Some("bench".into()), before, limit: 1000, ..RunFilter::default() })
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        for r in &page {
+            seen += 1;
+            if r.outcome == RunOutcome::Succeeded && r.attempt == 1 {
+                succeeded += 1;
+            }
+            if let (Some(s), Some(c)) = (r.started_at, r.completed_at) {
+                queue_lat.push((s - r.queued_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                e2e.push((c - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            }
+        }
+    }
+    queue_lat.sort_by(f64::total_cmp);
+    e2e.sort_by(f64::total_cmp);
+    let executions = noop.calls.load(Ordering::Relaxed);
+    let rate = n as f64 / elapsed.as_secs_f64();
+    let mut report = json!({
+        "store": app.db.runs.backend(),
+        "queue": format!("{:?}", app.config.queue.backend).to_lowercase(),
+        "runs": n,
+        "concurrency": args.concurrency,
+        "dispatchers": args.dispatchers,
+        "seconds": elapsed.as_secs_f64(),
+        "dispatch_seconds": dispatched_in.as_secs_f64(),
+        "runs_per_second": rate,
+        "queue_latency_ms": {"p50": percentile(&queue_lat, 0.5), "p95": percentile(&queue_lat, 0.95), "p99": percentile(&queue_lat, 0.99)},
+        "end_to_end_ms": {"p50": percentile(&e2e, 0.5), "p95": percentile(&e2e, 0.95), "p99": percentile(&e2e, 0.99)},
+        "peak_rss_mib": peak_rss_mib(),
+        "check": {"runs_in_store": seen, "succeeded_first_attempt": succeeded, "operation_executions": executions},
+    });
+    let ok = seen == n && succeeded == n && executions == n;
+    if args.baseline {
+        let base = baseline(&app, n, args.concurrency).await?;
+        report["baseline_jobs_per_second"] = json!(base);
+        report["truth_cost_ratio"] = json!(base / rate);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    }
+    if !ok {
+        return Err(CliError::Runtime(format!(
+            "check failed: {seen} runs in the store, {succeeded} succeeded on the first attempt, {executions} executions (want {n} each)"
+        )));
+    }
+    Ok(())
+}
+
+struct Count(Arc<AtomicU64>);
+
+#[async_trait]
+impl JobHandler for Count {
+    async fn handle(&self, _payload: Value) -> Result<(), String> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Bare apalis: the same N jobs, no run truth.
+async fn baseline(app: &App, n: u64, concurrency: usize) -> CliResult<f64> {
+    let mut cfg = app.config.queue.clone();
+    cfg.namespace = format!("{}-baseline-{}", cfg.namespace, uuid::Uuid::now_v7().simple());
+    let queue = Queue::open(&cfg, app.db.sqlite.clone()).await.map_err(|e| CliError::Runtime(format!("{e:#}")))?;
+    let count = Arc::new(AtomicU64::new(0));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let opts =
+        WorkerOptions { name_prefix: "bench-baseline".into(), concurrency, shutdown_grace: Duration::from_secs(10) };
+    let started = Instant::now();
+    let (q, c) = (queue.clone(), cfg.clone());
+    let handler = Arc::new(Count(count.clone()));
+    let worker = tokio::spawn(async move {
+        run_worker(q, c, opts, handler, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+    queue.push_many(&ids).await.map_err(|e| CliError::Runtime(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            return Err(CliError::Runtime("baseline did not finish in 10 minutes".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    Ok(rate)
+}
