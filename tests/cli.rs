@@ -271,3 +271,25 @@ fn a_missing_provider_token_is_a_start_up_error_naming_the_variable_or_file() {
         assert!(err.contains(needle) && err.contains("providers.graph"), "{err}");
     }
 }
+
+#[test]
+fn bench_runs_the_real_path_and_checks_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = oprun(
+        dir.path(),
+        &["bench", "--runs", "60", "--concurrency", "8", "--dispatchers", "4", "--baseline", "--json"],
+    );
+    let v = json(&out);
+    assert_eq!(v["check"]["runs_in_store"], 60, "{v}");
+    assert_eq!(v["check"]["succeeded_first_attempt"], 60);
+    assert_eq!(v["check"]["operation_executions"], 60);
+    assert!(v["runs_per_second"].as_f64().unwrap() > 0.0);
+    assert!(v["baseline_jobs_per_second"].as_f64().unwrap() > 0.0);
+    // A store that already holds other tenants is refused: the bench replaces access truth.
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    let other = tempfile::tempdir().unwrap();
+    assert!(oprun(other.path(), &["access", "apply", access]).status.success());
+    let out = oprun(other.path(), &["bench", "--runs", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scratch store"));
+}
