@@ -234,8 +234,18 @@ actor = "svc-scheduler"
 
 async fn garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_goes_on(stack: Stack) {
     let e = Env::new(stack).await;
-    for garbage in [json!("garbage"), json!({"run_id": "not-a-uuid"}), json!([1, 2, 3]), json!({"hello": "world"})] {
-        e.queue.push_value(garbage).await.unwrap();
+    let garbage = [
+        json!("garbage"),
+        json!({"run_id": "not-a-uuid"}),
+        json!([1, 2, 3]),
+        json!({"hello": "world"}),
+        json!(null),
+        json!(-12.5),
+        json!({"run_id": 42}),
+        json!({"run_id": "x".repeat(1 << 20)}),
+    ];
+    for g in garbage {
+        e.queue.push_value(g).await.unwrap();
     }
     oprun_shared::JobQueue::push(&*e.queue, uuid::Uuid::now_v7()).await.unwrap();
     let run = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
@@ -243,16 +253,36 @@ async fn garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_go
     let stats = runner.stats().clone();
     let worker = e.start_worker(runner);
     let done = e.until_completed(run.id, 30).await;
-    Env::until(|| stats.snapshot().received >= 6, 30, "every delivery").await;
+    Env::until(|| stats.snapshot().received >= 10, 30, "every delivery").await;
     // Acknowledged, not retried: a while later nothing more has arrived.
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
     assert_eq!(done.outcome, RunOutcome::Succeeded);
     let s = stats.snapshot();
-    assert_eq!((s.received, s.invalid_payloads, s.unknown_runs, s.finished), (6, 4, 1, 1), "{s:?}");
+    assert_eq!((s.received, s.invalid_payloads, s.unknown_runs, s.finished), (10, 8, 1, 1), "{s:?}");
+}
+
+async fn duplicate_and_reordered_deliveries_run_each_operation_once(stack: Stack) {
+    let e = Env::new(stack).await;
+    let a = dispatched(&e, req("test.fanout", "ops-user-1", Some("contoso-prod"))).await;
+    let b = dispatched(&e, req("test.fanout", "ops-user-1", Some("contoso-dev"))).await;
+    for id in [b.id, a.id, a.id, b.id, b.id, a.id] {
+        oprun_shared::JobQueue::push(&*e.queue, id).await.unwrap();
+    }
+    let runner = e.runner("w1");
+    let stats = runner.stats().clone();
+    let worker = e.start_worker(runner);
+    e.until_completed(a.id, 30).await;
+    e.until_completed(b.id, 30).await;
+    Env::until(|| stats.snapshot().received >= 8, 30, "every delivery").await;
+    worker.stop().await;
+    assert_eq!(e.calls(), 2, "one execution per run");
+    let s = stats.snapshot();
+    assert_eq!((s.finished, s.skipped), (2, 6), "{s:?}");
 }
 
 both_stacks!(
+    duplicate_and_reordered_deliveries_run_each_operation_once,
     garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_goes_on,
     a_scheduled_tick_ends_in_a_succeeded_run_started_by_the_schedule_actor,
     changes_after_dispatch_block_the_run_at_execution_and_the_operation_never_runs,
