@@ -101,6 +101,7 @@ impl Dispatcher {
     }
 
     /// Validate, authorize, write, push.
+    #[tracing::instrument(name = "dispatch", skip_all, fields(operation = %req.operation, workspace = %req.scope.workspace_id, environment = req.scope.environment_id.as_deref().unwrap_or("-")))]
     pub async fn dispatch(&self, req: DispatchRequest) -> Result<DispatchOutcome, DispatchError> {
         self.service.validate(&req)?;
         let decision = self.authorizer.authorize_dispatch(&req.initiator.id, &req.operation, &req.scope).await?;

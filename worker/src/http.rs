@@ -23,7 +23,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::operation::{Operation, OperationError, Operations, RunContext};
 
@@ -277,7 +277,10 @@ impl Provider {
                 if let Some(b) = body {
                     req = req.json(b);
                 }
-                let sent = req.send().await;
+                let sent = req
+                    .send()
+                    .instrument(tracing::info_span!("provider_call", provider = %self.name, method = %method, path = url.path()))
+                    .await;
                 let status_label = match &sent {
                     Ok(r) => r.status().as_u16().to_string(),
                     Err(_) => "error".to_string(),

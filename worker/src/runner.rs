@@ -155,7 +155,12 @@ impl Runner {
                 return Ok(JobResult::InvalidPayload(e.to_string()));
             }
         };
-        let run = match self.service.claim(id, &self.worker_id).await {
+        let run = match self
+            .service
+            .claim(id, &self.worker_id)
+            .instrument(tracing::info_span!("claim", run.id = %id))
+            .await
+        {
             Ok(run) => run,
             Err(ServiceError::Transition(TransitionError::NotFound(_))) => {
                 bump(&self.stats.unknown_runs);
@@ -197,7 +202,14 @@ impl Runner {
     /// Reauthorize, run and finish a claimed run. Every path ends in a
     /// terminal write by this worker, or in a lost lease.
     async fn execute(&self, run: OperationRun) -> JobResult {
-        let span = tracing::info_span!("run", run.id = %run.id, operation = %run.operation, attempt = run.attempt);
+        let span = tracing::info_span!(
+            "run",
+            run.id = %run.id,
+            operation = %run.operation,
+            workspace = %run.workspace_id,
+            environment = run.environment_id.as_deref().unwrap_or("-"),
+            attempt = run.attempt
+        );
         self.execute_in_span(run).instrument(span).await
     }
 
@@ -211,7 +223,8 @@ impl Runner {
                 return self.finish(id, done).await;
             }
         };
-        match self.authorizer.reauthorize(&run).await {
+        let reauthorized = self.authorizer.reauthorize(&run).instrument(tracing::info_span!("reauthorize")).await;
+        match reauthorized {
             Ok(Decision::Allowed) => {}
             Ok(Decision::Denied { reason, message }) => {
                 return match self.service.block(id, BlockFrom::Lease(self.worker_id.clone()), reason, &message).await {
@@ -286,7 +299,8 @@ impl Runner {
     }
 
     async fn finish(&self, id: uuid::Uuid, completion: Completion) -> JobResult {
-        match self.service.complete(id, &self.worker_id, completion).await {
+        let span = tracing::info_span!("finish", outcome = %completion.outcome);
+        match self.service.complete(id, &self.worker_id, completion).instrument(span).await {
             Ok(run) => {
                 bump(&self.stats.finished);
                 info!(outcome = %run.outcome, reason = run.reason_code.as_deref().unwrap_or("-"), "run finished");
