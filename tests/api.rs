@@ -239,6 +239,7 @@ async fn blocked_then_fixed_then_retried_succeeds_with_the_chain_audited(stack: 
         "oprun_runs_finished_total",
         "oprun_execution_denials_total{reason=\"execution.environment_not_operable\"} 1",
         "oprun_queue_latency_seconds",
+        "oprun_queue_depth",
     ] {
         assert!(metrics.contains(line), "/metrics has {line}: {metrics}");
     }

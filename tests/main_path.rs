@@ -281,7 +281,16 @@ async fn duplicate_and_reordered_deliveries_run_each_operation_once(stack: Stack
     assert_eq!((s.finished, s.skipped), (2, 6), "{s:?}");
 }
 
+async fn the_queue_reports_its_depth(stack: Stack) {
+    let e = Env::new(stack).await;
+    assert_eq!(oprun_shared::JobQueue::depth(&*e.queue).await.unwrap(), Some(0));
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    oprun_shared::JobQueue::push_many(&*e.queue, &ids).await.unwrap();
+    assert_eq!(oprun_shared::JobQueue::depth(&*e.queue).await.unwrap(), Some(3));
+}
+
 both_stacks!(
+    the_queue_reports_its_depth,
     duplicate_and_reordered_deliveries_run_each_operation_once,
     garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_goes_on,
     a_scheduled_tick_ends_in_a_succeeded_run_started_by_the_schedule_actor,

@@ -351,6 +351,11 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format"), (status = 503, description = "metrics are off")))]
 async fn prometheus(State(state): State<ApiState>) -> Response {
+    if state.metrics.is_some()
+        && let Ok(Some(depth)) = state.queue.depth().await
+    {
+        metrics::gauge!("oprun_queue_depth").set(depth as f64);
+    }
     match &state.metrics {
         Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
         None => {

@@ -30,6 +30,11 @@ pub trait JobQueue: Send + Sync {
         Ok(())
     }
 
+    /// Jobs waiting to be fetched, if the backend can tell.
+    async fn depth(&self) -> Result<Option<u64>, QueueError> {
+        Ok(None)
+    }
+
     /// Push one job per id (backends batch where they can).
     async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
         for id in run_ids {

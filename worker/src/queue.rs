@@ -70,15 +70,15 @@ pub struct WorkerOptions {
 pub enum Queue {
     /// apalis-redis.
     Redis(RedisStorage<Value, ConnectionManager>),
-    /// apalis-sqlite in the store's file.
-    Sqlite(SqliteStorage<Value>),
+    /// apalis-sqlite in the store's file, and its queue name.
+    Sqlite(SqliteStorage<Value>, String),
 }
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Queue::Redis(_) => f.write_str("Queue::Redis"),
-            Queue::Sqlite(_) => f.write_str("Queue::Sqlite"),
+            Queue::Sqlite(..) => f.write_str("Queue::Sqlite"),
         }
     }
 }
@@ -126,7 +126,7 @@ impl Queue {
                     .queue(&cfg.namespace)
                     .heartbeat_interval(cfg.heartbeat)
                     .missed_heartbeats(cfg.missed_heartbeats as usize);
-                Ok(Queue::Sqlite(SqliteStorage::new(&pool).with_config(config)))
+                Ok(Queue::Sqlite(SqliteStorage::new(&pool).with_config(config), cfg.namespace.clone()))
             }
         }
     }
@@ -136,7 +136,7 @@ impl Queue {
         let err = |e: String| QueueError(e);
         match self {
             Queue::Redis(s) => s.clone().push(payload).await.map_err(|e| err(e.to_string())),
-            Queue::Sqlite(s) => s.clone().push(payload).await.map_err(|e| err(e.to_string())),
+            Queue::Sqlite(s, _) => s.clone().push(payload).await.map_err(|e| err(e.to_string())),
         }
     }
 }
@@ -157,8 +157,37 @@ impl JobQueue for Queue {
                     .map(|_| ())
                     .map_err(|e| QueueError(e.to_string()))
             }
-            Queue::Sqlite(s) => {
+            Queue::Sqlite(s, _) => {
                 sqlx::query("SELECT 1").execute(s.pool()).await.map(|_| ()).map_err(|e| QueueError(e.to_string()))
+            }
+        }
+    }
+
+    async fn depth(&self) -> Result<Option<u64>, QueueError> {
+        let err = |e: String| QueueError(e);
+        match self {
+            Queue::Redis(s) => {
+                let mut s = s.clone();
+                // Pushed jobs wait in the scheduled set until a fetch moves
+                // them to the active list: both are waiting.
+                let (active, scheduled) = (s.get_config().active_jobs_list(), s.get_config().scheduled_jobs_set());
+                let (a, z): (u64, u64) = redis::pipe()
+                    .cmd("LLEN")
+                    .arg(active)
+                    .cmd("ZCARD")
+                    .arg(scheduled)
+                    .query_async(s.get_connection())
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(Some(a + z))
+            }
+            Queue::Sqlite(s, name) => {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND status = 'Pending'")
+                    .bind(name)
+                    .fetch_one(s.pool())
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(Some(n.max(0) as u64))
             }
         }
     }
@@ -169,7 +198,7 @@ impl JobQueue for Queue {
         for chunk in payloads.chunks(500) {
             let r = match self {
                 Queue::Redis(s) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
-                Queue::Sqlite(s) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
+                Queue::Sqlite(s, _) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
             };
             r.map_err(QueueError)?;
         }
@@ -253,7 +282,7 @@ pub async fn run_worker(
                     .run_until(signal)
                     .await
             }
-            Queue::Sqlite(s) => {
+            Queue::Sqlite(s, _) => {
                 WorkerBuilder::new(name)
                     .backend(s.poll_with_stream(ticker(poll)))
                     .data(handler.clone())
