@@ -34,6 +34,15 @@ dedup = "none"
 lease = "60s"
 heartbeat = "20s"
 max_attempts = 1
+[operations."bench.stale"]
+kind = "bench.noop"
+capability = "bench.run"
+scope = "workspace"
+dedup = "none"
+lease = "60s"
+heartbeat = "20s"
+max_attempts = 3
+resumable = true
 "#;
 
 const BENCH_ACCESS: &str = r#"
@@ -44,9 +53,15 @@ id = "bench-actor"
 kind = "service"
 [[workspaces]]
 id = "bench"
+[[workspaces]]
+id = "bench-stale"
 [[memberships]]
 actor = "bench-actor"
 workspace = "bench"
+role = "bench"
+[[memberships]]
+actor = "bench-actor"
+workspace = "bench-stale"
 role = "bench"
 "#;
 
@@ -95,18 +110,29 @@ pub struct BenchArgs {
     pub runs: u64,
     pub concurrency: usize,
     pub dispatchers: usize,
+    pub batch: u64,
+    pub rate: Option<u64>,
+    pub stale: Option<u64>,
     pub baseline: bool,
     pub json: bool,
 }
 
 pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult<()> {
-    if args.runs == 0 || args.concurrency == 0 || args.dispatchers == 0 {
-        return Err(CliError::Usage("--runs, --concurrency and --dispatchers must be at least 1".into()));
+    if args.runs == 0
+        || args.concurrency == 0
+        || args.dispatchers == 0
+        || args.batch == 0
+        || args.rate == Some(0)
+        || args.stale == Some(0)
+    {
+        return Err(CliError::Usage(
+            "--runs, --concurrency, --dispatchers, --batch, --rate and --stale must be at least 1".into(),
+        ));
     }
     let app = App::open(path).await?;
     // A scratch store only: the bench replaces the access tables.
     let existing = app.db.access.active_workspaces().await.map_err(|e| CliError::Runtime(e.to_string()))?;
-    if existing.iter().any(|w| w != "bench") {
+    if existing.iter().any(|w| w != "bench" && w != "bench-stale") {
         return Err(CliError::Usage(format!(
             "bench needs a scratch store (it replaces the access tables); this one has workspaces {existing:?}. \
              Point OPRUN_DATABASE_URL (and OPRUN_QUEUE_URL) at an empty database"
@@ -120,6 +146,9 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         OperationRunService::new(app.db.runs.clone(), catalog.clone(), Arc::new(SystemClock), ServiceConfig::default());
     let authorizer = oprun_shared::Authorizer::new(app.db.access.clone(), catalog.clone());
     let queue = app.queue().await?;
+    if let Some(stale) = args.stale {
+        return bench_reconcile(&app, &service, catalog, stale, args.json).await;
+    }
     let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
     let noop = Arc::new(Noop::default());
     let mut ops = Operations::new();
@@ -142,23 +171,41 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
     let n = args.runs;
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
+    // Paced: small batches (about every 5 ms) released on schedule.
+    let batch = match args.rate {
+        Some(rate) => args.batch.min((rate / 200).max(1)),
+        None => args.batch,
+    };
+    let pace = args.rate.map(|rate| Pace { started, rate });
     let mut dispatchers = tokio::task::JoinSet::new();
     for _ in 0..args.dispatchers {
-        let (d, next) = (dispatcher.clone(), next.clone());
+        let (d, next, pace) = (dispatcher.clone(), next.clone(), pace.clone());
         dispatchers.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let req = DispatchRequest {
-                    operation: "bench.noop".into(),
-                    scope: Scope { workspace_id: "bench".into(), ..Scope::default() },
-                    initiator: Initiator::service("bench-actor"),
-                    source: SourceSurface::Cli,
-                    context: json!({}),
-                    params: json!({}),
-                };
-                match d.dispatch(req).await {
-                    Ok(DispatchOutcome::Dispatched { .. }) => {}
-                    Ok(other) => return Err(format!("dispatch refused: {other:?}")),
-                    Err(e) => return Err(e.to_string()),
+            loop {
+                let from = next.fetch_add(batch, Ordering::Relaxed);
+                if from >= n {
+                    break;
+                }
+                let count = batch.min(n - from);
+                if let Some(pace) = &pace {
+                    pace.wait(from).await;
+                }
+                let reqs: Vec<DispatchRequest> = (0..count)
+                    .map(|_| DispatchRequest {
+                        operation: "bench.noop".into(),
+                        scope: Scope { workspace_id: "bench".into(), ..Scope::default() },
+                        initiator: Initiator::service("bench-actor"),
+                        source: SourceSurface::Cli,
+                        context: json!({}),
+                        params: json!({}),
+                    })
+                    .collect();
+                for r in d.dispatch_many(reqs).await.map_err(|e| e.to_string())? {
+                    match r {
+                        Ok(DispatchOutcome::Dispatched { .. }) => {}
+                        Ok(other) => return Err(format!("dispatch refused: {other:?}")),
+                        Err(e) => return Err(e.to_string()),
+                    }
                 }
             }
             Ok(())
@@ -215,6 +262,8 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         "runs": n,
         "concurrency": args.concurrency,
         "dispatchers": args.dispatchers,
+        "dispatch_batch": batch,
+        "dispatch_rate": args.rate,
         "seconds": elapsed.as_secs_f64(),
         "dispatch_seconds": dispatched_in.as_secs_f64(),
         "runs_per_second": rate,
@@ -240,6 +289,20 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         )));
     }
     Ok(())
+}
+
+/// Releases run `i` at `started + i / rate`.
+#[derive(Debug, Clone)]
+struct Pace {
+    started: Instant,
+    rate: u64,
+}
+
+impl Pace {
+    async fn wait(&self, i: u64) {
+        let at = self.started + Duration::from_secs_f64(i as f64 / self.rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+    }
 }
 
 struct Count(Arc<AtomicU64>);
@@ -283,4 +346,88 @@ async fn baseline(app: &App, n: u64, concurrency: usize) -> CliResult<f64> {
     let _ = stop_tx.send(true);
     let _ = worker.await;
     Ok(rate)
+}
+
+/// `--stale N`: N runs left running by a worker that died an hour ago
+/// (written through the service with a clock an hour back), then one timed
+/// reconcile pass through the scheduler's reconciler step (requeue + re-push,
+/// on a queue of its own) and a check that every run was requeued once.
+async fn bench_reconcile(
+    app: &App,
+    service: &OperationRunService,
+    catalog: Arc<Catalog>,
+    n: u64,
+    json_out: bool,
+) -> CliResult<()> {
+    let rt = |e: String| CliError::Runtime(e);
+    let past = Arc::new(oprun_shared::ManualClock::new(chrono::Utc::now() - chrono::Duration::hours(1)));
+    let dead = OperationRunService::new(app.db.runs.clone(), catalog.clone(), past.clone(), ServiceConfig::default());
+    let setup = Instant::now();
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut left = n;
+    while left > 0 {
+        let count = left.min(1000);
+        left -= count;
+        let reqs: Vec<DispatchRequest> = (0..count)
+            .map(|_| DispatchRequest {
+                operation: "bench.stale".into(),
+                scope: Scope { workspace_id: "bench-stale".into(), ..Scope::default() },
+                initiator: Initiator::service("bench-actor"),
+                source: SourceSurface::Cli,
+                context: json!({}),
+                params: json!({}),
+            })
+            .collect();
+        let mut batch = Vec::with_capacity(count as usize);
+        for r in dead.dispatch_many(&reqs).await.map_err(|e| rt(e.to_string()))? {
+            batch.push(r.map_err(|e| rt(e.to_string()))?.run.id);
+        }
+        dead.claim_batch(&batch, "bench-dead-worker").await.map_err(|e| rt(e.to_string()))?;
+        ids.extend(batch);
+    }
+    let setup_secs = setup.elapsed().as_secs_f64();
+    let mut cfg = app.config.queue.clone();
+    cfg.namespace = format!("{}-stale-{}", cfg.namespace, uuid::Uuid::now_v7().simple());
+    let queue: Arc<dyn JobQueue> =
+        Arc::new(Queue::open(&cfg, app.db.sqlite.clone()).await.map_err(|e| rt(format!("{e:#}")))?);
+    let authorizer = oprun_shared::Authorizer::new(app.db.access.clone(), catalog);
+    let dispatcher = Dispatcher::new(service.clone(), authorizer, queue.clone());
+    let filter = oprun_shared::ReconcileFilter { workspace_id: Some("bench-stale".into()), ..Default::default() };
+    let started = Instant::now();
+    let report = oprun_scheduler::reconciler::reconcile_and_push(
+        &dispatcher,
+        &Initiator::service("bench-reconciler"),
+        &filter,
+        false,
+    )
+    .await
+    .map_err(|e| rt(e.to_string()))?;
+    let secs = started.elapsed().as_secs_f64();
+    let requeued = report.count(oprun_shared::ReconcileKind::Requeued) as u64;
+    let depth = queue.depth().await.map_err(|e| rt(e.to_string()))?;
+    let mut queued = 0u64;
+    for chunk in ids.chunks(1000) {
+        let runs = app.db.runs.get_runs(chunk).await.map_err(|e| rt(e.to_string()))?;
+        queued += runs.iter().filter(|r| r.status == oprun_shared::RunStatus::Queued && r.attempt == 2).count() as u64;
+    }
+    let report_json = json!({
+        "store": app.db.runs.backend(),
+        "queue": format!("{:?}", app.config.queue.backend).to_lowercase(),
+        "stale_runs": n,
+        "setup_seconds": setup_secs,
+        "reconcile_seconds": secs,
+        "runs_reconciled_per_second": n as f64 / secs,
+        "check": {"requeued": requeued, "queued_on_attempt_2": queued, "jobs_pushed": depth, "lost_races": report.lost_races},
+    });
+    if json_out {
+        println!("{}", serde_json::to_string(&report_json).unwrap_or_default());
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report_json).unwrap_or_default());
+    }
+    if requeued != n || queued != n || depth != Some(n) {
+        return Err(rt(format!(
+            "check failed: {requeued} requeued, {queued} queued on attempt 2, {depth:?} jobs pushed (want {n} each)"
+        )));
+    }
+    Ok(())
 }

@@ -50,6 +50,9 @@ pub async fn run(cli: Cli) -> CliResult<()> {
                 runs: b.runs,
                 concurrency: b.concurrency,
                 dispatchers: b.dispatchers,
+                batch: b.batch,
+                rate: b.rate,
+                stale: b.stale,
                 baseline: b.baseline,
                 json: b.json,
             };

@@ -64,8 +64,18 @@ struct BenchCli {
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
     /// Concurrent dispatchers.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 4)]
     dispatchers: usize,
+    /// Runs per dispatch transaction (bulk dispatch).
+    #[arg(long, default_value_t = 500)]
+    batch: u64,
+    /// Dispatch at this many runs per second instead of as fast as possible
+    /// (to read queue latency below the maximum rate).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Instead: time one reconcile pass over this many stale runs.
+    #[arg(long)]
+    stale: Option<u64>,
     /// Also push N bare apalis jobs on the same queue and print the ratio.
     #[arg(long)]
     baseline: bool,

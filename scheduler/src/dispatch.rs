@@ -124,6 +124,83 @@ impl Dispatcher {
         Ok(DispatchOutcome::Dispatched { run: Box::new(run), deduplicated, push_failed })
     }
 
+    /// Dispatch many requests: authorization once per distinct (actor,
+    /// operation, scope), the allowed runs written in one transaction, their
+    /// jobs pushed in bulk. Per request, in order: the outcome, or why it
+    /// was not dispatched (invalid input). A store failure fails the batch
+    /// (nothing written).
+    #[tracing::instrument(name = "dispatch", skip_all, fields(runs = reqs.len()))]
+    pub async fn dispatch_many(
+        &self,
+        reqs: Vec<DispatchRequest>,
+    ) -> Result<Vec<Result<DispatchOutcome, DispatchError>>, DispatchError> {
+        let mut out: Vec<Option<Result<DispatchOutcome, DispatchError>>> = Vec::with_capacity(reqs.len());
+        let mut decided: Vec<((String, String, oprun_shared::Scope), Decision)> = Vec::new();
+        let mut allowed = Vec::new();
+        let mut slots = Vec::new();
+        for (i, req) in reqs.into_iter().enumerate() {
+            if let Err(e) = self.service.validate(&req) {
+                out.push(Some(Err(e.into())));
+                continue;
+            }
+            let key = (req.initiator.id.clone(), req.operation.clone(), req.scope.clone());
+            let decision = match decided.iter().find(|(k, _)| *k == key) {
+                Some((_, d)) => d.clone(),
+                None => {
+                    let d = self.authorizer.authorize_dispatch(&req.initiator.id, &req.operation, &req.scope).await?;
+                    decided.push((key, d.clone()));
+                    d
+                }
+            };
+            match decision {
+                Decision::Denied { reason, message } => out.push(Some(self.refuse(req, reason, message).await)),
+                _ => {
+                    allowed.push(req);
+                    slots.push(i);
+                    out.push(None);
+                }
+            }
+        }
+        let written = self.service.dispatch_many(&allowed).await?;
+        let mut fresh = Vec::new();
+        let mut results = Vec::with_capacity(written.len());
+        for r in written {
+            match r {
+                Ok(Dispatched { run, deduplicated }) => {
+                    if deduplicated {
+                        metrics::counter!("oprun_dispatch_deduplicated_total", "operation" => run.operation.clone())
+                            .increment(1);
+                    } else {
+                        metrics::counter!("oprun_runs_dispatched_total", "operation" => run.operation.clone(), "source" => run.source_surface.as_str())
+                            .increment(1);
+                        fresh.push(run.id);
+                    }
+                    results.push(Ok((run, deduplicated)));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let push_failed = match self.queue.push_many(&fresh).await {
+            Ok(()) => false,
+            Err(e) => {
+                warn!(runs = fresh.len(), error = %e, "runs written but their jobs were not pushed; the reconciler re-pushes them");
+                true
+            }
+        };
+        info!(runs = fresh.len(), "dispatched in bulk");
+        for (slot, r) in slots.into_iter().zip(results) {
+            out[slot] = Some(match r {
+                Ok((run, deduplicated)) => Ok(DispatchOutcome::Dispatched {
+                    run: Box::new(run),
+                    deduplicated,
+                    push_failed: push_failed && !deduplicated,
+                }),
+                Err(e) => Err(e.into()),
+            });
+        }
+        Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Err(DispatchError::Invalid("not dispatched".into())))).collect())
+    }
+
     async fn refuse(
         &self,
         req: DispatchRequest,

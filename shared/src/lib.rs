@@ -33,9 +33,9 @@ pub use queue::{JobPayload, JobQueue, QueueError};
 pub use reason::{Envelope, NextStep, ReasonCode, Retryability, required_capability, translate};
 pub use run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
 pub use service::{
-    BlockFrom, Cancelled, Completion, DispatchRequest, Dispatched, LeaseState, OperationRunService, ReconcileAction,
-    ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
+    BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, LeaseState, OperationRunService,
+    ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
-pub use store::{Database, RunFilter, RunStore, StoreError};
+pub use store::{Database, RunFilter, RunStore, StoreError, Update};
 pub use view::{RunDetail, RunView, run_detail};
 pub use viewer::{ACCESS_MANAGE, RUNS_CANCEL, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, Viewer};

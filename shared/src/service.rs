@@ -17,7 +17,7 @@ use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface, Transition, Transit
 use crate::reason::ReasonCode;
 use crate::redact;
 use crate::run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
-use crate::store::{Change, Guard, Inserted, RunFilter, RunStore, StoreError};
+use crate::store::{Change, Guard, Inserted, RunFilter, RunStore, StoreError, Update};
 
 /// Largest captured context or params document, serialized.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -103,6 +103,31 @@ pub struct LeaseState {
     pub lease_expires_at: DateTime<Utc>,
     /// Whether an operator asked the run to stop.
     pub cancel_requested: bool,
+}
+
+/// What claiming one delivered run found (see [`OperationRunService::claim_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Claimed: running and leased to the worker.
+    Claimed(Box<OperationRun>),
+    /// No run has this id.
+    NotFound,
+    /// The run is not queued (a duplicate delivery, cancelled, finished).
+    NotQueued(RunStatus),
+}
+
+/// How a worker ends a run it holds (see [`OperationRunService::finish_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// Complete with this outcome.
+    Complete(Completion),
+    /// Blocked by reauthorization.
+    Block {
+        /// The `execution.*` reason.
+        reason: ReasonCode,
+        /// What to tell the operator.
+        message: String,
+    },
 }
 
 /// How a run ends.
@@ -406,6 +431,44 @@ impl OperationRunService {
         self.insert(run, &[audit]).await
     }
 
+    /// Dispatch many runs in one transaction (one commit, multi-row
+    /// statements). The outer error is a store failure (nothing written);
+    /// the inner results are per request, in order (a request that does not
+    /// validate is refused alone). Authorization is the caller's.
+    #[instrument(skip_all, fields(runs = reqs.len()), err)]
+    pub async fn dispatch_many(
+        &self,
+        reqs: &[DispatchRequest],
+    ) -> Result<Vec<Result<Dispatched, ServiceError>>, ServiceError> {
+        let now = self.clock.now();
+        let mut out: Vec<Option<Result<Dispatched, ServiceError>>> = Vec::with_capacity(reqs.len());
+        let mut rows = Vec::with_capacity(reqs.len());
+        let mut slots = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.iter().enumerate() {
+            match self.validate(req).and_then(|spec| self.new_run(req, spec, now)) {
+                Ok(run) => {
+                    let audit = AuditEntry::new(now, req.initiator.clone(), Transition::Dispatch.action())
+                        .details(json!({ "source_surface": req.source.as_str() }));
+                    rows.push((run, audit));
+                    slots.push(i);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let inserted = self.store.insert_runs(&rows).await?;
+        for (slot, ins) in slots.into_iter().zip(inserted) {
+            out[slot] = Some(Ok(match ins {
+                Inserted::New(run) => Dispatched { run, deduplicated: false },
+                Inserted::Existing(run) => Dispatched { run, deduplicated: true },
+            }));
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ServiceError::InvalidInput("not dispatched".into()))))
+            .collect())
+    }
+
     async fn insert(&self, run: OperationRun, audit: &[AuditEntry]) -> Result<Dispatched, ServiceError> {
         Ok(match self.store.insert_run(&run, audit).await? {
             Inserted::New(run) => Dispatched { run, deduplicated: false },
@@ -523,6 +586,186 @@ impl OperationRunService {
         Ok(self.store.update_runs(ids, &Guard::from(RunStatus::Queued), &change, now, Some(&audit)).await?)
     }
 
+    /// Claim the delivered runs `ids` for `worker`: one read and one
+    /// transaction for the whole batch (one guarded write per operation,
+    /// since the lease length is the operation's). Results are in the order
+    /// of `ids`.
+    #[instrument(name = "claim", skip_all, fields(runs = ids.len(), worker = %worker), err)]
+    pub async fn claim_batch(&self, ids: &[Uuid], worker: &str) -> Result<Vec<Claim>, ServiceError> {
+        let found = self.store.get_runs(ids).await?;
+        let status: std::collections::HashMap<Uuid, (RunStatus, String)> =
+            found.into_iter().map(|r| (r.id, (r.status, r.operation))).collect();
+        let now = self.clock.now();
+        let mut by_op: Vec<(String, Vec<Uuid>)> = Vec::new();
+        for id in ids {
+            if let Some((RunStatus::Queued, op)) = status.get(id) {
+                match by_op.iter_mut().find(|(o, _)| o == op) {
+                    Some((_, v)) => {
+                        if !v.contains(id) {
+                            v.push(*id);
+                        }
+                    }
+                    None => by_op.push((op.clone(), vec![*id])),
+                }
+            }
+        }
+        let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
+        let updates: Vec<Update> = by_op
+            .iter()
+            .map(|(op, ids)| Update {
+                ids: ids.clone(),
+                guard: Guard::from(RunStatus::Queued),
+                change: Change {
+                    status: Some(RunStatus::Running),
+                    lease_owner: Some(Some(worker.to_string())),
+                    lease_expires_at: Some(Some(now + self.lease_for(op))),
+                    heartbeat_at: Some(Some(now)),
+                    started_at: Some(now),
+                    ..Change::default()
+                },
+                audit: Some(audit.clone()),
+            })
+            .collect();
+        let mut claimed: std::collections::HashMap<Uuid, OperationRun> =
+            self.store.update_batch(&updates, now).await?.into_iter().flatten().map(|r| (r.id, r)).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(match (claimed.remove(id), status.get(id)) {
+                (Some(run), _) => Claim::Claimed(Box::new(run)),
+                (None, None) => Claim::NotFound,
+                (None, Some((RunStatus::Queued, _))) => {
+                    // Taken between our read and our write (or a duplicate id in this batch).
+                    match self.store.get_run(*id).await? {
+                        Some(run) => Claim::NotQueued(run.status),
+                        None => Claim::NotFound,
+                    }
+                }
+                (None, Some((s, _))) => Claim::NotQueued(*s),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The guarded write that completes a run.
+    fn completion_write(
+        &self,
+        worker: &str,
+        completion: &Completion,
+        now: DateTime<Utc>,
+    ) -> Result<(Guard, Change, AuditEntry), ServiceError> {
+        if !completion.outcome.is_terminal() {
+            return Err(ServiceError::InvalidInput("a run cannot complete with outcome pending".into()));
+        }
+        if matches!(completion.outcome, RunOutcome::Failed | RunOutcome::Blocked) && completion.reason_code.is_none() {
+            return Err(ServiceError::InvalidInput(format!("a {} run needs a reason code", completion.outcome)));
+        }
+        let reason = match completion.outcome {
+            RunOutcome::Cancelled => {
+                completion.reason_code.clone().or(Some(ReasonCode::RunCancelledByOperator.as_str().into()))
+            }
+            _ => completion.reason_code.clone(),
+        };
+        let change = Change {
+            status: Some(RunStatus::Completed),
+            outcome: Some(completion.outcome),
+            reason_code: Some(reason.clone()),
+            failure_summary: Some(bounded_failures(&completion.failures)),
+            counts_add: Some(completion.counts.clone()),
+            checkpoint: completion.checkpoint.clone().map(Some),
+            lease_owner: Some(None),
+            lease_expires_at: Some(None),
+            completed_at: Some(now),
+            ..Change::default()
+        };
+        let mut audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Complete.action());
+        audit.reason_code = reason;
+        Ok((Guard::lease(worker), change, audit))
+    }
+
+    /// The guarded write that blocks a run.
+    fn block_write(
+        from: &BlockFrom,
+        reason: ReasonCode,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> (Guard, Change, AuditEntry) {
+        let (guard, actor) = match from {
+            BlockFrom::Queued => (Guard::from(RunStatus::Queued), Initiator::service("oprun")),
+            BlockFrom::Lease(w) => (Guard::lease(w), Self::worker_actor(w)),
+        };
+        let change = Change {
+            status: Some(RunStatus::Completed),
+            outcome: Some(RunOutcome::Blocked),
+            reason_code: Some(Some(reason.as_str().into())),
+            failure_summary: Some(vec![FailureEntry {
+                reason_code: reason.as_str().into(),
+                message: redact::sanitize(message),
+            }]),
+            lease_owner: Some(None),
+            lease_expires_at: Some(None),
+            completed_at: Some(now),
+            ..Change::default()
+        };
+        let audit = AuditEntry::new(now, actor, Transition::Block.action())
+            .reason(reason.as_str())
+            .details(json!({ "message": redact::sanitize(message) }));
+        (guard, change, audit)
+    }
+
+    /// Finish many runs `worker` holds in one transaction (group commit:
+    /// identical writes share one statement). Results are per item, in order;
+    /// the outer error is a store failure (nothing written).
+    #[instrument(name = "finish", skip_all, fields(runs = items.len(), worker = %worker), err)]
+    pub async fn finish_batch(
+        &self,
+        worker: &str,
+        items: &[(Uuid, Finish)],
+    ) -> Result<Vec<Result<OperationRun, ServiceError>>, ServiceError> {
+        let now = self.clock.now();
+        let mut updates: Vec<Update> = Vec::new();
+        let mut slot_of: Vec<Result<(usize, Transition), ServiceError>> = Vec::with_capacity(items.len());
+        for (id, finish) in items {
+            let write = match finish {
+                Finish::Complete(c) => self.completion_write(worker, c, now).map(|w| (w, Transition::Complete)),
+                Finish::Block { reason, message } => Ok((
+                    Self::block_write(&BlockFrom::Lease(worker.to_string()), *reason, message, now),
+                    Transition::Block,
+                )),
+            };
+            match write {
+                Err(e) => slot_of.push(Err(e)),
+                Ok(((guard, change, audit), transition)) => {
+                    let at = match updates
+                        .iter()
+                        .position(|u| u.guard == guard && u.change == change && u.audit.as_ref() == Some(&audit))
+                    {
+                        Some(i) => i,
+                        None => {
+                            updates.push(Update { ids: Vec::new(), guard, change, audit: Some(audit) });
+                            updates.len() - 1
+                        }
+                    };
+                    updates[at].ids.push(*id);
+                    slot_of.push(Ok((at, transition)));
+                }
+            }
+        }
+        let written = self.store.update_batch(&updates, now).await?;
+        let mut by_id: std::collections::HashMap<Uuid, OperationRun> =
+            written.into_iter().flatten().map(|r| (r.id, r)).collect();
+        let mut out = Vec::with_capacity(items.len());
+        for ((id, _), slot) in items.iter().zip(slot_of) {
+            out.push(match slot {
+                Err(e) => Err(e),
+                Ok((at, transition)) => match by_id.remove(id) {
+                    Some(run) => Ok(run),
+                    None => Err(self.refused(*id, transition, &updates[at].guard).await),
+                },
+            });
+        }
+        Ok(out)
+    }
+
     /// Renew the lease. Only the lease owner may.
     #[instrument(skip_all, fields(run.id = %id), err)]
     pub async fn heartbeat(&self, id: Uuid, worker: &str, operation: &str) -> Result<LeaseState, ServiceError> {
@@ -574,34 +817,9 @@ impl OperationRunService {
     /// Complete a running run. Only the lease owner may.
     #[instrument(skip_all, fields(run.id = %id, outcome = %completion.outcome), err)]
     pub async fn complete(&self, id: Uuid, worker: &str, completion: Completion) -> Result<OperationRun, ServiceError> {
-        if !completion.outcome.is_terminal() {
-            return Err(ServiceError::InvalidInput("a run cannot complete with outcome pending".into()));
-        }
-        if matches!(completion.outcome, RunOutcome::Failed | RunOutcome::Blocked) && completion.reason_code.is_none() {
-            return Err(ServiceError::InvalidInput(format!("a {} run needs a reason code", completion.outcome)));
-        }
         let now = self.clock.now();
-        let reason = match completion.outcome {
-            RunOutcome::Cancelled => {
-                completion.reason_code.clone().or(Some(ReasonCode::RunCancelledByOperator.as_str().into()))
-            }
-            _ => completion.reason_code.clone(),
-        };
-        let change = Change {
-            status: Some(RunStatus::Completed),
-            outcome: Some(completion.outcome),
-            reason_code: Some(reason.clone()),
-            failure_summary: Some(bounded_failures(&completion.failures)),
-            counts_add: Some(completion.counts.clone()),
-            checkpoint: completion.checkpoint.clone().map(Some),
-            lease_owner: Some(None),
-            lease_expires_at: Some(None),
-            completed_at: Some(now),
-            ..Change::default()
-        };
-        let mut audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Complete.action());
-        audit.reason_code = reason;
-        self.one(id, Transition::Complete, Guard::lease(worker), change, audit).await
+        let (guard, change, audit) = self.completion_write(worker, &completion, now)?;
+        self.one(id, Transition::Complete, guard, change, audit).await
     }
 
     /// Block a run (reauthorization said no): completed/blocked with an
@@ -615,26 +833,7 @@ impl OperationRunService {
         message: &str,
     ) -> Result<OperationRun, ServiceError> {
         let now = self.clock.now();
-        let (guard, actor) = match &from {
-            BlockFrom::Queued => (Guard::from(RunStatus::Queued), Initiator::service("oprun")),
-            BlockFrom::Lease(w) => (Guard::lease(w), Self::worker_actor(w)),
-        };
-        let change = Change {
-            status: Some(RunStatus::Completed),
-            outcome: Some(RunOutcome::Blocked),
-            reason_code: Some(Some(reason.as_str().into())),
-            failure_summary: Some(vec![FailureEntry {
-                reason_code: reason.as_str().into(),
-                message: redact::sanitize(message),
-            }]),
-            lease_owner: Some(None),
-            lease_expires_at: Some(None),
-            completed_at: Some(now),
-            ..Change::default()
-        };
-        let audit = AuditEntry::new(now, actor, Transition::Block.action())
-            .reason(reason.as_str())
-            .details(json!({ "message": redact::sanitize(message) }));
+        let (guard, change, audit) = Self::block_write(&from, reason, message, now);
         self.one(id, Transition::Block, guard, change, audit).await
     }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use chrono::Duration;
 use oprun_shared::testing::{self, Backend, TestStore};
 use oprun_shared::{
-    BlockFrom, Cancelled, Completion, DispatchRequest, FailureEntry, Initiator, ManualClock, OperationRunService,
-    ReconcileFilter, ReconcileKind, RunFilter, RunOutcome, RunStatus, Scope, ServiceConfig, ServiceError,
-    SourceSurface, SummaryCounts, TransitionError,
+    BlockFrom, Cancelled, Claim, Completion, DispatchRequest, FailureEntry, Finish, Initiator, ManualClock,
+    OperationRunService, ReasonCode, ReconcileFilter, ReconcileKind, RunFilter, RunOutcome, RunStatus, Scope,
+    ServiceConfig, ServiceError, SourceSurface, SummaryCounts, TransitionError,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -723,6 +723,119 @@ async fn list_filters_by_visibility_status_outcome_and_pages_by_cursor(b: Backen
     assert_eq!(all, vec![ids[3], ids[2], ids[1], ids[0]]);
 }
 
+// ---------------------------------------------------------------- batches
+
+async fn dispatch_many_writes_every_run_with_its_audit_row_and_dedups_within_and_across_batches(b: Backend) {
+    let e = env(b).await;
+    let held = e.svc.dispatch(sync_req("held")).await.unwrap().run;
+    let mut bad = sync_req("e-bad");
+    bad.params = json!("not an object");
+    let reqs = vec![sync_req("e1"), sync_req("held"), bad, sync_req("e2"), sync_req("e1")];
+    let out = e.svc.dispatch_many(&reqs).await.unwrap();
+    assert_eq!(out.len(), 5);
+    let first = out[0].as_ref().unwrap();
+    assert!(!first.deduplicated);
+    assert_eq!(first.run.environment_id.as_deref(), Some("e1"));
+    let again = out[1].as_ref().unwrap();
+    assert!(again.deduplicated, "an active run held the key before the batch");
+    assert_eq!(again.run.id, held.id);
+    match &out[2] {
+        Err(ServiceError::InvalidInput(m)) => assert!(m.contains("params"), "{m}"),
+        other => panic!("want invalid input, got {other:?}"),
+    }
+    assert!(!out[3].as_ref().unwrap().deduplicated);
+    let dup = out[4].as_ref().unwrap();
+    assert!(dup.deduplicated, "the same scope twice in one batch writes one run");
+    assert_eq!(dup.run.id, first.run.id);
+    let queued =
+        e.svc.list(&RunFilter { status: Some(RunStatus::Queued), limit: 100, ..RunFilter::default() }).await.unwrap();
+    assert_eq!(queued.len(), 3, "held, e1, e2");
+    for d in [first, out[3].as_ref().unwrap()] {
+        assert_eq!(e.svc.get(d.run.id).await.unwrap(), d.run);
+        assert_eq!(actions(&e, d.run.id).await, vec!["run.dispatch"]);
+        let audit = e.svc.audit(d.run.id).await.unwrap();
+        assert_eq!(audit[0].entry.actor, Initiator::user("ops-user-1"));
+        assert_eq!(audit[0].entry.to_status, Some(RunStatus::Queued));
+    }
+}
+
+async fn claim_batch_claims_queued_runs_and_says_why_it_did_not_claim_the_others(b: Backend) {
+    let e = env(b).await;
+    let report = DispatchRequest {
+        operation: "report.build".into(),
+        scope: Scope { workspace_id: "contoso".into(), ..Scope::default() },
+        ..sync_req("x")
+    };
+    let a = e.svc.dispatch(sync_req("e1")).await.unwrap().run.id;
+    let taken = e.svc.dispatch(sync_req("e2")).await.unwrap().run.id;
+    let r = e.svc.dispatch(report).await.unwrap().run.id;
+    e.svc.claim(taken, "other").await.unwrap();
+    let missing = uuid::Uuid::now_v7();
+    let out = e.svc.claim_batch(&[a, taken, missing, r, a], "w1").await.unwrap();
+    assert_eq!(out.len(), 5);
+    let Claim::Claimed(run_a) = &out[0] else { panic!("{:?}", out[0]) };
+    assert_eq!((run_a.status, run_a.lease_owner.as_deref()), (RunStatus::Running, Some("w1")));
+    assert_eq!(out[1], Claim::NotQueued(RunStatus::Running));
+    assert_eq!(out[2], Claim::NotFound);
+    let Claim::Claimed(run_r) = &out[3] else { panic!("{:?}", out[3]) };
+    // Each operation keeps its own lease length.
+    let now = e.clock.now_for_test();
+    assert_eq!(
+        run_a.lease_expires_at.unwrap() - now,
+        chrono::Duration::from_std(e.svc.spec("inventory.sync").unwrap().lease).unwrap()
+    );
+    assert_eq!(
+        run_r.lease_expires_at.unwrap() - now,
+        chrono::Duration::from_std(e.svc.spec("report.build").unwrap().lease).unwrap()
+    );
+    assert_eq!(out[4], Claim::NotQueued(RunStatus::Running), "the same id twice is claimed once");
+    assert_eq!(actions(&e, a).await, vec!["run.dispatch", "run.claim"]);
+    assert_eq!(e.svc.get(taken).await.unwrap().lease_owner.as_deref(), Some("other"));
+}
+
+async fn finish_batch_writes_each_outcome_in_one_commit_and_refuses_runs_it_does_not_hold(b: Backend) {
+    let e = env(b).await;
+    let mut ids = vec![];
+    for env_id in ["e1", "e2", "e3", "e4", "e5"] {
+        let id = e.svc.dispatch(sync_req(env_id)).await.unwrap().run.id;
+        e.svc.claim(id, if env_id == "e5" { "other" } else { "w1" }).await.unwrap();
+        ids.push(id);
+    }
+    let items = vec![
+        (ids[0], Finish::Complete(Completion::succeeded(counts(&[("processed", 3)])))),
+        (ids[1], Finish::Complete(Completion::succeeded(SummaryCounts::new()))),
+        (ids[2], Finish::Complete(Completion::failed(RunOutcome::Failed, "provider.unavailable", "503 token=abc"))),
+        (ids[3], Finish::Block { reason: ReasonCode::ExecutionActorDisabled, message: "disabled".into() }),
+        (ids[4], Finish::Complete(Completion::succeeded(SummaryCounts::new()))),
+        (
+            ids[1],
+            Finish::Complete(Completion { reason_code: None, ..Completion::failed(RunOutcome::Failed, "x", "y") }),
+        ),
+    ];
+    let out = e.svc.finish_batch("w1", &items).await.unwrap();
+    let r0 = out[0].as_ref().unwrap();
+    assert_eq!((r0.status, r0.outcome), (RunStatus::Completed, RunOutcome::Succeeded));
+    assert_eq!(r0.summary_counts, counts(&[("processed", 3)]));
+    assert_eq!(out[1].as_ref().unwrap().outcome, RunOutcome::Succeeded);
+    let r2 = out[2].as_ref().unwrap();
+    assert_eq!((r2.outcome, r2.reason_code.as_deref()), (RunOutcome::Failed, Some("provider.unavailable")));
+    assert!(!r2.failure_summary[0].message.contains("abc"), "failures are sanitized: {:?}", r2.failure_summary);
+    let r3 = out[3].as_ref().unwrap();
+    assert_eq!((r3.outcome, r3.reason_code.as_deref()), (RunOutcome::Blocked, Some("execution.actor_disabled")));
+    assert!(
+        matches!(out[4], Err(ServiceError::Transition(TransitionError::LeaseLost { .. }))),
+        "another worker's run: {:?}",
+        out[4]
+    );
+    assert!(matches!(out[5], Err(ServiceError::InvalidInput(_))), "a failure without reason: {:?}", out[5]);
+    assert_eq!(e.svc.get(ids[4]).await.unwrap().status, RunStatus::Running);
+    assert_eq!(actions(&e, ids[0]).await, vec!["run.dispatch", "run.claim", "run.complete"]);
+    assert_eq!(actions(&e, ids[3]).await, vec!["run.dispatch", "run.claim", "run.block"]);
+    for id in &ids[..4] {
+        assert_eq!(e.svc.get(*id).await.unwrap().lease_owner, None);
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -772,6 +885,9 @@ conformance!(
     retry_creates_a_linked_queued_run_and_a_second_retry_returns_it,
     retry_is_refused_for_active_succeeded_and_non_retryable_runs,
     list_filters_by_visibility_status_outcome_and_pages_by_cursor,
+    dispatch_many_writes_every_run_with_its_audit_row_and_dedups_within_and_across_batches,
+    claim_batch_claims_queued_runs_and_says_why_it_did_not_claim_the_others,
+    finish_batch_writes_each_outcome_in_one_commit_and_refuses_runs_it_does_not_hold,
 );
 
 /// Test-only convenience: the manual clock's current time.

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oprun_shared::{
-    Authorizer, BlockFrom, Completion, Decision, JobPayload, OperationRun, OperationRunService, ReasonCode, RunOutcome,
-    RunStatus, ServiceError, TransitionError, redact,
+    Authorizer, Claim, Completion, Decision, Finish, JobPayload, OperationRun, OperationRunService, ReasonCode,
+    RunOutcome, RunStatus, ServiceError, redact,
 };
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, warn};
 
 use crate::operation::{OperationError, Operations, RunContext};
@@ -111,6 +112,36 @@ pub enum JobResult {
 #[error("run store unavailable: {0}")]
 pub struct Retry(pub String);
 
+/// The most runs one claim or finish transaction takes.
+const MAX_BATCH: usize = 512;
+
+/// A claimed run and what reauthorization said of it (`Err`: access truth
+/// could not be read).
+type Claimed = (Claim, Option<Result<Decision, String>>);
+
+/// Why a finish write did not happen: the run moved on (`Transition`) or
+/// the store failed.
+#[derive(Debug, thiserror::Error)]
+enum FinishFailed {
+    #[error("{0}")]
+    Transition(String),
+    #[error("run store: {0}")]
+    Store(String),
+}
+
+type ClaimRequest = (uuid::Uuid, oneshot::Sender<Result<Claimed, String>>);
+type FinishRequest = (uuid::Uuid, Finish, oneshot::Sender<Result<OperationRun, FinishFailed>>);
+
+/// The two batchers: every job's claim (+ reauthorization) and every run's
+/// finish go through one task each, which takes whatever is waiting (up to
+/// [`MAX_BATCH`]) and writes it in one transaction. Under load many runs
+/// share one commit (group commit); alone, a run waits for nothing.
+#[derive(Debug)]
+struct Batches {
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    finishes: mpsc::UnboundedSender<FinishRequest>,
+}
+
 /// Handles jobs for one worker process.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -119,6 +150,97 @@ pub struct Runner {
     operations: Operations,
     worker_id: String,
     stats: Arc<WorkerStats>,
+    batches: Arc<std::sync::OnceLock<Batches>>,
+}
+
+/// Take the first waiting request and whatever else is already waiting.
+async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(x) => batch.push(x),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// The key reauthorization depends on: runs in one batch that share it
+/// share one decision (the same truth read at the same moment).
+fn decision_key(run: &OperationRun) -> (String, String, String, Option<String>, Option<String>, Option<String>) {
+    (
+        run.initiator.id.clone(),
+        run.operation.clone(),
+        run.workspace_id.clone(),
+        run.environment_id.clone(),
+        run.target_type.clone(),
+        run.target_id.clone(),
+    )
+}
+
+async fn claim_loop(
+    mut rx: mpsc::UnboundedReceiver<ClaimRequest>,
+    service: OperationRunService,
+    authorizer: Authorizer,
+    worker: String,
+) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        match service.claim_batch(&ids, &worker).await {
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(msg.clone()));
+                }
+            }
+            Ok(claims) => {
+                let mut decided: Vec<(_, Result<Decision, String>)> = Vec::new();
+                for ((_, tx), claim) in batch.into_iter().zip(claims) {
+                    let decision = match &claim {
+                        Claim::Claimed(run) => {
+                            let key = decision_key(run);
+                            let found = decided.iter().find(|(k, _)| *k == key).map(|(_, d)| d.clone());
+                            Some(match found {
+                                Some(d) => d,
+                                None => {
+                                    let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
+                                    let d =
+                                        authorizer.reauthorize(run).instrument(span).await.map_err(|e| e.to_string());
+                                    decided.push((key, d.clone()));
+                                    d
+                                }
+                            })
+                        }
+                        _ => None,
+                    };
+                    let _ = tx.send(Ok((claim, decision)));
+                }
+            }
+        }
+    }
+}
+
+async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService, worker: String) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        let items: Vec<(uuid::Uuid, Finish)> = batch.iter().map(|(id, f, _)| (*id, f.clone())).collect();
+        match service.finish_batch(&worker, &items).await {
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Err(FinishFailed::Store(msg.clone())));
+                }
+            }
+            Ok(results) => {
+                for ((_, _, tx), r) in batch.into_iter().zip(results) {
+                    let _ = tx.send(r.map_err(|e| match e {
+                        ServiceError::Transition(t) => FinishFailed::Transition(t.to_string()),
+                        other => FinishFailed::Store(other.to_string()),
+                    }));
+                }
+            }
+        }
+    }
 }
 
 impl Runner {
@@ -129,7 +251,25 @@ impl Runner {
         operations: Operations,
         worker_id: String,
     ) -> Self {
-        Self { service, authorizer, operations, worker_id, stats: Arc::default() }
+        Self { service, authorizer, operations, worker_id, stats: Arc::default(), batches: Arc::default() }
+    }
+
+    /// The batchers, started on first use (on the caller's runtime); they
+    /// stop when the last clone of this runner is dropped.
+    fn batches(&self) -> &Batches {
+        self.batches.get_or_init(|| {
+            let (claims, claim_rx) = mpsc::unbounded_channel();
+            let (finishes, finish_rx) = mpsc::unbounded_channel();
+            tokio::spawn(claim_loop(claim_rx, self.service.clone(), self.authorizer.clone(), self.worker_id.clone()));
+            tokio::spawn(finish_loop(finish_rx, self.service.clone(), self.worker_id.clone()));
+            Batches { claims, finishes }
+        })
+    }
+
+    async fn claim(&self, id: uuid::Uuid) -> Result<Claimed, String> {
+        let (tx, rx) = oneshot::channel();
+        self.batches().claims.send((id, tx)).map_err(|_| "the claim batcher stopped".to_string())?;
+        rx.await.map_err(|_| "the claim batcher stopped".to_string())?
     }
 
     /// This worker's lease owner id.
@@ -155,20 +295,16 @@ impl Runner {
                 return Ok(JobResult::InvalidPayload(e.to_string()));
             }
         };
-        let run = match self
-            .service
-            .claim(id, &self.worker_id)
-            .instrument(tracing::info_span!("claim", run.id = %id))
-            .await
-        {
-            Ok(run) => run,
-            Err(ServiceError::Transition(TransitionError::NotFound(_))) => {
+        let (run, decision) = match self.claim(id).await {
+            Ok((Claim::Claimed(run), Some(decision))) => (*run, decision),
+            Ok((Claim::Claimed(run), None)) => (*run, Err("no decision".to_string())),
+            Ok((Claim::NotFound, _)) => {
                 bump(&self.stats.unknown_runs);
                 metrics::counter!("oprun_jobs_unknown_run_total").increment(1);
                 warn!(run.id = %id, "acknowledged a job for a run that does not exist");
                 return Ok(JobResult::UnknownRun(id));
             }
-            Err(ServiceError::Transition(TransitionError::InvalidTransition { status, .. })) => {
+            Ok((Claim::NotQueued(status), _)) => {
                 bump(&self.stats.skipped);
                 metrics::counter!("oprun_jobs_skipped_total").increment(1);
                 info!(run.id = %id, %status, "skipped a delivery of a run that is no longer queued");
@@ -177,7 +313,7 @@ impl Runner {
             Err(e) => {
                 bump(&self.stats.store_errors);
                 warn!(run.id = %id, error = %e, "could not claim; the job goes back to the queue");
-                return Err(Retry(e.to_string()));
+                return Err(Retry(e));
             }
         };
         if let Some(started) = run.started_at {
@@ -186,7 +322,7 @@ impl Runner {
         }
         let leases = metrics::gauge!("oprun_active_leases");
         leases.increment(1.0);
-        let result = self.execute(run).await;
+        let result = self.execute(run, decision).await;
         leases.decrement(1.0);
         if let JobResult::Finished(run) = &result {
             metrics::counter!("oprun_runs_finished_total", "operation" => run.operation.clone(), "outcome" => run.outcome.as_str())
@@ -201,7 +337,7 @@ impl Runner {
 
     /// Reauthorize, run and finish a claimed run. Every path ends in a
     /// terminal write by this worker, or in a lost lease.
-    async fn execute(&self, run: OperationRun) -> JobResult {
+    async fn execute(&self, run: OperationRun, decision: Result<Decision, String>) -> JobResult {
         let span = tracing::info_span!(
             "run",
             run.id = %run.id,
@@ -210,33 +346,29 @@ impl Runner {
             environment = run.environment_id.as_deref().unwrap_or("-"),
             attempt = run.attempt
         );
-        self.execute_in_span(run).instrument(span).await
+        self.execute_in_span(run, decision).instrument(span).await
     }
 
-    async fn execute_in_span(&self, run: OperationRun) -> JobResult {
+    async fn execute_in_span(&self, run: OperationRun, reauthorized: Result<Decision, String>) -> JobResult {
         let id = run.id;
         let spec = match self.service.spec(&run.operation) {
             Ok(spec) => spec.clone(),
             Err(_) => {
                 let msg = format!("this deployment's catalog has no operation '{}'", run.operation);
                 let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
-                return self.finish(id, done).await;
+                return self.finish(id, Finish::Complete(done)).await;
             }
         };
-        let reauthorized = self.authorizer.reauthorize(&run).instrument(tracing::info_span!("reauthorize")).await;
         match reauthorized {
             Ok(Decision::Allowed) => {}
             Ok(Decision::Denied { reason, message }) => {
-                return match self.service.block(id, BlockFrom::Lease(self.worker_id.clone()), reason, &message).await {
-                    Ok(run) => {
-                        bump(&self.stats.blocked);
-                        metrics::counter!("oprun_execution_denials_total", "reason" => reason.as_str()).increment(1);
-                        bump(&self.stats.finished);
-                        info!(reason = %reason, "blocked at execution: {message}");
-                        JobResult::Finished(Box::new(run))
-                    }
-                    Err(e) => self.lost(id, e),
-                };
+                metrics::counter!("oprun_execution_denials_total", "reason" => reason.as_str()).increment(1);
+                info!(reason = %reason, "blocked at execution: {message}");
+                let result = self.finish(id, Finish::Block { reason, message }).await;
+                if matches!(result, JobResult::Finished(_)) {
+                    bump(&self.stats.blocked);
+                }
+                return result;
             }
             Err(e) => {
                 // We hold the lease: the reconciler requeues the run when it expires.
@@ -249,11 +381,11 @@ impl Runner {
             let kind = spec.kind.clone().unwrap_or_else(|| run.operation.clone());
             let msg = format!("this worker has no handler of kind '{kind}'");
             let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
-            return self.finish(id, done).await;
+            return self.finish(id, Finish::Complete(done)).await;
         };
         if let Err(msg) = op.validate(&run.params, &spec) {
             let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunPayloadInvalid.as_str(), &msg);
-            return self.finish(id, done).await;
+            return self.finish(id, Finish::Complete(done)).await;
         }
         let heartbeat_every = spec.heartbeat;
         let ctx = Arc::new(RunContext::new(run, spec, self.worker_id.clone(), self.service.clone()));
@@ -295,28 +427,38 @@ impl Runner {
             bump(&self.stats.leases_lost);
             return JobResult::LeaseLost(id);
         }
-        self.finish(id, completion).await
+        self.finish(id, Finish::Complete(completion)).await
     }
 
-    async fn finish(&self, id: uuid::Uuid, completion: Completion) -> JobResult {
-        let span = tracing::info_span!("finish", outcome = %completion.outcome);
-        match self.service.complete(id, &self.worker_id, completion).instrument(span).await {
+    async fn finish(&self, id: uuid::Uuid, finish: Finish) -> JobResult {
+        let outcome = match &finish {
+            Finish::Complete(c) => c.outcome,
+            Finish::Block { .. } => RunOutcome::Blocked,
+        };
+        let span = tracing::info_span!("finish", outcome = %outcome);
+        let written = async {
+            let (tx, rx) = oneshot::channel();
+            let stopped = || FinishFailed::Store("the finish batcher stopped".into());
+            self.batches().finishes.send((id, finish, tx)).map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())?
+        }
+        .instrument(span)
+        .await;
+        match written {
             Ok(run) => {
                 bump(&self.stats.finished);
                 info!(outcome = %run.outcome, reason = run.reason_code.as_deref().unwrap_or("-"), "run finished");
                 JobResult::Finished(Box::new(run))
             }
-            Err(e) => self.lost(id, e),
+            Err(e) => {
+                match &e {
+                    FinishFailed::Transition(_) => bump(&self.stats.leases_lost),
+                    FinishFailed::Store(_) => bump(&self.stats.store_errors),
+                }
+                warn!(error = %e, "could not finish the run; its lease will expire and the reconciler moves it on");
+                JobResult::LeaseLost(id)
+            }
         }
-    }
-
-    fn lost(&self, id: uuid::Uuid, e: ServiceError) -> JobResult {
-        match e {
-            ServiceError::Transition(_) => bump(&self.stats.leases_lost),
-            _ => bump(&self.stats.store_errors),
-        }
-        warn!(error = %e, "could not finish the run; its lease will expire and the reconciler moves it on");
-        JobResult::LeaseLost(id)
     }
 }
 

@@ -108,6 +108,19 @@ pub struct Change {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
+/// One guarded write of a batch (see [`RunStore::update_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// The runs.
+    pub ids: Vec<Uuid>,
+    /// What they must satisfy.
+    pub guard: Guard,
+    /// What is set.
+    pub change: Change,
+    /// The audit row written per run (filled in from each run).
+    pub audit: Option<AuditEntry>,
+}
+
 /// What inserting a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inserted {
@@ -173,6 +186,19 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Insert a run and its audit rows in one transaction, unless an active
     /// run holds its dedup key (then return that run and write nothing).
     async fn insert_run(&self, run: &OperationRun, audit: &[AuditEntry]) -> Result<Inserted, StoreError>;
+
+    /// Insert many runs in one transaction (multi-row statements), each
+    /// with its audit row filled in from it. A run whose dedup key an active run
+    /// holds is not written: its entry is that run (`Inserted::Existing`).
+    /// Results are in the order of `runs`.
+    async fn insert_runs(&self, runs: &[(OperationRun, AuditEntry)]) -> Result<Vec<Inserted>, StoreError>;
+
+    /// Many guarded writes in one transaction (one commit for all: group
+    /// commit), with their audit rows. Returns, per update, the runs written.
+    async fn update_batch(&self, updates: &[Update], now: DateTime<Utc>) -> Result<Vec<Vec<OperationRun>>, StoreError>;
+
+    /// Many runs by id (in no particular order; missing ids are left out).
+    async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<OperationRun>, StoreError>;
 
     /// One guarded write to the runs `ids`, plus one audit row per run written
     /// (`audit` filled in from each run; none for a heartbeat), in one transaction. Returns the runs

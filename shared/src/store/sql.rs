@@ -27,7 +27,7 @@ macro_rules! impl_run_store {
         use crate::counts::SummaryCounts;
         use crate::run::{Initiator, OperationRun};
         use crate::store::sql::{ACTIVE, AUDIT_COLUMNS, RUN_COLUMNS};
-        use crate::store::{Change, Guard, Inserted, MAX_PAGE, RunFilter, RunStore, StaleQuery, StoreError};
+        use crate::store::{Change, Guard, Inserted, MAX_PAGE, RunFilter, RunStore, StaleQuery, StoreError, Update};
 
         fn corrupt(id: &str, field: &'static str, problem: impl std::fmt::Display) -> StoreError {
             StoreError::Corrupt { id: id.to_string(), field, problem: problem.to_string() }
@@ -139,6 +139,81 @@ macro_rules! impl_run_store {
             Ok(())
         }
 
+        fn push_run<Sep: std::fmt::Display>(b: &mut sqlx::query_builder::Separated<'_, $db, Sep>, run: &OperationRun) {
+            b.push_bind(run.id)
+                .push_bind(run.operation.clone())
+                .push_bind(run.workspace_id.clone())
+                .push_bind(run.environment_id.clone())
+                .push_bind(run.target_type.clone())
+                .push_bind(run.target_id.clone())
+                .push_bind(run.initiator.kind.as_str())
+                .push_bind(run.initiator.id.clone())
+                .push_bind(run.source_surface.as_str())
+                .push_bind(Json(run.context.clone()))
+                .push_bind(Json(run.params.clone()))
+                .push_bind(run.dedup_key.clone())
+                .push_bind(run.status.as_str())
+                .push_bind(run.outcome.as_str())
+                .push_bind(run.reason_code.clone())
+                .push_bind(Json(serde_json::to_value(&run.failure_summary).unwrap_or_default()))
+                .push_bind(Json(run.summary_counts.to_json()))
+                .push_bind(run.checkpoint.clone().map(Json))
+                .push_bind(run.attempt)
+                .push_bind(run.max_attempts)
+                .push_bind(run.retry_of)
+                .push_bind(run.lease_owner.clone())
+                .push_bind(run.lease_expires_at)
+                .push_bind(run.heartbeat_at)
+                .push_bind(run.cancel_requested_at)
+                .push_bind(run.queued_at)
+                .push_bind(run.repushed_at)
+                .push_bind(run.created_at)
+                .push_bind(run.started_at)
+                .push_bind(run.completed_at)
+                .push_bind(run.updated_at);
+        }
+
+        /// One guarded write inside `tx`; returns the runs written and
+        /// their audit rows (not yet inserted).
+        async fn update_in(
+            tx: &mut <$db as sqlx::Database>::Connection,
+            ids: &[Uuid],
+            guard: &Guard,
+            change: &Change,
+            now: chrono::DateTime<chrono::Utc>,
+            audit: Option<&AuditEntry>,
+        ) -> Result<(Vec<OperationRun>, Vec<AuditEntry>), StoreError> {
+            let mut written = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(1000) {
+                let mut q = QueryBuilder::<$db>::new("UPDATE operation_runs SET ");
+                push_change(&mut q, change, now);
+                q.push(" WHERE");
+                push_ids(&mut q, chunk);
+                push_guard(&mut q, guard);
+                q.push(" RETURNING *");
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    written.push(run_from_row(&row)?);
+                }
+            }
+            if let Some(add) = change.counts_add.as_ref().filter(|c| !c.is_empty()) {
+                for run in &mut written {
+                    let mut counts = run.summary_counts.clone();
+                    counts.merge(add);
+                    sqlx::query("UPDATE operation_runs SET summary_counts = $1 WHERE id = $2")
+                        .bind(Json(counts.to_json()))
+                        .bind(run.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    run.summary_counts = counts;
+                }
+            }
+            let entries = match audit {
+                Some(audit) => written.iter().map(|r| audit.for_run(r).from(guard.from)).collect(),
+                None => Vec::new(),
+            };
+            Ok((written, entries))
+        }
+
         fn push_ids(q: &mut QueryBuilder<$db>, ids: &[Uuid]) {
             q.push(" id IN (");
             let mut sep = q.separated(", ");
@@ -234,37 +309,7 @@ macro_rules! impl_run_store {
                     let mut q =
                         QueryBuilder::<$db>::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES ("));
                     let mut b = q.separated(", ");
-                    b.push_bind(run.id)
-                        .push_bind(run.operation.clone())
-                        .push_bind(run.workspace_id.clone())
-                        .push_bind(run.environment_id.clone())
-                        .push_bind(run.target_type.clone())
-                        .push_bind(run.target_id.clone())
-                        .push_bind(run.initiator.kind.as_str())
-                        .push_bind(run.initiator.id.clone())
-                        .push_bind(run.source_surface.as_str())
-                        .push_bind(Json(run.context.clone()))
-                        .push_bind(Json(run.params.clone()))
-                        .push_bind(run.dedup_key.clone())
-                        .push_bind(run.status.as_str())
-                        .push_bind(run.outcome.as_str())
-                        .push_bind(run.reason_code.clone())
-                        .push_bind(Json(serde_json::to_value(&run.failure_summary).unwrap_or_default()))
-                        .push_bind(Json(run.summary_counts.to_json()))
-                        .push_bind(run.checkpoint.clone().map(Json))
-                        .push_bind(run.attempt)
-                        .push_bind(run.max_attempts)
-                        .push_bind(run.retry_of)
-                        .push_bind(run.lease_owner.clone())
-                        .push_bind(run.lease_expires_at)
-                        .push_bind(run.heartbeat_at)
-                        .push_bind(run.cancel_requested_at)
-                        .push_bind(run.queued_at)
-                        .push_bind(run.repushed_at)
-                        .push_bind(run.created_at)
-                        .push_bind(run.started_at)
-                        .push_bind(run.completed_at)
-                        .push_bind(run.updated_at);
+                    push_run(&mut b, run);
                     b.push_unseparated(format!(") ON CONFLICT (dedup_key) WHERE {ACTIVE} DO NOTHING RETURNING *"));
                     let row = q.build().fetch_optional(&mut *tx).await?;
                     if let Some(row) = row {
@@ -302,36 +347,92 @@ macro_rules! impl_run_store {
                     return Ok(Vec::new());
                 }
                 let mut tx = self.begin_write().await?;
-                let mut written = Vec::with_capacity(ids.len());
-                for chunk in ids.chunks(1000) {
-                    let mut q = QueryBuilder::<$db>::new("UPDATE operation_runs SET ");
-                    push_change(&mut q, change, now);
-                    q.push(" WHERE");
-                    push_ids(&mut q, chunk);
-                    push_guard(&mut q, guard);
-                    q.push(" RETURNING *");
-                    for row in q.build().fetch_all(&mut *tx).await? {
-                        written.push(run_from_row(&row)?);
-                    }
-                }
-                if let Some(add) = change.counts_add.as_ref().filter(|c| !c.is_empty()) {
-                    for run in &mut written {
-                        let mut counts = run.summary_counts.clone();
-                        counts.merge(add);
-                        sqlx::query("UPDATE operation_runs SET summary_counts = $1 WHERE id = $2")
-                            .bind(Json(counts.to_json()))
-                            .bind(run.id)
-                            .execute(&mut *tx)
-                            .await?;
-                        run.summary_counts = counts;
-                    }
-                }
-                if let Some(audit) = audit {
-                    let entries: Vec<AuditEntry> = written.iter().map(|r| audit.for_run(r).from(guard.from)).collect();
-                    insert_audit(&mut tx, &entries).await?;
-                }
+                let (written, entries) = update_in(&mut tx, ids, guard, change, now, audit).await?;
+                insert_audit(&mut tx, &entries).await?;
                 tx.commit().await?;
                 Ok(written)
+            }
+
+            async fn update_batch(
+                &self,
+                updates: &[Update],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<Vec<OperationRun>>, StoreError> {
+                if updates.iter().all(|u| u.ids.is_empty()) {
+                    return Ok(updates.iter().map(|_| Vec::new()).collect());
+                }
+                let mut tx = self.begin_write().await?;
+                let mut out = Vec::with_capacity(updates.len());
+                let mut entries = Vec::new();
+                for u in updates {
+                    if u.ids.is_empty() {
+                        out.push(Vec::new());
+                        continue;
+                    }
+                    let (written, mut audit) =
+                        update_in(&mut tx, &u.ids, &u.guard, &u.change, now, u.audit.as_ref()).await?;
+                    entries.append(&mut audit);
+                    out.push(written);
+                }
+                insert_audit(&mut tx, &entries).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn insert_runs(&self, runs: &[(OperationRun, AuditEntry)]) -> Result<Vec<Inserted>, StoreError> {
+                if runs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut tx = self.begin_write().await?;
+                let mut written = std::collections::HashMap::with_capacity(runs.len());
+                let mut entries = Vec::with_capacity(runs.len());
+                let audit_of: std::collections::HashMap<Uuid, &AuditEntry> =
+                    runs.iter().map(|(r, a)| (r.id, a)).collect();
+                // 31 binds a row: 1,000 rows stay under both backends' bind limits.
+                for chunk in runs.chunks(1000) {
+                    let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES "));
+                    for (i, (run, _)) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            q.push(", ");
+                        }
+                        q.push("(");
+                        let mut b = q.separated(", ");
+                        push_run(&mut b, run);
+                        b.push_unseparated(")");
+                    }
+                    q.push(format!(" ON CONFLICT (dedup_key) WHERE {ACTIVE} DO NOTHING RETURNING *"));
+                    for row in q.build().fetch_all(&mut *tx).await? {
+                        let run = run_from_row(&row)?;
+                        if let Some(a) = audit_of.get(&run.id) {
+                            entries.push(if a.run_id.is_none() { a.for_run(&run) } else { (*a).clone() });
+                        }
+                        written.insert(run.id, run);
+                    }
+                }
+                insert_audit(&mut tx, &entries).await?;
+                tx.commit().await?;
+                let mut out = Vec::with_capacity(runs.len());
+                for (run, audit) in runs {
+                    match written.remove(&run.id) {
+                        Some(w) => out.push(Inserted::New(w)),
+                        // Its dedup key was held: the one-run path reads the holder
+                        // (and retries if the holder finished meanwhile).
+                        None => out.push(self.insert_run(run, std::slice::from_ref(audit)).await?),
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<OperationRun>, StoreError> {
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(1000) {
+                    let mut q = QueryBuilder::<$db>::new("SELECT * FROM operation_runs WHERE");
+                    push_ids(&mut q, chunk);
+                    for row in q.build().fetch_all(&self.pool).await? {
+                        out.push(run_from_row(&row)?);
+                    }
+                }
+                Ok(out)
             }
 
             async fn get_run(&self, id: Uuid) -> Result<Option<OperationRun>, StoreError> {
