@@ -43,10 +43,10 @@ impl CliError {
 
 pub type CliResult<T> = Result<T, CliError>;
 
-/// Log to stderr; `RUST_LOG` narrows or widens (default `info`).
-pub fn init_logging(format: &str) {
+/// Log to stderr; `RUST_LOG` narrows or widens (default `default_filter`).
+pub fn init_logging(format: &str, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -225,7 +225,10 @@ struct ReconcileArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    app::init_logging(&cli.log_format);
+    // The bench prints its report on stdout; per-run log lines would be
+    // measured too, so it logs warnings only unless RUST_LOG says otherwise.
+    let default_filter = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info,sqlx=warn" };
+    app::init_logging(&cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -85,6 +85,18 @@ kind = "count"
 capability = "report.build"
 scope = "workspace"
 dedup = "none"
+
+[operations."test.collect_campaign"]
+kind = "http.collect"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+lease = "20s"
+heartbeat = "1s"
+max_attempts = 50
+resumable = true
+settings = { path = "/campaign/{environment}/{target_id}", items = "value" }
 "#;
 
 /// Access truth for the end-to-end tests: one actor and one environment per
@@ -466,4 +478,82 @@ pub async fn reconcile_later(e: &Env, secs: i64) -> oprun_shared::ReconcileRepor
     )
     .await
     .unwrap()
+}
+
+// ---- Fault-injection support (tests/faults.rs) ----
+
+/// A Redis queue config on `url` in a fresh namespace.
+pub fn redis_queue_config(url: &str) -> QueueConfig {
+    QueueConfig {
+        backend: QueueBackend::Redis,
+        url: Some(url.to_string()),
+        namespace: format!("oprun-test-{}", Uuid::now_v7().simple()),
+        poll_interval: Duration::from_millis(50),
+        ..QueueConfig::default()
+    }
+}
+
+impl Env {
+    /// An env on the store `db` with the queue `queue_config` (test access applied).
+    pub async fn with_parts(stack: Stack, db: TestStore, queue_config: QueueConfig) -> Self {
+        db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
+        let queue = Arc::new(Queue::open(&queue_config, db.database.sqlite.clone()).await.expect("open the queue"));
+        let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
+        let authorizer = Authorizer::new(db.access.clone(), catalog());
+        let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
+        Self { stack, db, queue, queue_config, service, authorizer, dispatcher, counting: Counting::default() }
+    }
+
+    /// Postgres + Redis: a fresh database on the test Postgres, the queue on
+    /// the Redis at `url` (a private server a test may kill and restart).
+    pub async fn with_redis_url(stack: Stack, url: &str) -> Self {
+        assert_eq!(stack, Stack::PostgresRedis, "a Redis URL only makes sense on the Postgres + Redis stack");
+        let db = TestStore::new(testing::Backend::Postgres).await;
+        Self::with_parts(stack, db, redis_queue_config(url)).await
+    }
+
+    /// Postgres + Redis on the store `db` (e.g. [`test_store_at`] a private
+    /// Postgres), the queue on the shared test Redis.
+    pub async fn with_store(db: TestStore) -> Self {
+        let url = testing::require_env(testing::REDIS_URL_VAR);
+        Self::with_parts(Stack::PostgresRedis, db, redis_queue_config(&url)).await
+    }
+}
+
+/// A migrated store on the Postgres database at `url` (a private server).
+/// `TestStore` can only be built by `oprun_shared::testing`, so this takes a
+/// throwaway SQLite one (its temp dir is the only private field) and points
+/// every public field at `url`.
+pub async fn test_store_at(url: &str) -> TestStore {
+    let database = oprun_shared::store::open(url, 8).await.expect("connect to the private Postgres");
+    database.runs.migrate().await.expect("migrate the private Postgres");
+    let mut db = TestStore::sqlite().await;
+    db.store = database.runs.clone();
+    db.access = database.access.clone();
+    db.database = database;
+    db.url = url.to_string();
+    db
+}
+
+impl WorkerHandle {
+    /// Whether the worker task is still running (it has not returned or panicked).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Env {
+    /// [`Env::start_worker`] with `concurrency` slots instead of 4.
+    pub fn start_worker_with(&self, runner: Runner, concurrency: usize) -> WorkerHandle {
+        let (tx, mut rx) = watch::channel(false);
+        let (queue, cfg) = (self.queue.clone(), self.queue_config.clone());
+        let opts = WorkerOptions { name_prefix: "test".into(), concurrency, shutdown_grace: Duration::from_secs(5) };
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            run_worker((*queue).clone(), cfg, opts, Arc::new(runner), stop).await
+        });
+        WorkerHandle { tx, task }
+    }
 }

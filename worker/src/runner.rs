@@ -179,65 +179,93 @@ fn decision_key(run: &OperationRun) -> (String, String, String, Option<String>, 
     )
 }
 
+/// Batches in flight at once per batcher: while one waits for its commit,
+/// the next is already being written (the database groups the commits).
+const BATCHES_IN_FLIGHT: usize = 3;
+
 async fn claim_loop(
     mut rx: mpsc::UnboundedReceiver<ClaimRequest>,
     service: OperationRunService,
     authorizer: Authorizer,
     worker: String,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(batch) = next_batch(&mut rx).await {
-        let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
-        match service.claim_batch(&ids, &worker).await {
-            Err(e) => {
-                let msg = e.to_string();
-                for (_, tx) in batch {
-                    let _ = tx.send(Err(msg.clone()));
-                }
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (service, authorizer, worker) = (service.clone(), authorizer.clone(), worker.clone());
+        tokio::spawn(async move {
+            claim_one_batch(batch, &service, &authorizer, &worker).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn claim_one_batch(
+    batch: Vec<ClaimRequest>,
+    service: &OperationRunService,
+    authorizer: &Authorizer,
+    worker: &str,
+) {
+    let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
+    match service.claim_batch(&ids, worker).await {
+        Err(e) => {
+            let msg = e.to_string();
+            for (_, tx) in batch {
+                let _ = tx.send(Err(msg.clone()));
             }
-            Ok(claims) => {
-                let mut decided: Vec<(_, Result<Decision, String>)> = Vec::new();
-                for ((_, tx), claim) in batch.into_iter().zip(claims) {
-                    let decision = match &claim {
-                        Claim::Claimed(run) => {
-                            let key = decision_key(run);
-                            let found = decided.iter().find(|(k, _)| *k == key).map(|(_, d)| d.clone());
-                            Some(match found {
-                                Some(d) => d,
-                                None => {
-                                    let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
-                                    let d =
-                                        authorizer.reauthorize(run).instrument(span).await.map_err(|e| e.to_string());
-                                    decided.push((key, d.clone()));
-                                    d
-                                }
-                            })
-                        }
-                        _ => None,
-                    };
-                    let _ = tx.send(Ok((claim, decision)));
-                }
+        }
+        Ok(claims) => {
+            let mut decided: Vec<(_, Result<Decision, String>)> = Vec::new();
+            for ((_, tx), claim) in batch.into_iter().zip(claims) {
+                let decision = match &claim {
+                    Claim::Claimed(run) => {
+                        let key = decision_key(run);
+                        let found = decided.iter().find(|(k, _)| *k == key).map(|(_, d)| d.clone());
+                        Some(match found {
+                            Some(d) => d,
+                            None => {
+                                let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
+                                let d = authorizer.reauthorize(run).instrument(span).await.map_err(|e| e.to_string());
+                                decided.push((key, d.clone()));
+                                d
+                            }
+                        })
+                    }
+                    _ => None,
+                };
+                let _ = tx.send(Ok((claim, decision)));
             }
         }
     }
 }
 
 async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService, worker: String) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(batch) = next_batch(&mut rx).await {
-        let items: Vec<(uuid::Uuid, Finish)> = batch.iter().map(|(id, f, _)| (*id, f.clone())).collect();
-        match service.finish_batch(&worker, &items).await {
-            Err(e) => {
-                let msg = e.to_string();
-                for (_, _, tx) in batch {
-                    let _ = tx.send(Err(FinishFailed::Store(msg.clone())));
-                }
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (service, worker) = (service.clone(), worker.clone());
+        tokio::spawn(async move {
+            finish_one_batch(batch, &service, &worker).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn finish_one_batch(batch: Vec<FinishRequest>, service: &OperationRunService, worker: &str) {
+    let items: Vec<(uuid::Uuid, Finish)> = batch.iter().map(|(id, f, _)| (*id, f.clone())).collect();
+    match service.finish_batch(worker, &items).await {
+        Err(e) => {
+            let msg = e.to_string();
+            for (_, _, tx) in batch {
+                let _ = tx.send(Err(FinishFailed::Store(msg.clone())));
             }
-            Ok(results) => {
-                for ((_, _, tx), r) in batch.into_iter().zip(results) {
-                    let _ = tx.send(r.map_err(|e| match e {
-                        ServiceError::Transition(t) => FinishFailed::Transition(t.to_string()),
-                        other => FinishFailed::Store(other.to_string()),
-                    }));
-                }
+        }
+        Ok(results) => {
+            for ((_, _, tx), r) in batch.into_iter().zip(results) {
+                let _ = tx.send(r.map_err(|e| match e {
+                    ServiceError::Transition(t) => FinishFailed::Transition(t.to_string()),
+                    other => FinishFailed::Store(other.to_string()),
+                }));
             }
         }
     }
