@@ -144,10 +144,42 @@ fn body_json<T: serde::de::DeserializeOwned + Default>(body: Result<Bytes, Bytes
         ),
         _ => ApiError::invalid(r.body_text()),
     })?;
+    parse_body(&bytes)
+}
+
+/// A JSON request body as the handlers read it: only whitespace is `T::default()`.
+fn parse_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+}
+
+// What the API makes of untrusted input, without a server or a store. The
+// handlers use the same code; these are public for the fuzz target
+// `fuzz/fuzz_targets/api_bodies.rs`.
+
+/// The body of `POST /v1/reconcile`.
+pub fn parse_reconcile_body(bytes: &[u8]) -> Result<ReconcileBody, ApiError> {
+    parse_body(bytes)
+}
+
+/// The (empty) body of `POST /v1/runs/{id}/retry` and `/cancel`.
+pub fn parse_empty_body(bytes: &[u8]) -> Result<(), ApiError> {
+    parse_body::<NoBody>(bytes).map(|_| ())
+}
+
+/// The query string of `GET /v1/runs` (what follows `?`), as the run filter.
+pub fn parse_list_query(query: &str) -> Result<RunFilter, ApiError> {
+    let uri: axum::http::Uri =
+        format!("/v1/runs?{query}").parse().map_err(|_| ApiError::invalid("not a valid request URI"))?;
+    let Query(q) = Query::<ListQuery>::try_from_uri(&uri).map_err(|r| ApiError::invalid(r.body_text()))?;
+    list_filter(q)
+}
+
+/// The `{id}` of `/v1/runs/{id}…`.
+pub fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
+    run_id(raw)
 }
 
 /// Filters of `GET /v1/runs`.
@@ -168,6 +200,27 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
+/// The run filter of a `GET /v1/runs` query.
+fn list_filter(q: ListQuery) -> ApiResult<RunFilter> {
+    let status = q.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
+    let outcome =
+        q.outcome.map(|s| s.parse::<RunOutcome>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1–1000"));
+    }
+    let before = q.before.as_deref().map(run_id).transpose()?;
+    Ok(RunFilter {
+        workspace_id: q.workspace,
+        operation: q.operation,
+        status,
+        outcome,
+        before,
+        limit,
+        ..RunFilter::default()
+    })
+}
+
 /// List runs the caller may see, newest first.
 #[utoipa::path(get, path = "/v1/runs", params(ListQuery), responses(
     (status = 200, description = "{\"runs\": [run], \"next_before\": id|null}"),
@@ -179,23 +232,8 @@ async fn list_runs(
 ) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
     let Query(q) = query.map_err(|r| ApiError::invalid(r.body_text()))?;
-    let status = q.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
-    let outcome =
-        q.outcome.map(|s| s.parse::<RunOutcome>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit must be 1–1000"));
-    }
-    let before = q.before.as_deref().map(run_id).transpose()?;
-    let filter = RunFilter {
-        workspace_id: q.workspace,
-        operation: q.operation,
-        status,
-        outcome,
-        before,
-        limit,
-        ..RunFilter::default()
-    };
+    let filter = list_filter(q)?;
+    let limit = filter.limit;
     let runs = state.operator.list(&actor.id, filter).await?;
     let next = if runs.len() == limit as usize { runs.last().map(|r| r.id) } else { None };
     let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
