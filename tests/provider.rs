@@ -20,7 +20,8 @@ use oprun_shared::{DispatchRequest, Initiator, OperationRun, RunOutcome, Scope, 
 use oprun_worker::http::Providers;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "tok-3f9a1c77e2d84b6fa0c5d2e1b9a4f6c8";
+/// Carries `common::SECRET_MARK`, like every provider token of the suite.
+const TOKEN: &str = "tok-oprun-canary-3f9a1c77e2d84b6fa0c5d2e1b9a4f6c8";
 
 /// A scripted answer: status, headers, body (`$TOKEN` is replaced).
 type Answer = (u16, Vec<(&'static str, String)>, String);
@@ -360,7 +361,43 @@ async fn a_killed_worker_resumes_the_collection_from_its_checkpoint(stack: Stack
     assert_eq!(p.hits("/coll/contoso-prod?page=2"), 1, "page 2 was not fetched again");
 }
 
+/// A worker that fetched and checkpointed the last page, then died before
+/// completing: the requeued attempt completes from the `done` checkpoint
+/// with the counts already recorded, and fetches nothing again.
+async fn a_requeued_collection_whose_last_page_was_checkpointed_fetches_nothing_again(stack: Stack) {
+    let e = Env::new(stack).await;
+    let p = provider(3, 4).await;
+    let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
+    // What the first worker wrote before it died: a claim and one progress
+    // write per page (the last with the `done` checkpoint), no completion.
+    e.service.claim(run.id, "dead-worker").await.unwrap();
+    let base = p.fix.base.lock().unwrap().clone();
+    for page in 1..=3u32 {
+        let mut counts = oprun_shared::SummaryCounts::new();
+        for (k, v) in [("total", 5), ("processed", 5), ("succeeded", 5), ("failed", 0), ("pages", 1)] {
+            counts.add(k, v).unwrap();
+        }
+        let checkpoint = if page < 3 {
+            json!({ "next": format!("{base}/coll/contoso-prod?page={}", page + 1) })
+        } else {
+            json!({ "next": null, "done": true })
+        };
+        e.service.progress(run.id, "dead-worker", "test.collect", counts, Some(checkpoint)).await.unwrap();
+    }
+    let report = common::reconcile_later(&e, 20 + 10 + 1).await;
+    assert_eq!(report.count(oprun_shared::ReconcileKind::Requeued), 1, "{report:?}");
+    let worker = e.start_worker(e.http_runner("w2", &p.providers));
+    let done = e.until_completed(run.id, 60).await;
+    worker.stop().await;
+    assert_eq!(done.outcome, RunOutcome::Succeeded, "{done:?}");
+    assert_eq!((done.attempt, done.summary_counts.get("pages"), done.summary_counts.get("total")), (2, 3, 15));
+    for page in 1..=3 {
+        assert_eq!(p.hits(&format!("/coll/contoso-prod?page={page}")), 0, "page {page} was fetched again");
+    }
+}
+
 both_stacks!(
+    a_requeued_collection_whose_last_page_was_checkpointed_fetches_nothing_again,
     a_three_page_collection_succeeds_with_its_counts,
     transient_failures_are_retried_within_the_budget,
     permanent_failures_are_classified_without_retry,

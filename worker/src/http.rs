@@ -424,16 +424,24 @@ impl Operation for HttpCollect {
         let items_field = setting(spec, "items").unwrap_or("value");
         let failed_field = setting(spec, "item_failed").unwrap_or("error");
         let max_pages = spec.settings.get("max_pages").and_then(|v| v.as_integer()).unwrap_or(10_000).max(1) as u64;
+        let mut failed_total = ctx.run().summary_counts.get("failed");
+        // A checkpoint `{"done": true}`: an earlier attempt fetched the last
+        // page (its counts are in the run) and died before completing; this
+        // attempt only completes. Else resume at the stored next link.
+        let done = ctx.checkpoint().and_then(|c| c.get("done")).and_then(Value::as_bool) == Some(true);
         let mut next = match ctx.checkpoint().and_then(|c| c.get("next")).and_then(Value::as_str) {
+            _ if done => {
+                info!(run.id = %ctx.run().id, "every page was fetched before: completing from the checkpoint");
+                String::new()
+            }
             Some(resume) => {
                 info!(run.id = %ctx.run().id, "resuming the collection from its checkpoint");
                 resume.to_string()
             }
             None => fill(setting(spec, "path").unwrap_or_default(), ctx)?,
         };
-        let mut failed_total = ctx.run().summary_counts.get("failed");
         let mut pages = 0;
-        loop {
+        while !done {
             if ctx.cancel_requested() {
                 return Ok(ctx.cancelled());
             }
