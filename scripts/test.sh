@@ -2,9 +2,15 @@
 # The one test command (README, .ci/run): on a fresh machine it installs what
 # is missing (apt), starts a throwaway Postgres and Redis on loopback ports in
 # a temp dir, exports their URLs, checks formatting and lints, runs the whole
-# workspace's tests, and stops what it started (by pid).
+# workspace's tests, scans everything the tests left for a secret in clear
+# (scripts/scan-secrets.sh), fuzzes every parser of outside input for a
+# bounded time (scripts/fuzz.sh, OPRUN_FUZZ_SECONDS per target, default 15;
+# 0 skips it), and stops what it started (by pid).
 #
 #   scripts/test.sh [extra args for the test runner]
+#
+# Longer variants: OPRUN_LOAD_RUNS=100000 (the load test, default 2,000),
+# OPRUN_FUZZ_SECONDS=300.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +69,7 @@ mkdir -p "$work/pg"
 pg_pid=$!
 
 redis_port=$(free_port)
-redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" \
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --rdbcompression no --dir "$work" \
   --daemonize no >"$work/redis.log" 2>&1 &
 redis_pid=$!
 
@@ -81,6 +87,8 @@ redis-cli -p "$redis_port" ping >/dev/null || { log "Redis did not start"; cat "
 
 export OPRUN_TEST_POSTGRES_URL="postgres://oprun@127.0.0.1:$pg_port/postgres"
 export OPRUN_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
+export OPRUN_TEST_LOG_DIR="$work/logs"
+mkdir -p "$OPRUN_TEST_LOG_DIR"
 log "Postgres on 127.0.0.1:$pg_port (pid $pg_pid), Redis on 127.0.0.1:$redis_port (pid $redis_pid)"
 
 log "cargo fmt --check"
@@ -88,8 +96,18 @@ cargo fmt --all --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 log "tests"
+junit=target/nextest/default/junit.xml
+rm -f "$junit"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --no-fail-fast "$@"
 else
+  log "cargo-nextest is missing: cargo test (the secret scan then reads no captured test output)"
   cargo test --workspace --all-features --no-fail-fast "$@"
+fi
+log "secret scan"
+scripts/scan-secrets.sh "$pg_bin" "$pg_port" "$redis_port" "$OPRUN_TEST_LOG_DIR" "$junit"
+fuzz_seconds=${OPRUN_FUZZ_SECONDS:-15}
+if [ "$fuzz_seconds" != 0 ]; then
+  log "fuzzing (${fuzz_seconds}s per target)"
+  scripts/fuzz.sh "$fuzz_seconds"
 fi

@@ -44,10 +44,15 @@ impl CliError {
 pub type CliResult<T> = Result<T, CliError>;
 
 /// Log to stderr; `RUST_LOG` narrows or widens (default `default_filter`).
+/// Colours only on a terminal: a log file or collector gets plain text.
 pub fn init_logging(format: &str, default_filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {

@@ -10,8 +10,10 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oprun");
 
+/// Run the binary; its stderr (log lines and messages) is echoed into this
+/// test's captured output, which the test command's secret scan reads.
 fn oprun(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    let out = Command::new(BIN)
         .args(args)
         .current_dir(dir)
         .env_remove("OPRUN_CONFIG")
@@ -19,7 +21,9 @@ fn oprun(dir: &Path, args: &[&str]) -> Output {
         .env_remove("OPRUN_QUEUE_URL")
         .env("RUST_LOG", "warn")
         .output()
-        .expect("run oprun")
+        .expect("run oprun");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    out
 }
 
 fn uuid_like() -> String {
@@ -47,15 +51,14 @@ fn up_on_the_embedded_default_shows_succeeded_and_blocked_runs_with_guidance() {
         .env("OPRUN_API_BIND", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("start oprun up");
     let deadline = Instant::now() + Duration::from_secs(90);
     let (succeeded, blocked) = loop {
         std::thread::sleep(Duration::from_secs(1));
         if let Ok(Some(status)) = up.try_wait() {
-            let out = up.wait_with_output().unwrap();
-            panic!("oprun up exited early ({status}): {}", String::from_utf8_lossy(&out.stderr));
+            panic!("oprun up exited early ({status}); its log is above");
         }
         if !dir.path().join("oprun.db").exists() {
             continue;

@@ -109,12 +109,18 @@ fn count_action(trail: &[(String, String)], action: &str) -> usize {
 // 1. SIGKILL campaign
 // ---------------------------------------------------------------------------
 
-const CAMPAIGN_RUNS: usize = 300;
+/// Runs in the campaign: `OPRUN_FAULTS_RUNS` (the longer variant), else 300.
+fn campaign_runs() -> usize {
+    std::env::var("OPRUN_FAULTS_RUNS").ok().and_then(|s| s.parse().ok()).filter(|n| *n > 0).unwrap_or(300)
+}
 const CAMPAIGN_PAGE_SIZE: usize = 2;
 const CAMPAIGN_CONCURRENCY: usize = 4;
 /// At most this many kills; then a last worker is left to finish (max_attempts is 50).
 const CAMPAIGN_MAX_KILLS: usize = 40;
-const CAMPAIGN_DEADLINE: Duration = Duration::from_secs(240);
+/// 240 s for the default 300 runs, more for a longer campaign.
+fn campaign_deadline(runs: usize) -> Duration {
+    Duration::from_secs(240.max(runs as u64 * 4 / 5))
+}
 
 /// The provider fixture of the campaign: one paged collection per run
 /// (`/campaign/{environment}/{target}`), 3–5 pages each, a 10–30 ms delay per
@@ -178,7 +184,7 @@ async fn campaign_fixture() -> Arc<Campaign> {
 /// the last worker, and after a few kills no worker would have anything to do.
 fn campaign_config(e: &Env, dir: &FsPath, base: &str) -> String {
     let token = dir.join("graph.token");
-    std::fs::write(&token, "tok-campaign").unwrap();
+    std::fs::write(&token, common::provider_token("campaign")).unwrap();
     format!(
         "{catalog}\n[store]\nurl = \"{url}\"\nmax_connections = 8\n\
          [queue]\nbackend = \"redis\"\nurl = \"{redis}\"\nnamespace = \"{ns}\"\npoll_interval = \"50ms\"\n\
@@ -305,7 +311,7 @@ impl RunReport {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_campaign_over_200_runs_loses_nothing_and_refetches_no_checkpointed_page() {
+async fn sigkill_campaign_at_random_points_loses_no_run_and_refetches_no_checkpointed_page() {
     let started = Instant::now();
     let seed = seed();
     println!("campaign seed {seed} (rerun with OPRUN_FAULTS_SEED={seed})");
@@ -315,13 +321,14 @@ async fn sigkill_campaign_over_200_runs_loses_nothing_and_refetches_no_checkpoin
     let base = fix.base.lock().unwrap().clone();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("oprun.toml");
-    let log = dir.path().join("worker.log");
+    let log = common::process_log(&dir.path().join("worker.log"), "campaign-workers");
     std::fs::write(&cfg, campaign_config(&e, dir.path(), &base)).unwrap();
 
-    // 200 runs, each on its own collection of 3–5 pages.
-    let mut ids = Vec::with_capacity(CAMPAIGN_RUNS);
+    // 300 runs (OPRUN_FAULTS_RUNS), each on its own collection of 3–5 pages.
+    let campaign_runs = campaign_runs();
+    let mut ids = Vec::with_capacity(campaign_runs);
     let mut target_of: HashMap<Uuid, (String, u32)> = HashMap::new();
-    for i in 0..CAMPAIGN_RUNS {
+    for i in 0..campaign_runs {
         let target = format!("r{i:03}");
         let pages = 3 + (i % 3) as u32;
         fix.pages.lock().unwrap().insert(target.clone(), pages);
@@ -329,12 +336,12 @@ async fn sigkill_campaign_over_200_runs_loses_nothing_and_refetches_no_checkpoin
         ids.push(run.id);
         target_of.insert(run.id, (target, pages));
     }
-    println!("dispatched {CAMPAIGN_RUNS} runs in {:?}", started.elapsed());
+    println!("dispatched {campaign_runs} runs in {:?}", started.elapsed());
 
     // Kill loop: start a worker, let it work 150–900 ms, SIGKILL it, note
     // where every run stood, reconcile as on-call past lease + grace (only
     // now, with no worker alive, so no live lease is taken away).
-    let deadline = started + CAMPAIGN_DEADLINE;
+    let deadline = started + campaign_deadline(campaign_runs);
     let mut kills = 0usize;
     let mut states: BTreeMap<AtKill, usize> = BTreeMap::new();
     let mut requeued = 0usize;

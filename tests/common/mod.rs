@@ -97,6 +97,24 @@ heartbeat = "1s"
 max_attempts = 50
 resumable = true
 settings = { path = "/campaign/{environment}/{target_id}", items = "value" }
+
+# tests/load.rs: one provider call per run, and a scheduled one per tick.
+[operations."load.call"]
+kind = "http.call"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+max_attempts = 3
+settings = { path = "/load/{target_id}", method = "POST" }
+
+[operations."load.tick"]
+kind = "http.call"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+settings = { path = "/tick/{environment}", method = "POST" }
 "#;
 
 /// Access truth for the end-to-end tests: one actor and one environment per
@@ -445,7 +463,7 @@ pub async fn dump_tables(e: &Env) -> String {
 pub fn binary_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> String {
     let token_file = dir.join("graph.token");
     if !token_file.exists() {
-        std::fs::write(&token_file, "tok-binary-config").unwrap();
+        std::fs::write(&token_file, provider_token("binary-config")).unwrap();
     }
     let queue = match e.stack {
         Stack::PostgresRedis => format!(
@@ -478,6 +496,32 @@ pub async fn reconcile_later(e: &Env, secs: i64) -> oprun_shared::ReconcileRepor
     )
     .await
     .unwrap()
+}
+
+// ---- Secrets and logs for the closing scan (scripts/scan-secrets.sh) ----
+
+/// Every provider token a test hands out contains this marker, so that the
+/// scan after the whole suite finds any that reached a table, the queue or a
+/// log line.
+pub const SECRET_MARK: &str = "oprun-canary";
+
+/// A provider token for a test: `tok-oprun-canary-NAME`.
+pub fn provider_token(name: &str) -> String {
+    format!("tok-{SECRET_MARK}-{name}")
+}
+
+/// Where a spawned process's log goes: a fresh file under
+/// `OPRUN_TEST_LOG_DIR` (the test command sets it and scans it afterwards),
+/// else `fallback`.
+pub fn process_log(fallback: &std::path::Path, name: &str) -> std::path::PathBuf {
+    match std::env::var_os("OPRUN_TEST_LOG_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).expect("create OPRUN_TEST_LOG_DIR");
+            dir.join(format!("{name}-{}.log", Uuid::now_v7().simple()))
+        }
+        _ => fallback.to_path_buf(),
+    }
 }
 
 // ---- Fault-injection support (tests/faults.rs) ----
