@@ -441,48 +441,50 @@ impl Operation for HttpCollect {
             None => fill(setting(spec, "path").unwrap_or_default(), ctx)?,
         };
         let mut pages = 0;
-        while !done {
-            if ctx.cancel_requested() {
-                return Ok(ctx.cancelled());
-            }
-            let (headers, bytes) = provider.send(ctx, Method::GET, &next, None).await?;
-            let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                OperationError::failed(ReasonCode::ProviderBadResponse.as_str(), format!("page is not JSON: {e}"))
-            })?;
-            let items = body.get(items_field).and_then(Value::as_array).ok_or_else(|| {
-                OperationError::failed(
-                    ReasonCode::ProviderBadResponse.as_str(),
-                    format!("page has no '{items_field}' array"),
-                )
-            })?;
-            let failed = items
-                .iter()
-                .filter(|i| i.get(failed_field).is_some_and(|v| !v.is_null() && *v != Value::Bool(false)))
-                .count() as u64;
-            failed_total += failed;
-            let total = items.len() as u64;
-            let mut counts = SummaryCounts::new();
-            for (k, v) in [
-                ("total", total),
-                ("processed", total),
-                ("succeeded", total - failed),
-                ("failed", failed),
-                ("pages", 1),
-            ] {
-                counts.add(k, v).map_err(|e| OperationError::failed("unknown_error", e.to_string()))?;
-            }
-            pages += 1;
-            let link = next_link(&body, &headers);
-            match link {
-                Some(link) if pages < max_pages => {
-                    // Check the origin now, so a bad link fails before it is stored.
-                    provider.url(&link)?;
-                    ctx.progress(counts, Some(json!({ "next": link }))).await?;
-                    next = link;
+        if !done {
+            loop {
+                if ctx.cancel_requested() {
+                    return Ok(ctx.cancelled());
                 }
-                _ => {
-                    ctx.progress(counts, Some(json!({ "next": null, "done": true }))).await?;
-                    break;
+                let (headers, bytes) = provider.send(ctx, Method::GET, &next, None).await?;
+                let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    OperationError::failed(ReasonCode::ProviderBadResponse.as_str(), format!("page is not JSON: {e}"))
+                })?;
+                let items = body.get(items_field).and_then(Value::as_array).ok_or_else(|| {
+                    OperationError::failed(
+                        ReasonCode::ProviderBadResponse.as_str(),
+                        format!("page has no '{items_field}' array"),
+                    )
+                })?;
+                let failed = items
+                    .iter()
+                    .filter(|i| i.get(failed_field).is_some_and(|v| !v.is_null() && *v != Value::Bool(false)))
+                    .count() as u64;
+                failed_total += failed;
+                let total = items.len() as u64;
+                let mut counts = SummaryCounts::new();
+                for (k, v) in [
+                    ("total", total),
+                    ("processed", total),
+                    ("succeeded", total - failed),
+                    ("failed", failed),
+                    ("pages", 1),
+                ] {
+                    counts.add(k, v).map_err(|e| OperationError::failed("unknown_error", e.to_string()))?;
+                }
+                pages += 1;
+                let link = next_link(&body, &headers);
+                match link {
+                    Some(link) if pages < max_pages => {
+                        // Check the origin now, so a bad link fails before it is stored.
+                        provider.url(&link)?;
+                        ctx.progress(counts, Some(json!({ "next": link }))).await?;
+                        next = link;
+                    }
+                    _ => {
+                        ctx.progress(counts, Some(json!({ "next": null, "done": true }))).await?;
+                        break;
+                    }
                 }
             }
         }
