@@ -28,14 +28,17 @@ scan() { # scan NAME FILE
     hits=$(grep -a -c -E -- "$re" "$file" || true)
     if [ "$hits" != 0 ]; then
       found=1
-      log "FOUND: $hits lines of $name match /$re/, e.g.:"
-      grep -a -o -E -- ".{0,60}$re.{0,20}" "$file" | head -n 3 | sed 's/^/    /' >&2
+      log "FOUND: $hits lines of $name match /$re/; where (the secret itself masked):"
+      grep -a -o -E -- ".{0,60}$re.{0,20}" "$file" | head -n 3 | sed -E "s/$re/<SECRET>/g; s/^/    /" >&2
     fi
   done
 }
 
 # Postgres: every database the tests created.
-"$pg_bin/pg_dumpall" -h 127.0.0.1 -p "$pg_port" -U oprun --data-only >"$work/pg.sql"
+# (Its warnings about restoring circular foreign keys do not apply: nothing
+# is restored.)
+"$pg_bin/pg_dumpall" -h 127.0.0.1 -p "$pg_port" -U oprun --data-only >"$work/pg.sql" 2>"$work/pg.err" \
+  || { cat "$work/pg.err" >&2; log "FAILED: pg_dumpall"; exit 1; }
 dbs=$(grep -c '^\\connect' "$work/pg.sql" || true)
 [ "$dbs" -gt 0 ] || { log "FAILED: pg_dumpall shows no database"; exit 1; }
 scan "the Postgres dump" "$work/pg.sql"
