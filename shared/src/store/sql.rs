@@ -269,8 +269,15 @@ macro_rules! impl_run_store {
             }
         }
 
+        /// The guard of an update by id. Its status test is written so that
+        /// no index can serve it (`status || ''`): the rows are named by id
+        /// and the primary key must find them. With a plain `status = $n`,
+        /// a planner whose statistics lag a fast-growing table (seen on
+        /// Postgres under `oprun bench`) reads the whole partial index of
+        /// queued runs — the backlog — for every claim batch, and filters it
+        /// by id: a claim whose cost grows with the backlog.
         fn push_guard(q: &mut QueryBuilder<$db>, g: &Guard) {
-            q.push(" AND status = ").push_bind(g.from.as_str());
+            q.push(" AND (status || '') = ").push_bind(g.from.as_str());
             if let Some(owner) = &g.lease_owner {
                 q.push(" AND lease_owner = ").push_bind(owner.clone());
             }
