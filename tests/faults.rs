@@ -25,8 +25,6 @@ use oprun_shared::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_oprun");
-
 // ---------------------------------------------------------------------------
 // Shared helpers
 // ---------------------------------------------------------------------------
@@ -201,17 +199,7 @@ fn campaign_config(e: &Env, dir: &FsPath, base: &str) -> String {
 }
 
 fn spawn_worker(cfg: &FsPath, log: &FsPath) -> Child {
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "worker"])
-        .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
-        .env_remove("OPRUN_CONFIG")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .expect("start oprun worker")
+    common::spawn_oprun("worker", cfg, log, "warn")
 }
 
 fn log_tail(log: &FsPath) -> String {

@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path as FsPath;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,6 @@ use oprun_shared::{DispatchRequest, Initiator, Scope, SourceSurface};
 use serde_json::json;
 use sqlx::Row;
 
-const BIN: &str = env!("CARGO_BIN_EXE_oprun");
 const DEFAULT_RUNS: u64 = 2_000;
 const DISPATCH_BATCH: u64 = 500;
 const WORKER_CONCURRENCY: usize = 64;
@@ -82,17 +81,7 @@ fn config(e: &Env, dir: &FsPath, base: &str) -> String {
 }
 
 fn spawn(role: &str, cfg: &FsPath, log: &FsPath) -> Child {
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), role])
-        .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
-        .env_remove("OPRUN_CONFIG")
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start oprun {role}: {e}"))
+    common::spawn_oprun(role, cfg, log, "info,sqlx=warn")
 }
 
 /// Stops every process on drop (a failing assertion must not leave them).

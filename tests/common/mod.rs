@@ -524,6 +524,23 @@ pub fn process_log(fallback: &std::path::Path, name: &str) -> std::path::PathBuf
     }
 }
 
+/// Start `oprun --config CFG ROLE` (the binary under test) with its stderr
+/// appended to `log`, none of the environment's overrides inherited.
+pub fn spawn_oprun(role: &str, cfg: &std::path::Path, log: &std::path::Path, rust_log: &str) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open the process log");
+    Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["--config", cfg.to_str().expect("a UTF-8 config path"), role])
+        .env_remove("OPRUN_DATABASE_URL")
+        .env_remove("OPRUN_QUEUE_URL")
+        .env_remove("OPRUN_CONFIG")
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start oprun {role}: {e}"))
+}
+
 // ---- Fault-injection support (tests/faults.rs) ----
 
 /// A Redis queue config on `url` in a fresh namespace.
