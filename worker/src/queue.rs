@@ -150,6 +150,20 @@ async fn seed_planner_statistics(pool: &SqlitePool) -> anyhow::Result<()> {
         // on the fresh file this normally is.
         sqlx::query("ANALYZE").execute(pool).await?;
     }
+    // Already seeded (every command that opens the queue gets here): leave
+    // the file, and the schema every other open connection holds, alone.
+    let current: Vec<(String, Option<String>, String)> = sqlx::query_as(
+        "SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl IN ('Jobs', 'Workers', 'operation_runs', 'audit_events')",
+    )
+    .fetch_all(pool)
+    .await?;
+    let seeded = current.len() == PLANNER_STATISTICS.len()
+        && PLANNER_STATISTICS
+            .iter()
+            .all(|(t, i, st)| current.iter().any(|(ct, ci, cs)| ct == t && ci.as_deref() == *i && cs == st));
+    if seeded {
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
     for table in ["Jobs", "Workers", "operation_runs", "audit_events"] {
         sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = ?").bind(table).execute(&mut *tx).await?;
