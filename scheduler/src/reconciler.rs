@@ -14,23 +14,49 @@ pub async fn reconcile_and_push(
     filter: &ReconcileFilter,
     dry_run: bool,
 ) -> Result<ReconcileReport, ServiceError> {
-    let report = dispatcher.service().reconcile(actor, filter, dry_run).await?;
-    if !dry_run {
-        for a in &report.actions {
-            let kind =
-                serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            metrics::counter!("oprun_reconcile_actions_total", "kind" => kind).increment(1);
-        }
-        let ids = report.to_push();
-        if !ids.is_empty() {
-            match dispatcher.queue().push_many(&ids).await {
-                Ok(()) => info!(pushed = ids.len(), "reconciler pushed jobs again"),
-                Err(e) => warn!(error = %e, runs = ids.len(), "reconciler could not push jobs"),
+    if dry_run {
+        return dispatcher.service().reconcile(actor, filter, true).await;
+    }
+    // Jobs are pushed page by page while later pages are reconciled.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<uuid::Uuid>>();
+    let queue = dispatcher.queue().clone();
+    let pusher = async move {
+        let (mut pushed, mut failed) = (0usize, 0usize);
+        while let Some(mut ids) = rx.recv().await {
+            while let Ok(mut more) = rx.try_recv() {
+                ids.append(&mut more);
+            }
+            match queue.push_many(&ids).await {
+                Ok(()) => pushed += ids.len(),
+                Err(e) => {
+                    failed += ids.len();
+                    warn!(error = %e, runs = ids.len(), "reconciler could not push jobs");
+                }
             }
         }
-        if !report.actions.is_empty() {
-            info!(actions = report.actions.len(), lost_races = report.lost_races, "reconciled stale runs");
-        }
+        (pushed, failed)
+    };
+    let reconcile = async move {
+        let report = dispatcher.service().reconcile_streaming(actor, filter, false, Some(&tx)).await;
+        drop(tx);
+        report
+    };
+    let (report, (pushed, failed)) = tokio::join!(reconcile, pusher);
+    let report = report?;
+    for a in &report.actions {
+        let kind = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        metrics::counter!("oprun_reconcile_actions_total", "kind" => kind).increment(1);
+    }
+    if pushed > 0 {
+        info!(pushed, "reconciler pushed jobs again");
+    }
+    if !report.actions.is_empty() {
+        info!(
+            actions = report.actions.len(),
+            lost_races = report.lost_races,
+            failed_pushes = failed,
+            "reconciled stale runs"
+        );
     }
     Ok(report)
 }

@@ -65,7 +65,7 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self { lease_grace: Duration::from_secs(10), reconcile_page: 500 }
+        Self { lease_grace: Duration::from_secs(10), reconcile_page: 1000 }
     }
 }
 
@@ -240,6 +240,51 @@ pub struct ReconcileReport {
     pub actions: Vec<ReconcileAction>,
     /// Candidates another process moved first.
     pub lost_races: usize,
+}
+
+/// What one reconcile write did (a page's share of the report).
+#[derive(Debug, Default)]
+struct PageResult {
+    actions: Vec<ReconcileAction>,
+    lost_races: usize,
+}
+
+impl PageResult {
+    fn append(&mut self, mut other: PageResult) {
+        self.actions.append(&mut other.actions);
+        self.lost_races += other.lost_races;
+    }
+}
+
+/// Reconcile writes of consecutive pages that may run at once (each on a
+/// connection of its own).
+const RECONCILE_WRITES_IN_FLIGHT: usize = 4;
+
+/// Where the pages of a reconcile pass go: into the report, and (unless a
+/// dry run) their runs to push into the caller's channel.
+struct ReportSink<'a> {
+    report: &'a mut ReconcileReport,
+    to_push: Option<&'a tokio::sync::mpsc::UnboundedSender<Vec<Uuid>>>,
+}
+
+impl ReportSink<'_> {
+    fn absorb(&mut self, mut page: PageResult) {
+        if let Some(tx) = self.to_push.filter(|_| !self.report.dry_run) {
+            let ids: Vec<Uuid> = page
+                .actions
+                .iter()
+                .filter(|a| matches!(a.kind, ReconcileKind::Requeued | ReconcileKind::Repush))
+                .map(|a| a.run_id)
+                .collect();
+            if !ids.is_empty() {
+                // The receiver gone means the caller stopped pushing; the
+                // next pass re-pushes what stayed queued.
+                let _ = tx.send(ids);
+            }
+        }
+        self.report.actions.append(&mut page.actions);
+        self.report.lost_races += page.lost_races;
+    }
 }
 
 impl ReconcileReport {
@@ -923,17 +968,31 @@ impl OperationRunService {
     /// Move stale runs on (see DESIGN.md, "Reconcile"). Pages through the
     /// candidates; every change is a guarded write audited as `actor`; safe
     /// with several reconcilers at once; `dry_run` writes nothing.
-    #[instrument(skip_all, fields(dry_run, actor = %actor.id), err)]
     pub async fn reconcile(
         &self,
         actor: &Initiator,
         filter: &ReconcileFilter,
         dry_run: bool,
     ) -> Result<ReconcileReport, ServiceError> {
+        self.reconcile_streaming(actor, filter, dry_run, None).await
+    }
+
+    /// As [`reconcile`](Self::reconcile); and as soon as a page is written,
+    /// sends the ids of its runs whose job must be pushed (again) to
+    /// `to_push`, so that the caller pushes while later pages are reconciled.
+    #[instrument(name = "reconcile", skip_all, fields(dry_run, actor = %actor.id), err)]
+    pub async fn reconcile_streaming(
+        &self,
+        actor: &Initiator,
+        filter: &ReconcileFilter,
+        dry_run: bool,
+        to_push: Option<&tokio::sync::mpsc::UnboundedSender<Vec<Uuid>>>,
+    ) -> Result<ReconcileReport, ServiceError> {
         let now = self.clock.now();
         let mut report = ReconcileReport { dry_run, ..Default::default() };
-        self.reconcile_running(now, actor, filter, dry_run, &mut report).await?;
-        self.reconcile_queued(now, actor, filter, dry_run, &mut report).await?;
+        let mut sink = ReportSink { report: &mut report, to_push };
+        self.reconcile_running(now, actor, filter, dry_run, &mut sink).await?;
+        self.reconcile_queued(now, actor, filter, dry_run, &mut sink).await?;
         Ok(report)
     }
 
@@ -943,9 +1002,67 @@ impl OperationRunService {
         actor: &Initiator,
         filter: &ReconcileFilter,
         dry_run: bool,
-        report: &mut ReconcileReport,
+        report: &mut ReportSink<'_>,
     ) -> Result<(), ServiceError> {
         let cutoff = now - chrono_dur(self.config.lease_grace);
+        let guard = Guard { lease_expired_before: Some(cutoff), ..Guard::from(RunStatus::Running) };
+        let lease_cleared = Change { lease_owner: Some(None), lease_expires_at: Some(None), ..Change::default() };
+        let requeue_change = Change {
+            status: Some(RunStatus::Queued),
+            next_attempt: true,
+            heartbeat_at: Some(None),
+            queued_at: Some(now),
+            repushed_at: Some(None),
+            ..lease_cleared.clone()
+        };
+        let cancel_change = Change {
+            status: Some(RunStatus::Completed),
+            outcome: Some(RunOutcome::Cancelled),
+            reason_code: Some(Some(ReasonCode::RunCancelledByOperator.as_str().into())),
+            completed_at: Some(now),
+            ..lease_cleared.clone()
+        };
+        let expire_change = Change {
+            status: Some(RunStatus::Completed),
+            outcome: Some(RunOutcome::Failed),
+            reason_code: Some(Some(ReasonCode::RunLeaseExpired.as_str().into())),
+            failure_summary: Some(vec![FailureEntry {
+                reason_code: ReasonCode::RunLeaseExpired.as_str().into(),
+                message: "the worker stopped renewing its lease and no attempts remain".into(),
+            }]),
+            completed_at: Some(now),
+            ..lease_cleared
+        };
+        let apply_page = |page: Vec<OperationRun>| {
+            let (guard, requeue_change, cancel_change, expire_change) =
+                (&guard, &requeue_change, &cancel_change, &expire_change);
+            async move {
+                let (mut requeue, mut cancel, mut expire) = (vec![], vec![], vec![]);
+                for run in &page {
+                    let resumable = self.catalog.get(&run.operation).is_some_and(|s| s.resumable);
+                    if run.cancel_requested_at.is_some() {
+                        cancel.push(run);
+                    } else if resumable && run.attempt < run.max_attempts {
+                        requeue.push(run);
+                    } else {
+                        expire.push(run);
+                    }
+                }
+                let mut out = PageResult::default();
+                for (kind, runs, change, reason) in [
+                    (ReconcileKind::Requeued, requeue, requeue_change, ReasonCode::RunLeaseExpired),
+                    (ReconcileKind::CancelledStale, cancel, cancel_change, ReasonCode::RunCancelledByOperator),
+                    (ReconcileKind::ExpiredLease, expire, expire_change, ReasonCode::RunLeaseExpired),
+                ] {
+                    out.append(self.apply_reconcile(kind, &runs, guard, change, reason, now, actor, dry_run).await?);
+                }
+                Ok::<_, ServiceError>(out)
+            }
+        };
+        // Pages are read one after another (each starts after the last id of
+        // the one before) while the writes of earlier pages run on other
+        // connections: their runs are disjoint, so they cannot race each other.
+        let mut writes = futures::stream::FuturesOrdered::new();
         let mut after = None;
         loop {
             let page = self
@@ -962,68 +1079,18 @@ impl OperationRunService {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             let full = page.len() as u32 >= self.config.reconcile_page;
-            let (mut requeue, mut cancel, mut expire) = (vec![], vec![], vec![]);
-            for run in &page {
-                let resumable = self.catalog.get(&run.operation).is_some_and(|s| s.resumable);
-                if run.cancel_requested_at.is_some() {
-                    cancel.push(run);
-                } else if resumable && run.attempt < run.max_attempts {
-                    requeue.push(run);
-                } else {
-                    expire.push(run);
+            writes.push_back(apply_page(page));
+            while writes.len() >= RECONCILE_WRITES_IN_FLIGHT {
+                if let Some(done) = futures::StreamExt::next(&mut writes).await {
+                    report.absorb(done?);
                 }
-            }
-            let guard = Guard { lease_expired_before: Some(cutoff), ..Guard::from(RunStatus::Running) };
-            let lease_cleared = Change { lease_owner: Some(None), lease_expires_at: Some(None), ..Change::default() };
-            let groups: [(ReconcileKind, Vec<&OperationRun>, Change, ReasonCode); 3] = [
-                (
-                    ReconcileKind::Requeued,
-                    requeue,
-                    Change {
-                        status: Some(RunStatus::Queued),
-                        next_attempt: true,
-                        heartbeat_at: Some(None),
-                        queued_at: Some(now),
-                        repushed_at: Some(None),
-                        ..lease_cleared.clone()
-                    },
-                    ReasonCode::RunLeaseExpired,
-                ),
-                (
-                    ReconcileKind::CancelledStale,
-                    cancel,
-                    Change {
-                        status: Some(RunStatus::Completed),
-                        outcome: Some(RunOutcome::Cancelled),
-                        reason_code: Some(Some(ReasonCode::RunCancelledByOperator.as_str().into())),
-                        completed_at: Some(now),
-                        ..lease_cleared.clone()
-                    },
-                    ReasonCode::RunCancelledByOperator,
-                ),
-                (
-                    ReconcileKind::ExpiredLease,
-                    expire,
-                    Change {
-                        status: Some(RunStatus::Completed),
-                        outcome: Some(RunOutcome::Failed),
-                        reason_code: Some(Some(ReasonCode::RunLeaseExpired.as_str().into())),
-                        failure_summary: Some(vec![FailureEntry {
-                            reason_code: ReasonCode::RunLeaseExpired.as_str().into(),
-                            message: "the worker stopped renewing its lease and no attempts remain".into(),
-                        }]),
-                        completed_at: Some(now),
-                        ..lease_cleared
-                    },
-                    ReasonCode::RunLeaseExpired,
-                ),
-            ];
-            for (kind, runs, change, reason) in groups {
-                self.apply_reconcile(kind, &runs, &guard, &change, reason, now, actor, dry_run, report).await?;
             }
             if !full {
                 break;
             }
+        }
+        while let Some(done) = futures::StreamExt::next(&mut writes).await {
+            report.absorb(done?);
         }
         Ok(())
     }
@@ -1034,7 +1101,7 @@ impl OperationRunService {
         actor: &Initiator,
         filter: &ReconcileFilter,
         dry_run: bool,
-        report: &mut ReconcileReport,
+        report: &mut ReportSink<'_>,
     ) -> Result<(), ServiceError> {
         let default_stale = crate::catalog::defaults::queued_stale_after();
         let stale_after = |op: &str| chrono_dur(self.catalog.get(op).map_or(default_stale, |s| s.queued_stale_after));
@@ -1082,18 +1149,18 @@ impl OperationRunService {
                 let repush_guard =
                     Guard { queued_before: Some(now - t), not_repushed: true, ..Guard::from(RunStatus::Queued) };
                 let repush_change = Change { repushed_at: Some(Some(now)), ..Change::default() };
-                self.apply_reconcile(
-                    ReconcileKind::Repush,
-                    &repush,
-                    &repush_guard,
-                    &repush_change,
-                    ReasonCode::RunNeverStarted,
-                    now,
-                    actor,
-                    dry_run,
-                    report,
-                )
-                .await?;
+                let done = self
+                    .apply_reconcile(
+                        ReconcileKind::Repush,
+                        &repush,
+                        &repush_guard,
+                        &repush_change,
+                        ReasonCode::RunNeverStarted,
+                        now,
+                        actor,
+                        dry_run,
+                    )
+                    .await?;
                 let expire_guard = Guard { queued_before: Some(now - t * 2), ..Guard::from(RunStatus::Queued) };
                 let expire_change = Change {
                     status: Some(RunStatus::Completed),
@@ -1106,18 +1173,20 @@ impl OperationRunService {
                     completed_at: Some(now),
                     ..Change::default()
                 };
-                self.apply_reconcile(
-                    ReconcileKind::ExpiredNeverStarted,
-                    &expire,
-                    &expire_guard,
-                    &expire_change,
-                    ReasonCode::RunNeverStarted,
-                    now,
-                    actor,
-                    dry_run,
-                    report,
-                )
-                .await?;
+                report.absorb(done);
+                let done = self
+                    .apply_reconcile(
+                        ReconcileKind::ExpiredNeverStarted,
+                        &expire,
+                        &expire_guard,
+                        &expire_change,
+                        ReasonCode::RunNeverStarted,
+                        now,
+                        actor,
+                        dry_run,
+                    )
+                    .await?;
+                report.absorb(done);
             }
             if !full {
                 break;
@@ -1137,10 +1206,10 @@ impl OperationRunService {
         now: DateTime<Utc>,
         actor: &Initiator,
         dry_run: bool,
-        report: &mut ReconcileReport,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<PageResult, ServiceError> {
+        let mut out = PageResult::default();
         if runs.is_empty() {
-            return Ok(());
+            return Ok(out);
         }
         let why = |run: &OperationRun| match kind {
             ReconcileKind::Requeued => format!(
@@ -1165,7 +1234,7 @@ impl OperationRunService {
         };
         let to_status = change.status.unwrap_or(guard.from);
         let mut push = |run: &OperationRun, attempt: i32| {
-            report.actions.push(ReconcileAction {
+            out.actions.push(ReconcileAction {
                 run_id: run.id,
                 operation: run.operation.clone(),
                 workspace_id: run.workspace_id.clone(),
@@ -1181,7 +1250,7 @@ impl OperationRunService {
             for run in runs {
                 push(run, run.attempt + i32::from(change.next_attempt));
             }
-            return Ok(());
+            return Ok(out);
         }
         let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
         let action = match kind {
@@ -1194,11 +1263,12 @@ impl OperationRunService {
             AuditEntry::new(now, actor.clone(), action).reason(reason.as_str()).details(json!({ "reconcile": kind }));
         let written = self.store.update_runs(&ids, guard, change, now, Some(&audit)).await?;
         let before: std::collections::HashMap<Uuid, &OperationRun> = runs.iter().map(|r| (r.id, *r)).collect();
-        report.lost_races += runs.len() - written.len();
+        let lost_races = runs.len() - written.len();
         for run in &written {
             push(before.get(&run.id).copied().unwrap_or(run), run.attempt);
         }
-        Ok(())
+        out.lost_races = lost_races;
+        Ok(out)
     }
 
     /// One run.

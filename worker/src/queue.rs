@@ -36,7 +36,7 @@ use apalis::prelude::{BackendExt, BoxDynError, Data, TaskSink, WorkerBuilder, Wo
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
 use async_trait::async_trait;
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use oprun_shared::config::{QueueBackend, QueueConfig};
 use oprun_shared::{JobPayload, JobQueue, QueueError, redact};
 use serde_json::Value;
@@ -281,16 +281,22 @@ impl JobQueue for Queue {
     async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
         let payloads: Vec<Value> =
             run_ids.iter().map(|id| serde_json::to_value(JobPayload { run_id: *id }).unwrap_or_default()).collect();
-        for chunk in payloads.chunks(500) {
-            let r = match self {
-                Queue::Redis(s) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
-                Queue::Sqlite(s, _) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
-            };
-            r.map_err(QueueError)?;
-        }
-        Ok(())
+        // A few chunks at once: each is one round trip (one transaction on
+        // SQLite), and a pass of the reconciler may push 100,000 jobs.
+        futures::stream::iter(payloads.chunks(500).map(Ok))
+            .try_for_each_concurrent(PUSHES_IN_FLIGHT, |chunk| async move {
+                let r = match self {
+                    Queue::Redis(s) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
+                    Queue::Sqlite(s, _) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
+                };
+                r.map_err(QueueError)
+            })
+            .await
     }
 }
+
+/// Bulk pushes of one `push_many` that may be in flight at once.
+const PUSHES_IN_FLIGHT: usize = 4;
 
 /// Ticks every `every`: wakes an idle worker to poll.
 fn ticker(every: Duration) -> std::pin::Pin<Box<dyn Stream<Item = ()> + Send>> {
