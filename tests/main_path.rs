@@ -300,3 +300,28 @@ both_stacks!(
     a_cancel_request_is_honoured_between_pages,
     a_refused_scheduled_dispatch_records_a_blocked_run_and_a_refused_tick,
 );
+
+/// An idle Redis worker wakes when a job is pushed, not at its next poll
+/// tick or heartbeat: both are set to 60 s here, and the run must complete
+/// well inside that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_redis_worker_wakes_on_a_push_without_waiting_for_its_tick() {
+    let url = oprun_shared::testing::require_env(oprun_shared::testing::REDIS_URL_VAR);
+    let db = oprun_shared::testing::TestStore::new(oprun_shared::testing::Backend::Postgres).await;
+    let mut cfg = common::redis_queue_config(&url);
+    cfg.poll_interval = Duration::from_secs(60);
+    cfg.heartbeat = Duration::from_secs(60);
+    let e = Env::with_parts(Stack::PostgresRedis, db, cfg).await;
+    let runner = e.runner("w1");
+    let stats = runner.stats().clone();
+    let worker = e.start_worker(runner);
+    // Let the worker register and come back empty from its first fetch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stats.snapshot().received, 0, "nothing was pushed yet");
+    let run = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
+    // Fails (panics) if the run is not completed within 20 s: a third of the tick.
+    let done = e.until_completed(run.id, 20).await;
+    worker.stop().await;
+    assert_eq!(done.outcome, RunOutcome::Succeeded);
+    assert_eq!(e.calls(), 1);
+}

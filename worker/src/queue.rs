@@ -221,8 +221,22 @@ impl Queue {
     pub async fn push_value(&self, payload: Value) -> Result<(), QueueError> {
         let err = |e: String| QueueError(e);
         match self {
-            Queue::Redis(s) => s.clone().push(payload).await.map_err(|e| err(e.to_string())),
-            Queue::Sqlite(s, _) => s.clone().push(payload).await.map_err(|e| err(e.to_string())),
+            Queue::Redis(s) => s.clone().push(payload).await.map_err(|e| err(e.to_string()))?,
+            Queue::Sqlite(s, _) => s.clone().push(payload).await.map_err(|e| err(e.to_string()))?,
+        }
+        self.wake_workers().await;
+        Ok(())
+    }
+
+    /// Tell idle Redis workers that jobs were pushed. Best effort: a worker
+    /// that misses it fetches at its next poll tick.
+    async fn wake_workers(&self) {
+        if let Queue::Redis(s) = self {
+            let mut s = s.clone();
+            let channel = wake_channel(&s);
+            if let Err(e) = redis::cmd("PUBLISH").arg(channel).arg(1).query_async::<i64>(s.get_connection()).await {
+                tracing::debug!(error = %e, "could not publish the wake-up; workers fetch at their next tick");
+            }
         }
     }
 }
@@ -291,7 +305,9 @@ impl JobQueue for Queue {
                 };
                 r.map_err(QueueError)
             })
-            .await
+            .await?;
+        self.wake_workers().await;
+        Ok(())
     }
 }
 
@@ -303,6 +319,49 @@ fn ticker(every: Duration) -> std::pin::Pin<Box<dyn Stream<Item = ()> + Send>> {
     Box::pin(futures::stream::unfold((), move |()| async move {
         tokio::time::sleep(every).await;
         Some(((), ()))
+    }))
+}
+
+/// The Redis channel our pushes publish on, so idle workers of the queue
+/// fetch at once. (apalis-redis's own signal list is only written for jobs
+/// that go straight to the active list; its pushes all go through the
+/// scheduled set, so nothing waits on it.)
+fn wake_channel(s: &RedisStorage<Value>) -> String {
+    format!("{}:oprun-wake", s.get_config().signal_list())
+}
+
+/// Wakes an idle Redis worker when a push is published on `channel`, and at
+/// least every `every` (the poll interval, which still covers a lost
+/// message or a push by another client). Subscribes on a connection of its
+/// own; without one it falls back to the plain ticker and subscribes again
+/// on the next wake.
+fn redis_waker(url: String, channel: String, every: Duration) -> std::pin::Pin<Box<dyn Stream<Item = ()> + Send>> {
+    type Messages = std::pin::Pin<Box<dyn Stream<Item = redis::Msg> + Send>>;
+    async fn subscribe(url: &str, channel: &str) -> redis::RedisResult<Messages> {
+        let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(Box::pin(pubsub.into_on_message()))
+    }
+    Box::pin(futures::stream::unfold(None::<Messages>, move |sub| {
+        let (url, channel) = (url.clone(), channel.clone());
+        async move {
+            let mut sub = match sub {
+                Some(s) => Some(s),
+                None => tokio::time::timeout(every, subscribe(&url, &channel)).await.ok().and_then(Result::ok),
+            };
+            match sub.as_mut() {
+                // A message, or the interval passed: wake either way.
+                Some(messages) => match tokio::time::timeout(every, futures::StreamExt::next(messages)).await {
+                    Ok(Some(_)) | Err(_) => {}
+                    Ok(None) => {
+                        sub = None;
+                        tokio::time::sleep(every).await;
+                    }
+                },
+                None => tokio::time::sleep(every).await,
+            }
+            Some(((), sub))
+        }
     }))
 }
 
@@ -376,8 +435,12 @@ pub async fn run_worker(
         let name = worker_name.as_str();
         match queue {
             Queue::Redis(s) => {
+                let wake = match cfg.url.clone() {
+                    Some(url) => redis_waker(url, wake_channel(&s), poll),
+                    None => ticker(poll),
+                };
                 WorkerBuilder::new(name)
-                    .backend(s.poll_with_stream(ticker(poll)))
+                    .backend(s.poll_with_stream(wake))
                     .data(handler.clone())
                     .concurrency(concurrency)
                     .build(handle)
