@@ -39,5 +39,12 @@ impl PgRunStore {
     }
 }
 
+/// `id = ANY($n)` with the ids as one `uuid[]`: one statement text (so one
+/// prepared statement per connection) whatever the batch size, where an
+/// `IN` list is a new statement, parsed and planned again, for every size.
+fn push_ids(q: &mut sqlx::QueryBuilder<sqlx::Postgres>, ids: &[uuid::Uuid]) {
+    q.push(" id = ANY(").push_bind(ids.to_vec()).push(")");
+}
+
 impl_run_store!(PgRunStore, sqlx::Postgres, sqlx::postgres::PgRow, "postgres", MIGRATOR);
 impl_access_store!(PgRunStore, sqlx::Postgres);

@@ -4,6 +4,23 @@
 //! against its own driver's types (uuid, timestamptz and jsonb on Postgres;
 //! blob, RFC 3339 text and JSON text on SQLite).
 
+/// `id IN (...)` with one bind per id, for SQLite (which has no arrays).
+/// Postgres binds one `uuid[]` instead: see `store::postgres`.
+macro_rules! push_ids_as_list {
+    ($db:ty) => {
+        fn push_ids(q: &mut sqlx::QueryBuilder<$db>, ids: &[uuid::Uuid]) {
+            q.push(" id IN (");
+            let mut sep = q.separated(", ");
+            for id in ids {
+                sep.push_bind(*id);
+            }
+            sep.push_unseparated(")");
+        }
+    };
+}
+
+pub(super) use push_ids_as_list;
+
 /// Every column of `operation_runs`, in insert order.
 pub(super) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_id, target_type, target_id, \
     actor_kind, actor_id, source_surface, context, params, dedup_key, status, outcome, reason_code, \
@@ -212,15 +229,6 @@ macro_rules! impl_run_store {
                 None => Vec::new(),
             };
             Ok((written, entries))
-        }
-
-        fn push_ids(q: &mut QueryBuilder<$db>, ids: &[Uuid]) {
-            q.push(" id IN (");
-            let mut sep = q.separated(", ");
-            for id in ids {
-                sep.push_bind(*id);
-            }
-            sep.push_unseparated(")");
         }
 
         fn push_change(q: &mut QueryBuilder<$db>, c: &Change, now: chrono::DateTime<chrono::Utc>) {
