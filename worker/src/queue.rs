@@ -130,7 +130,7 @@ const PLANNER_STATISTICS: &[(&str, Option<&str>, &str)] = &[
     ("operation_runs", Some("sqlite_autoindex_operation_runs_1"), "1000000 1"),
     ("operation_runs", Some("operation_runs_one_active_per_dedup_key"), "1000 1"),
     ("operation_runs", Some("operation_runs_queued_at"), "10000 1"),
-    ("operation_runs", Some("operation_runs_running_lease"), "1000 1"),
+    ("operation_runs", Some("operation_runs_running_id"), "1000 1"),
     ("operation_runs", Some("operation_runs_workspace_id"), "1000000 50000 1"),
     ("operation_runs", Some("operation_runs_retry_of"), "1000 1"),
     ("audit_events", None, "5000000"),

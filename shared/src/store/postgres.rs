@@ -46,5 +46,18 @@ fn push_ids(q: &mut sqlx::QueryBuilder<sqlx::Postgres>, ids: &[uuid::Uuid]) {
     q.push(" id = ANY(").push_bind(ids.to_vec()).push(")");
 }
 
+/// A page of stale runs must be an ordered index scan that stops after the
+/// page (the partial index of running runs by id, or the workspace index):
+/// its cost is then the page's. The planner's own choice depends on its
+/// statistics, and for a table that grew fast since the last `ANALYZE` (a
+/// large batch of runs, then a dead worker) it picks a bitmap of every stale
+/// run plus a sort, for every page: seen taking 55 ms a page and a pass over
+/// 100,000 stale runs O(N^2). So, inside the page's transaction only, no
+/// bitmap and no sort.
+async fn stale_page_plan(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off").execute(conn).await?;
+    Ok(())
+}
+
 impl_run_store!(PgRunStore, sqlx::Postgres, sqlx::postgres::PgRow, "postgres", MIGRATOR);
 impl_access_store!(PgRunStore, sqlx::Postgres);

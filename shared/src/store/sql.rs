@@ -21,6 +21,18 @@ macro_rules! push_ids_as_list {
 
 pub(super) use push_ids_as_list;
 
+/// No plan settings for a stale page (SQLite: its planner reads the seeded
+/// statistics, see `worker::queue`). Postgres sets some: see `store::postgres`.
+macro_rules! stale_page_plan_as_is {
+    ($db:ty) => {
+        async fn stale_page_plan(_: &mut <$db as sqlx::Database>::Connection) -> Result<(), sqlx::Error> {
+            Ok(())
+        }
+    };
+}
+
+pub(super) use stale_page_plan_as_is;
+
 /// Every column of `operation_runs`, in insert order.
 pub(super) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_id, target_type, target_id, \
     actor_kind, actor_id, source_surface, context, params, dedup_key, status, outcome, reason_code, \
@@ -503,8 +515,13 @@ macro_rules! impl_run_store {
             }
 
             async fn find_stale(&self, s: &StaleQuery) -> Result<Vec<OperationRun>, StoreError> {
-                let mut q = QueryBuilder::<$db>::new("SELECT * FROM operation_runs WHERE status = ");
-                q.push_bind(s.status.as_str());
+                // The status is written as a literal so that the partial index
+                // of running runs (ordered by id) can serve the page in every
+                // plan, generic ones included.
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "SELECT * FROM operation_runs WHERE status = '{}'",
+                    s.status.as_str()
+                ));
                 match s.status {
                     crate::lifecycle::RunStatus::Running => q.push(" AND lease_expires_at < ").push_bind(s.cutoff),
                     _ => q.push(" AND queued_at < ").push_bind(s.cutoff),
@@ -519,7 +536,10 @@ macro_rules! impl_run_store {
                     q.push(" AND id > ").push_bind(v);
                 }
                 q.push(" ORDER BY id LIMIT ").push_bind(i64::from(s.limit.clamp(1, MAX_PAGE)));
-                let rows = q.build().fetch_all(&self.pool).await?;
+                let mut tx = self.pool.begin().await?;
+                stale_page_plan(&mut tx).await?;
+                let rows = q.build().fetch_all(&mut *tx).await?;
+                tx.commit().await?;
                 rows.iter().map(run_from_row).collect()
             }
 

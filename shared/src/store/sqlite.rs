@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::store::access_sql::impl_access_store;
-use crate::store::sql::{const_format_active_by_key, impl_run_store, push_ids_as_list};
+use crate::store::sql::{const_format_active_by_key, impl_run_store, push_ids_as_list, stale_page_plan_as_is};
 
 /// Runs and audit in one SQLite file.
 #[derive(Debug, Clone)]
@@ -48,5 +48,6 @@ impl SqliteRunStore {
 }
 
 push_ids_as_list!(sqlx::Sqlite);
+stale_page_plan_as_is!(sqlx::Sqlite);
 impl_run_store!(SqliteRunStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "sqlite", MIGRATOR);
 impl_access_store!(SqliteRunStore, sqlx::Sqlite);
