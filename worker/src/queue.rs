@@ -342,28 +342,44 @@ fn redis_waker(url: String, channel: String, every: Duration) -> std::pin::Pin<B
         pubsub.subscribe(channel).await?;
         Ok(Box::pin(pubsub.into_on_message()))
     }
-    Box::pin(futures::stream::unfold(None::<Messages>, move |sub| {
+    Box::pin(futures::stream::unfold((None::<Messages>, None::<tokio::time::Instant>), move |(sub, last)| {
         let (url, channel) = (url.clone(), channel.clone());
         async move {
+            // At most one wake per WAKE_GAP: pushes that arrive meanwhile
+            // share the next fetch instead of costing one each.
+            if let Some(last) = last {
+                tokio::time::sleep_until(last + WAKE_GAP).await;
+            }
             let mut sub = match sub {
                 Some(s) => Some(s),
                 None => tokio::time::timeout(every, subscribe(&url, &channel)).await.ok().and_then(Result::ok),
             };
             match sub.as_mut() {
-                // A message, or the interval passed: wake either way.
-                Some(messages) => match tokio::time::timeout(every, futures::StreamExt::next(messages)).await {
-                    Ok(Some(_)) | Err(_) => {}
-                    Ok(None) => {
-                        sub = None;
-                        tokio::time::sleep(every).await;
+                Some(messages) => {
+                    let mut pending = false;
+                    while let Some(Some(_)) = futures::FutureExt::now_or_never(futures::StreamExt::next(messages)) {
+                        pending = true;
                     }
-                },
+                    // A message, or the interval passed: wake either way.
+                    if !pending {
+                        match tokio::time::timeout(every, futures::StreamExt::next(messages)).await {
+                            Ok(Some(_)) | Err(_) => {}
+                            Ok(None) => {
+                                sub = None;
+                                tokio::time::sleep(every).await;
+                            }
+                        }
+                    }
+                }
                 None => tokio::time::sleep(every).await,
             }
-            Some(((), sub))
+            Some(((), (sub, Some(tokio::time::Instant::now()))))
         }
     }))
 }
+
+/// The shortest time between two wakes of one worker by pushes.
+const WAKE_GAP: Duration = Duration::from_millis(10);
 
 /// The handler as worker data (a concrete type keeps apalis's bounds simple).
 #[derive(Clone)]
