@@ -295,10 +295,16 @@ impl JobQueue for Queue {
     async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
         let payloads: Vec<Value> =
             run_ids.iter().map(|id| serde_json::to_value(JobPayload { run_id: *id }).unwrap_or_default()).collect();
-        // A few chunks at once: each is one round trip (one transaction on
-        // SQLite), and a pass of the reconciler may push 100,000 jobs.
+        // On Redis a few chunks at once (each one round trip; a pass of the
+        // reconciler may push 100,000 jobs). On SQLite one at a time: each
+        // chunk is a write transaction, and concurrent ones only wait on the
+        // file's lock.
+        let in_flight = match self {
+            Queue::Redis(_) => PUSHES_IN_FLIGHT,
+            Queue::Sqlite(..) => 1,
+        };
         futures::stream::iter(payloads.chunks(500).map(Ok))
-            .try_for_each_concurrent(PUSHES_IN_FLIGHT, |chunk| async move {
+            .try_for_each_concurrent(in_flight, |chunk| async move {
                 let r = match self {
                     Queue::Redis(s) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
                     Queue::Sqlite(s, _) => s.clone().push_bulk(chunk.to_vec()).await.map_err(|e| e.to_string()),
@@ -311,7 +317,7 @@ impl JobQueue for Queue {
     }
 }
 
-/// Bulk pushes of one `push_many` that may be in flight at once.
+/// Bulk pushes of one `push_many` that may be in flight at once (Redis).
 const PUSHES_IN_FLIGHT: usize = 4;
 
 /// Ticks every `every`: wakes an idle worker to poll.
