@@ -208,6 +208,13 @@ pub enum ReconcileKind {
     ExpiredNeverStarted,
 }
 
+impl ReconcileKind {
+    /// The run's job must be pushed (again) to the queue.
+    pub fn needs_push(self) -> bool {
+        matches!(self, ReconcileKind::Requeued | ReconcileKind::Repush)
+    }
+}
+
 /// One line of a reconciliation report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReconcileAction {
@@ -256,6 +263,18 @@ impl PageResult {
     }
 }
 
+/// The reconciler's write that fails a run with `reason` (on top of `base`).
+fn failed_change(reason: ReasonCode, message: &str, now: DateTime<Utc>, base: Change) -> Change {
+    Change {
+        status: Some(RunStatus::Completed),
+        outcome: Some(RunOutcome::Failed),
+        reason_code: Some(Some(reason.as_str().into())),
+        failure_summary: Some(vec![FailureEntry { reason_code: reason.as_str().into(), message: message.into() }]),
+        completed_at: Some(now),
+        ..base
+    }
+}
+
 /// Reconcile writes of consecutive pages that may run at once (each on a
 /// connection of its own).
 const RECONCILE_WRITES_IN_FLIGHT: usize = 4;
@@ -268,21 +287,16 @@ struct ReportSink<'a> {
 }
 
 impl ReportSink<'_> {
-    fn absorb(&mut self, mut page: PageResult) {
+    fn absorb(&mut self, page: PageResult) {
         if let Some(tx) = self.to_push.filter(|_| !self.report.dry_run) {
-            let ids: Vec<Uuid> = page
-                .actions
-                .iter()
-                .filter(|a| matches!(a.kind, ReconcileKind::Requeued | ReconcileKind::Repush))
-                .map(|a| a.run_id)
-                .collect();
+            let ids: Vec<Uuid> = page.actions.iter().filter(|a| a.kind.needs_push()).map(|a| a.run_id).collect();
             if !ids.is_empty() {
                 // The receiver gone means the caller stopped pushing; the
                 // next pass re-pushes what stayed queued.
                 let _ = tx.send(ids);
             }
         }
-        self.report.actions.append(&mut page.actions);
+        self.report.actions.extend(page.actions);
         self.report.lost_races += page.lost_races;
     }
 }
@@ -290,11 +304,7 @@ impl ReportSink<'_> {
 impl ReconcileReport {
     /// Runs whose job must be pushed (again) to the queue.
     pub fn to_push(&self) -> Vec<Uuid> {
-        self.actions
-            .iter()
-            .filter(|a| matches!(a.kind, ReconcileKind::Requeued | ReconcileKind::Repush))
-            .map(|a| a.run_id)
-            .collect()
+        self.actions.iter().filter(|a| a.kind.needs_push()).map(|a| a.run_id).collect()
     }
 
     /// How many actions of a kind.
@@ -1022,17 +1032,12 @@ impl OperationRunService {
             completed_at: Some(now),
             ..lease_cleared.clone()
         };
-        let expire_change = Change {
-            status: Some(RunStatus::Completed),
-            outcome: Some(RunOutcome::Failed),
-            reason_code: Some(Some(ReasonCode::RunLeaseExpired.as_str().into())),
-            failure_summary: Some(vec![FailureEntry {
-                reason_code: ReasonCode::RunLeaseExpired.as_str().into(),
-                message: "the worker stopped renewing its lease and no attempts remain".into(),
-            }]),
-            completed_at: Some(now),
-            ..lease_cleared
-        };
+        let expire_change = failed_change(
+            ReasonCode::RunLeaseExpired,
+            "the worker stopped renewing its lease and no attempts remain",
+            now,
+            lease_cleared,
+        );
         let apply_page = |page: Vec<OperationRun>| {
             let (guard, requeue_change, cancel_change, expire_change) =
                 (&guard, &requeue_change, &cancel_change, &expire_change);
@@ -1162,17 +1167,12 @@ impl OperationRunService {
                     )
                     .await?;
                 let expire_guard = Guard { queued_before: Some(now - t * 2), ..Guard::from(RunStatus::Queued) };
-                let expire_change = Change {
-                    status: Some(RunStatus::Completed),
-                    outcome: Some(RunOutcome::Failed),
-                    reason_code: Some(Some(ReasonCode::RunNeverStarted.as_str().into())),
-                    failure_summary: Some(vec![FailureEntry {
-                        reason_code: ReasonCode::RunNeverStarted.as_str().into(),
-                        message: "no worker claimed the run, even after its job was pushed again".into(),
-                    }]),
-                    completed_at: Some(now),
-                    ..Change::default()
-                };
+                let expire_change = failed_change(
+                    ReasonCode::RunNeverStarted,
+                    "no worker claimed the run, even after its job was pushed again",
+                    now,
+                    Change::default(),
+                );
                 report.absorb(done);
                 let done = self
                     .apply_reconcile(
