@@ -36,6 +36,6 @@ pub use service::{
     BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, LeaseState, OperationRunService,
     ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
-pub use store::{Database, RunFilter, RunStore, StoreError, Update};
+pub use store::{Database, RunFilter, RunStore, StaleRun, StoreError, Update, Written};
 pub use view::{RunDetail, RunView, run_detail};
 pub use viewer::{ACCESS_MANAGE, RUNS_CANCEL, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, Viewer};

@@ -17,7 +17,7 @@ use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface, Transition, Transit
 use crate::reason::ReasonCode;
 use crate::redact;
 use crate::run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
-use crate::store::{Change, Guard, Inserted, RunFilter, RunStore, StoreError, Update};
+use crate::store::{Change, Guard, Inserted, RunFilter, RunStore, StaleRun, StoreError, Update};
 
 /// Largest captured context or params document, serialized.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
@@ -1038,7 +1038,7 @@ impl OperationRunService {
             now,
             lease_cleared,
         );
-        let apply_page = |page: Vec<OperationRun>| {
+        let apply_page = |page: Vec<StaleRun>| {
             let (guard, requeue_change, cancel_change, expire_change) =
                 (&guard, &requeue_change, &cancel_change, &expire_change);
             async move {
@@ -1137,8 +1137,7 @@ impl OperationRunService {
             let full = page.len() as u32 >= self.config.reconcile_page;
             // Group by operation: each has its own threshold, and the guard
             // re-checks it inside the write.
-            let mut by_op: std::collections::BTreeMap<&str, (Vec<&OperationRun>, Vec<&OperationRun>)> =
-                Default::default();
+            let mut by_op: std::collections::BTreeMap<&str, (Vec<&StaleRun>, Vec<&StaleRun>)> = Default::default();
             for run in &page {
                 let t = stale_after(&run.operation);
                 let age = now - run.queued_at;
@@ -1199,7 +1198,7 @@ impl OperationRunService {
     async fn apply_reconcile(
         &self,
         kind: ReconcileKind,
-        runs: &[&OperationRun],
+        runs: &[&StaleRun],
         guard: &Guard,
         change: &Change,
         reason: ReasonCode,
@@ -1211,7 +1210,7 @@ impl OperationRunService {
         if runs.is_empty() {
             return Ok(out);
         }
-        let why = |run: &OperationRun| match kind {
+        let why = |run: &StaleRun| match kind {
             ReconcileKind::Requeued => format!(
                 "lease expired at {}; attempt {} of {} will resume from its checkpoint",
                 run.lease_expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
@@ -1233,7 +1232,7 @@ impl OperationRunService {
             }
         };
         let to_status = change.status.unwrap_or(guard.from);
-        let mut push = |run: &OperationRun, attempt: i32| {
+        let mut push = |run: &StaleRun, attempt: i32| {
             out.actions.push(ReconcileAction {
                 run_id: run.id,
                 operation: run.operation.clone(),
@@ -1261,11 +1260,13 @@ impl OperationRunService {
         };
         let audit =
             AuditEntry::new(now, actor.clone(), action).reason(reason.as_str()).details(json!({ "reconcile": kind }));
-        let written = self.store.update_runs(&ids, guard, change, now, Some(&audit)).await?;
-        let before: std::collections::HashMap<Uuid, &OperationRun> = runs.iter().map(|r| (r.id, *r)).collect();
+        let written = self.store.update_runs_brief(&ids, guard, change, now, &audit).await?;
+        let before: std::collections::HashMap<Uuid, &StaleRun> = runs.iter().map(|r| (r.id, *r)).collect();
         let lost_races = runs.len() - written.len();
-        for run in &written {
-            push(before.get(&run.id).copied().unwrap_or(run), run.attempt);
+        for w in &written {
+            if let Some(run) = before.get(&w.id) {
+                push(run, w.attempt);
+            }
         }
         out.lost_races = lost_races;
         Ok(out)

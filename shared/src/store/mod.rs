@@ -121,6 +121,39 @@ pub struct Update {
     pub audit: Option<AuditEntry>,
 }
 
+/// A stale candidate: what the reconciler reads of a run to decide and to
+/// explain what it does (no payload, no counts, no checkpoint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleRun {
+    /// The run.
+    pub id: Uuid,
+    /// Its operation.
+    pub operation: String,
+    /// Its workspace.
+    pub workspace_id: String,
+    /// The attempt it is on.
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// When an operator asked to cancel it.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// When its lease expires (running runs).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When it was (last) queued.
+    pub queued_at: DateTime<Utc>,
+    /// When the reconciler last pushed its job again.
+    pub repushed_at: Option<DateTime<Utc>>,
+}
+
+/// A run a brief write wrote: its id and the attempt it is on now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The run.
+    pub id: Uuid,
+    /// Its attempt after the write.
+    pub attempt: i32,
+}
+
 /// What inserting a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inserted {
@@ -212,6 +245,19 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         audit: Option<&AuditEntry>,
     ) -> Result<Vec<OperationRun>, StoreError>;
 
+    /// As [`update_runs`](Self::update_runs), for writes to many runs whose
+    /// caller already holds what it needs of them (the reconciler): returns
+    /// only the id and attempt of each run written, so that no full row
+    /// crosses the wire or is decoded.
+    async fn update_runs_brief(
+        &self,
+        ids: &[Uuid],
+        guard: &Guard,
+        change: &Change,
+        now: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Written>, StoreError>;
+
     /// One run.
     async fn get_run(&self, id: Uuid) -> Result<Option<OperationRun>, StoreError>;
 
@@ -222,7 +268,7 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, StoreError>;
 
     /// Stale candidates, oldest id first.
-    async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<OperationRun>, StoreError>;
+    async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<StaleRun>, StoreError>;
 
     /// Append an audit row that goes with no run write (a denial, a refusal).
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;

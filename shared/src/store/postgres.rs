@@ -59,5 +59,43 @@ async fn stale_page_plan(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Erro
     Ok(())
 }
 
+/// A guarded write and its audit rows in one statement: the `UPDATE` in a
+/// `WITH`, and an `INSERT … SELECT` from what it wrote, so that each audit
+/// row is filled in from its run as written, inside the database (one round
+/// trip, and no bind per audit column per run). `returning` is what the
+/// statement returns of each run written.
+async fn write_audited(
+    conn: &mut sqlx::PgConnection,
+    ids: &[uuid::Uuid],
+    guard: &crate::store::Guard,
+    change: &crate::store::Change,
+    now: chrono::DateTime<chrono::Utc>,
+    audit: Option<&crate::audit::AuditEntry>,
+    returning: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new("WITH w AS (");
+    guarded_update(&mut q, ids, guard, change, now);
+    q.push(" RETURNING *)");
+    if let Some(a) = audit {
+        q.push(format!(", a AS (INSERT INTO audit_events ({AUDIT_COLUMNS}) SELECT "));
+        q.push_bind(a.at)
+            .push(", ")
+            .push_bind(a.actor.kind.as_str())
+            .push(", ")
+            .push_bind(a.actor.id.clone())
+            .push(", ")
+            .push_bind(a.action.clone())
+            .push(", w.id, w.workspace_id, w.environment_id, ")
+            .push_bind(guard.from.as_str())
+            .push(", w.status, w.outcome, COALESCE(")
+            .push_bind(a.reason_code.clone())
+            .push(", w.reason_code), ")
+            .push_bind(sqlx::types::Json(a.details.clone()))
+            .push(" FROM w)");
+    }
+    q.push(format!(" SELECT {returning} FROM w"));
+    Ok(q.build().fetch_all(conn).await?)
+}
+
 impl_run_store!(PgRunStore, sqlx::Postgres, sqlx::postgres::PgRow, "postgres", MIGRATOR);
 impl_access_store!(PgRunStore, sqlx::Postgres);

@@ -33,6 +33,53 @@ macro_rules! stale_page_plan_as_is {
 
 pub(super) use stale_page_plan_as_is;
 
+/// A guarded write and its audit rows as two statements, for SQLite (which
+/// has no data-modifying `WITH`): the `UPDATE … RETURNING`, then one audit
+/// row per run written, filled in from what it returned. `returning` must
+/// name the run's id, workspace, environment, status, outcome and reason.
+/// Postgres does both in one statement: see `store::postgres`.
+macro_rules! write_audited_in_two_statements {
+    ($db:ty, $row:ty) => {
+        async fn write_audited(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            ids: &[uuid::Uuid],
+            guard: &crate::store::Guard,
+            change: &crate::store::Change,
+            now: chrono::DateTime<chrono::Utc>,
+            audit: Option<&crate::audit::AuditEntry>,
+            returning: &str,
+        ) -> Result<Vec<$row>, crate::store::StoreError> {
+            use sqlx::Row;
+            let mut q = sqlx::QueryBuilder::<$db>::new("");
+            guarded_update(&mut q, ids, guard, change, now);
+            q.push(format!(" RETURNING {returning}"));
+            let rows = q.build().fetch_all(&mut *conn).await?;
+            if let Some(audit) = audit {
+                let mut entries = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let id: uuid::Uuid = row.try_get("id")?;
+                    let ids = id.to_string();
+                    let reason: Option<String> = row.try_get("reason_code")?;
+                    entries.push(crate::audit::AuditEntry {
+                        run_id: Some(id),
+                        workspace_id: Some(row.try_get("workspace_id")?),
+                        environment_id: row.try_get("environment_id")?,
+                        from_status: Some(guard.from),
+                        to_status: Some(parse_text(&ids, "status", row.try_get("status")?)?),
+                        outcome: Some(parse_text(&ids, "outcome", row.try_get("outcome")?)?),
+                        reason_code: audit.reason_code.clone().or(reason),
+                        ..audit.clone()
+                    });
+                }
+                insert_audit(&mut *conn, &entries).await?;
+            }
+            Ok(rows)
+        }
+    };
+}
+
+pub(super) use write_audited_in_two_statements;
+
 /// Every column of `operation_runs`, in insert order.
 pub(super) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_id, target_type, target_id, \
     actor_kind, actor_id, source_surface, context, params, dedup_key, status, outcome, reason_code, \
@@ -42,6 +89,13 @@ pub(super) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_i
 
 pub(super) const AUDIT_COLUMNS: &str = "at, actor_kind, actor_id, action, run_id, workspace_id, environment_id, \
     from_status, to_status, outcome, reason_code, details";
+
+/// What a brief write returns of each run: enough for its audit row.
+pub(super) const BRIEF_COLUMNS: &str = "id, attempt, workspace_id, environment_id, status, outcome, reason_code";
+
+/// What the reconciler reads of a stale candidate (`StaleRun`).
+pub(super) const STALE_COLUMNS: &str =
+    "id, operation, workspace_id, attempt, max_attempts, cancel_requested_at, lease_expires_at, queued_at, repushed_at";
 
 pub(super) const ACTIVE: &str = "status IN ('queued', 'running')";
 
@@ -55,8 +109,10 @@ macro_rules! impl_run_store {
         use crate::audit::{AuditEntry, AuditEvent};
         use crate::counts::SummaryCounts;
         use crate::run::{Initiator, OperationRun};
-        use crate::store::sql::{ACTIVE, AUDIT_COLUMNS, RUN_COLUMNS};
-        use crate::store::{Change, Guard, Inserted, MAX_PAGE, RunFilter, RunStore, StaleQuery, StoreError, Update};
+        use crate::store::sql::{ACTIVE, AUDIT_COLUMNS, BRIEF_COLUMNS, RUN_COLUMNS, STALE_COLUMNS};
+        use crate::store::{
+            Change, Guard, Inserted, MAX_PAGE, RunFilter, RunStore, StaleQuery, StaleRun, StoreError, Update, Written,
+        };
 
         fn corrupt(id: &str, field: &'static str, problem: impl std::fmt::Display) -> StoreError {
             StoreError::Corrupt { id: id.to_string(), field, problem: problem.to_string() }
@@ -202,8 +258,24 @@ macro_rules! impl_run_store {
                 .push_bind(run.updated_at);
         }
 
-        /// One guarded write inside `tx`; returns the runs written and
-        /// their audit rows (not yet inserted).
+        /// `UPDATE operation_runs SET <change> WHERE <ids> <guard>` (no
+        /// `RETURNING`): the guarded write of one chunk of runs.
+        fn guarded_update(
+            q: &mut QueryBuilder<$db>,
+            ids: &[Uuid],
+            guard: &Guard,
+            change: &Change,
+            now: chrono::DateTime<chrono::Utc>,
+        ) {
+            q.push("UPDATE operation_runs SET ");
+            push_change(q, change, now);
+            q.push(" WHERE");
+            push_ids(q, ids);
+            push_guard(q, guard);
+        }
+
+        /// One guarded write inside `tx`, with its audit rows; returns the
+        /// runs written.
         async fn update_in(
             tx: &mut <$db as sqlx::Database>::Connection,
             ids: &[Uuid],
@@ -211,16 +283,10 @@ macro_rules! impl_run_store {
             change: &Change,
             now: chrono::DateTime<chrono::Utc>,
             audit: Option<&AuditEntry>,
-        ) -> Result<(Vec<OperationRun>, Vec<AuditEntry>), StoreError> {
+        ) -> Result<Vec<OperationRun>, StoreError> {
             let mut written = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(1000) {
-                let mut q = QueryBuilder::<$db>::new("UPDATE operation_runs SET ");
-                push_change(&mut q, change, now);
-                q.push(" WHERE");
-                push_ids(&mut q, chunk);
-                push_guard(&mut q, guard);
-                q.push(" RETURNING *");
-                for row in q.build().fetch_all(&mut *tx).await? {
+                for row in write_audited(&mut *tx, chunk, guard, change, now, audit, "*").await? {
                     written.push(run_from_row(&row)?);
                 }
             }
@@ -236,11 +302,21 @@ macro_rules! impl_run_store {
                     run.summary_counts = counts;
                 }
             }
-            let entries = match audit {
-                Some(audit) => written.iter().map(|r| audit.for_run(r).from(guard.from)).collect(),
-                None => Vec::new(),
-            };
-            Ok((written, entries))
+            Ok(written)
+        }
+
+        fn stale_from_row(row: &$row) -> Result<StaleRun, StoreError> {
+            Ok(StaleRun {
+                id: row.try_get("id")?,
+                operation: row.try_get("operation")?,
+                workspace_id: row.try_get("workspace_id")?,
+                attempt: row.try_get("attempt")?,
+                max_attempts: row.try_get("max_attempts")?,
+                cancel_requested_at: row.try_get("cancel_requested_at")?,
+                lease_expires_at: row.try_get("lease_expires_at")?,
+                queued_at: row.try_get("queued_at")?,
+                repushed_at: row.try_get("repushed_at")?,
+            })
         }
 
         fn push_change(q: &mut QueryBuilder<$db>, c: &Change, now: chrono::DateTime<chrono::Utc>) {
@@ -374,8 +450,34 @@ macro_rules! impl_run_store {
                     return Ok(Vec::new());
                 }
                 let mut tx = self.begin_write().await?;
-                let (written, entries) = update_in(&mut tx, ids, guard, change, now, audit).await?;
-                insert_audit(&mut tx, &entries).await?;
+                let written = update_in(&mut tx, ids, guard, change, now, audit).await?;
+                tx.commit().await?;
+                Ok(written)
+            }
+
+            async fn update_runs_brief(
+                &self,
+                ids: &[Uuid],
+                guard: &Guard,
+                change: &Change,
+                now: chrono::DateTime<chrono::Utc>,
+                audit: &AuditEntry,
+            ) -> Result<Vec<Written>, StoreError> {
+                if change.counts_add.as_ref().is_some_and(|c| !c.is_empty()) {
+                    // Counts merge in Rust, from the full row.
+                    let runs = self.update_runs(ids, guard, change, now, Some(audit)).await?;
+                    return Ok(runs.iter().map(|r| Written { id: r.id, attempt: r.attempt }).collect());
+                }
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut tx = self.begin_write().await?;
+                let mut written = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(1000) {
+                    for row in write_audited(&mut *tx, chunk, guard, change, now, Some(audit), BRIEF_COLUMNS).await? {
+                        written.push(Written { id: row.try_get("id")?, attempt: row.try_get("attempt")? });
+                    }
+                }
                 tx.commit().await?;
                 Ok(written)
             }
@@ -390,18 +492,13 @@ macro_rules! impl_run_store {
                 }
                 let mut tx = self.begin_write().await?;
                 let mut out = Vec::with_capacity(updates.len());
-                let mut entries = Vec::new();
                 for u in updates {
                     if u.ids.is_empty() {
                         out.push(Vec::new());
                         continue;
                     }
-                    let (written, mut audit) =
-                        update_in(&mut tx, &u.ids, &u.guard, &u.change, now, u.audit.as_ref()).await?;
-                    entries.append(&mut audit);
-                    out.push(written);
+                    out.push(update_in(&mut tx, &u.ids, &u.guard, &u.change, now, u.audit.as_ref()).await?);
                 }
-                insert_audit(&mut tx, &entries).await?;
                 tx.commit().await?;
                 Ok(out)
             }
@@ -514,12 +611,12 @@ macro_rules! impl_run_store {
                 rows.iter().map(run_from_row).collect()
             }
 
-            async fn find_stale(&self, s: &StaleQuery) -> Result<Vec<OperationRun>, StoreError> {
+            async fn find_stale(&self, s: &StaleQuery) -> Result<Vec<StaleRun>, StoreError> {
                 // The status is written as a literal so that the partial index
                 // of running runs (ordered by id) can serve the page in every
                 // plan, generic ones included.
                 let mut q = QueryBuilder::<$db>::new(format!(
-                    "SELECT * FROM operation_runs WHERE status = '{}'",
+                    "SELECT {STALE_COLUMNS} FROM operation_runs WHERE status = '{}'",
                     s.status.as_str()
                 ));
                 match s.status {
@@ -540,7 +637,7 @@ macro_rules! impl_run_store {
                 stale_page_plan(&mut tx).await?;
                 let rows = q.build().fetch_all(&mut *tx).await?;
                 tx.commit().await?;
-                rows.iter().map(run_from_row).collect()
+                rows.iter().map(stale_from_row).collect()
             }
 
             async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {

@@ -6,7 +6,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::store::access_sql::impl_access_store;
-use crate::store::sql::{const_format_active_by_key, impl_run_store, push_ids_as_list, stale_page_plan_as_is};
+use crate::store::sql::{
+    const_format_active_by_key, impl_run_store, push_ids_as_list, stale_page_plan_as_is,
+    write_audited_in_two_statements,
+};
 
 /// Runs and audit in one SQLite file.
 #[derive(Debug, Clone)]
@@ -49,5 +52,6 @@ impl SqliteRunStore {
 
 push_ids_as_list!(sqlx::Sqlite);
 stale_page_plan_as_is!(sqlx::Sqlite);
+write_audited_in_two_statements!(sqlx::Sqlite, sqlx::sqlite::SqliteRow);
 impl_run_store!(SqliteRunStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "sqlite", MIGRATOR);
 impl_access_store!(SqliteRunStore, sqlx::Sqlite);
