@@ -641,64 +641,57 @@ impl OperationRunService {
         Ok(self.store.update_runs(ids, &Guard::from(RunStatus::Queued), &change, now, Some(&audit)).await?)
     }
 
-    /// Claim the delivered runs `ids` for `worker`: one read and one
-    /// transaction for the whole batch (one guarded write per operation,
-    /// since the lease length is the operation's). Results are in the order
-    /// of `ids`.
+    /// Claim the delivered runs `ids` for `worker`: one guarded write for the
+    /// whole batch (the lease length, which is the operation's, is chosen
+    /// inside the statement), and a read only of the runs it did not claim,
+    /// to say why. Results are in the order of `ids`.
     #[instrument(name = "claim", skip_all, fields(runs = ids.len(), worker = %worker), err)]
     pub async fn claim_batch(&self, ids: &[Uuid], worker: &str) -> Result<Vec<Claim>, ServiceError> {
-        let found = self.store.get_runs(ids).await?;
-        let status: std::collections::HashMap<Uuid, (RunStatus, String)> =
-            found.into_iter().map(|r| (r.id, (r.status, r.operation))).collect();
         let now = self.clock.now();
-        let mut by_op: Vec<(String, Vec<Uuid>)> = Vec::new();
+        let mut unique = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
         for id in ids {
-            if let Some((RunStatus::Queued, op)) = status.get(id) {
-                match by_op.iter_mut().find(|(o, _)| o == op) {
-                    Some((_, v)) => {
-                        if !v.contains(id) {
-                            v.push(*id);
-                        }
-                    }
-                    None => by_op.push((op.clone(), vec![*id])),
+            if seen.insert(*id) {
+                unique.push(*id);
+            }
+        }
+        let default_lease = crate::catalog::defaults::lease();
+        let lease_ends = crate::store::LeaseEnds {
+            by_operation: (self.catalog.operations.iter())
+                .filter(|(_, spec)| spec.lease != default_lease)
+                .map(|(op, spec)| (op.clone(), now + chrono_dur(spec.lease)))
+                .collect(),
+            otherwise: now + chrono_dur(default_lease),
+        };
+        let change = Change {
+            status: Some(RunStatus::Running),
+            lease_owner: Some(Some(worker.to_string())),
+            lease_ends: Some(lease_ends),
+            heartbeat_at: Some(Some(now)),
+            started_at: Some(now),
+            ..Change::default()
+        };
+        let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
+        let mut claimed: std::collections::HashMap<Uuid, OperationRun> = (self.store)
+            .update_runs(&unique, &Guard::from(RunStatus::Queued), &change, now, Some(&audit))
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        // A second delivery of one id in the batch finds it already running.
+        let mut out: Vec<Option<Claim>> =
+            ids.iter().map(|id| claimed.remove(id).map(|run| Claim::Claimed(Box::new(run)))).collect();
+        let missed: Vec<Uuid> = ids.iter().zip(&out).filter(|(_, c)| c.is_none()).map(|(id, _)| *id).collect();
+        if !missed.is_empty() {
+            let status: std::collections::HashMap<Uuid, RunStatus> =
+                self.store.get_runs(&missed).await?.into_iter().map(|r| (r.id, r.status)).collect();
+            for (slot, id) in out.iter_mut().zip(ids) {
+                if slot.is_none() {
+                    *slot = Some(status.get(id).map_or(Claim::NotFound, |s| Claim::NotQueued(*s)));
                 }
             }
         }
-        let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
-        let updates: Vec<Update> = by_op
-            .iter()
-            .map(|(op, ids)| Update {
-                ids: ids.clone(),
-                guard: Guard::from(RunStatus::Queued),
-                change: Change {
-                    status: Some(RunStatus::Running),
-                    lease_owner: Some(Some(worker.to_string())),
-                    lease_expires_at: Some(Some(now + self.lease_for(op))),
-                    heartbeat_at: Some(Some(now)),
-                    started_at: Some(now),
-                    ..Change::default()
-                },
-                audit: Some(audit.clone()),
-            })
-            .collect();
-        let mut claimed: std::collections::HashMap<Uuid, OperationRun> =
-            self.store.update_batch(&updates, now).await?.into_iter().flatten().map(|r| (r.id, r)).collect();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(match (claimed.remove(id), status.get(id)) {
-                (Some(run), _) => Claim::Claimed(Box::new(run)),
-                (None, None) => Claim::NotFound,
-                (None, Some((RunStatus::Queued, _))) => {
-                    // Taken between our read and our write (or a duplicate id in this batch).
-                    match self.store.get_run(*id).await? {
-                        Some(run) => Claim::NotQueued(run.status),
-                        None => Claim::NotFound,
-                    }
-                }
-                (None, Some((s, _))) => Claim::NotQueued(*s),
-            });
-        }
-        Ok(out)
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// The guarded write that completes a run.

@@ -94,6 +94,9 @@ pub struct Change {
     pub lease_owner: Option<Option<String>>,
     /// New lease expiry.
     pub lease_expires_at: Option<Option<DateTime<Utc>>>,
+    /// New lease expiry by each run's operation (a claim of runs of several
+    /// operations in one write); takes the place of `lease_expires_at`.
+    pub lease_ends: Option<LeaseEnds>,
     /// New heartbeat time.
     pub heartbeat_at: Option<Option<DateTime<Utc>>>,
     /// Cancel requested at (set only if not yet set).
@@ -106,6 +109,15 @@ pub struct Change {
     pub started_at: Option<DateTime<Utc>>,
     /// Completed at.
     pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Lease expiries that depend on the run's operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseEnds {
+    /// `(operation, expiry)` for the operations with a lease of their own.
+    pub by_operation: Vec<(String, DateTime<Utc>)>,
+    /// The expiry for any other operation.
+    pub otherwise: DateTime<Utc>,
 }
 
 /// One guarded write of a batch (see [`RunStore::update_batch`]).

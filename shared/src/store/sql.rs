@@ -345,6 +345,18 @@ macro_rules! impl_run_store {
             if let Some(v) = c.lease_expires_at {
                 q.push(", lease_expires_at = ").push_bind(v);
             }
+            if let Some(l) = &c.lease_ends {
+                q.push(", lease_expires_at = ");
+                if l.by_operation.is_empty() {
+                    q.push_bind(l.otherwise);
+                } else {
+                    q.push("CASE operation");
+                    for (op, at) in &l.by_operation {
+                        q.push(" WHEN ").push_bind(op.clone()).push(" THEN ").push_bind(*at);
+                    }
+                    q.push(" ELSE ").push_bind(l.otherwise).push(" END");
+                }
+            }
             if let Some(v) = c.heartbeat_at {
                 q.push(", heartbeat_at = ").push_bind(v);
             }
