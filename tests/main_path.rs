@@ -325,3 +325,49 @@ async fn an_idle_redis_worker_wakes_on_a_push_without_waiting_for_its_tick() {
     assert_eq!(done.outcome, RunOutcome::Succeeded);
     assert_eq!(e.calls(), 1);
 }
+
+/// Every connection of the SQLite pool plans apalis's ack by the primary key
+/// once the queue is open, the one that seeded the planner statistics
+/// included. (A connection left with the statistics of the fresh file plans
+/// it as a walk of every job its worker ever locked, so a long run slows as
+/// it goes: seen under `oprun bench`, one connection of nine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sqlite_connection_plans_the_queue_ack_by_primary_key() {
+    use sqlx::Row;
+    let db = oprun_shared::testing::TestStore::new(oprun_shared::testing::Backend::Sqlite).await;
+    let pool = db.database.sqlite.clone().expect("a SQLite pool");
+    // Every connection of the pool (8) is open before the queue is.
+    let mut warm = Vec::new();
+    for _ in 0..8 {
+        warm.push(pool.acquire().await.expect("a connection"));
+    }
+    drop(warm);
+    let cfg = oprun_shared::config::QueueConfig::default();
+    oprun_worker::queue::Queue::open(&cfg, Some(pool.clone())).await.expect("open the SQLite queue");
+    let ack = "EXPLAIN QUERY PLAN WITH j AS (SELECT value ->> 'task_id' AS task_id, value ->> 'status' AS status \
+               FROM json_each(?1)) UPDATE Jobs SET status = j.status FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = ?2";
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(pool.acquire().await.expect("a connection"));
+    }
+    for (i, conn) in held.iter_mut().enumerate() {
+        // A statement that reads the file first: it is what makes a
+        // connection notice another's schema change and reload (an EXPLAIN
+        // alone plans with whatever the connection holds).
+        sqlx::query("SELECT 1 FROM Jobs LIMIT 0").fetch_all(&mut **conn).await.expect("read Jobs");
+        let plan: Vec<String> = sqlx::query(ack)
+            .bind("[]")
+            .bind("w")
+            .fetch_all(&mut **conn)
+            .await
+            .expect("explain the ack")
+            .iter()
+            .map(|r| r.get::<String, _>(3))
+            .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("sqlite_autoindex_Jobs_1"))
+                && !plan.iter().any(|s| s.contains("LIdx")),
+            "connection {i} plans the ack as {plan:?}"
+        );
+    }
+}

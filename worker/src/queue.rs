@@ -164,7 +164,14 @@ async fn seed_planner_statistics(pool: &SqlitePool) -> anyhow::Result<()> {
     if seeded {
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
+    // One connection for the write and the reload: the connection that
+    // changes the schema does not see its own change as a change, so it keeps
+    // the statistics it loaded before (zero rows) unless it reloads them
+    // itself. (Seen: one pool connection of nine kept planning apalis's ack
+    // as a walk of every job its worker ever locked, and 20,000 runs slowed
+    // as they went.)
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     for table in ["Jobs", "Workers", "operation_runs", "audit_events"] {
         sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = ?").bind(table).execute(&mut *tx).await?;
     }
@@ -179,8 +186,7 @@ async fn seed_planner_statistics(pool: &SqlitePool) -> anyhow::Result<()> {
     sqlx::query("CREATE TABLE _oprun_reload_statistics (x)").execute(&mut *tx).await?;
     sqlx::query("DROP TABLE _oprun_reload_statistics").execute(&mut *tx).await?;
     tx.commit().await?;
-    // This connection reloads at once.
-    sqlx::query("ANALYZE sqlite_schema").execute(pool).await?;
+    sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
     Ok(())
 }
 
