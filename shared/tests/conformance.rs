@@ -884,6 +884,16 @@ async fn every_guarded_write_audits_each_run_as_it_was_written(b: Backend) {
         (a.action.clone(), a.actor.clone(), a.from_status, a.to_status, a.outcome, a.reason_code.clone())
     };
     let worker = |w: &str| Initiator::service(format!("worker:{w}"));
+    let claim = |w: &str| -> Row {
+        (
+            "run.claim".into(),
+            worker(w),
+            Some(RunStatus::Queued),
+            Some(RunStatus::Running),
+            Some(RunOutcome::Pending),
+            None,
+        )
+    };
     let trail0 = e.svc.audit(ids[0]).await.unwrap();
     let want0: Vec<Row> = vec![
         (
@@ -894,14 +904,7 @@ async fn every_guarded_write_audits_each_run_as_it_was_written(b: Backend) {
             Some(RunOutcome::Pending),
             None,
         ),
-        (
-            "run.claim".into(),
-            worker("w1"),
-            Some(RunStatus::Queued),
-            Some(RunStatus::Running),
-            Some(RunOutcome::Pending),
-            None,
-        ),
+        claim("w1"),
         (
             "run.requeue".into(),
             oncall(),
@@ -910,14 +913,7 @@ async fn every_guarded_write_audits_each_run_as_it_was_written(b: Backend) {
             Some(RunOutcome::Pending),
             Some("run.lease_expired".into()),
         ),
-        (
-            "run.claim".into(),
-            worker("w2"),
-            Some(RunStatus::Queued),
-            Some(RunStatus::Running),
-            Some(RunOutcome::Pending),
-            None,
-        ),
+        claim("w2"),
         (
             "run.complete".into(),
             worker("w2"),
