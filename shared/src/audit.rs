@@ -55,13 +55,35 @@ impl AuditEntry {
 
     /// This entry, filled in from the run as it is after the change.
     pub fn for_run(&self, run: &OperationRun) -> Self {
+        self.for_written(
+            run.id,
+            run.workspace_id.clone(),
+            run.environment_id.clone(),
+            run.status,
+            run.outcome,
+            run.reason_code.clone(),
+        )
+    }
+
+    /// This entry, filled in from what a write returned of a run: its id,
+    /// scope, status and outcome after the change, and its reason code
+    /// unless the entry names one.
+    pub fn for_written(
+        &self,
+        run_id: Uuid,
+        workspace_id: String,
+        environment_id: Option<String>,
+        status: RunStatus,
+        outcome: RunOutcome,
+        reason_code: Option<String>,
+    ) -> Self {
         Self {
-            run_id: Some(run.id),
-            workspace_id: Some(run.workspace_id.clone()),
-            environment_id: run.environment_id.clone(),
-            to_status: Some(run.status),
-            outcome: Some(run.outcome),
-            reason_code: self.reason_code.clone().or_else(|| run.reason_code.clone()),
+            run_id: Some(run_id),
+            workspace_id: Some(workspace_id),
+            environment_id,
+            to_status: Some(status),
+            outcome: Some(outcome),
+            reason_code: self.reason_code.clone().or(reason_code),
             ..self.clone()
         }
     }

@@ -59,17 +59,15 @@ macro_rules! write_audited_in_two_statements {
                 for row in &rows {
                     let id: uuid::Uuid = row.try_get("id")?;
                     let ids = id.to_string();
-                    let reason: Option<String> = row.try_get("reason_code")?;
-                    entries.push(crate::audit::AuditEntry {
-                        run_id: Some(id),
-                        workspace_id: Some(row.try_get("workspace_id")?),
-                        environment_id: row.try_get("environment_id")?,
-                        from_status: Some(guard.from),
-                        to_status: Some(parse_text(&ids, "status", row.try_get("status")?)?),
-                        outcome: Some(parse_text(&ids, "outcome", row.try_get("outcome")?)?),
-                        reason_code: audit.reason_code.clone().or(reason),
-                        ..audit.clone()
-                    });
+                    let entry = audit.for_written(
+                        id,
+                        row.try_get("workspace_id")?,
+                        row.try_get("environment_id")?,
+                        parse_text(&ids, "status", row.try_get("status")?)?,
+                        parse_text(&ids, "outcome", row.try_get("outcome")?)?,
+                        row.try_get("reason_code")?,
+                    );
+                    entries.push(entry.from(guard.from));
                 }
                 insert_audit(&mut *conn, &entries).await?;
             }
