@@ -611,11 +611,12 @@ impl OperationRunService {
     /// Claim a queued run for `worker`: running, leased.
     #[instrument(skip_all, fields(run.id = %id, worker = %worker), err)]
     pub async fn claim(&self, id: Uuid, worker: &str) -> Result<OperationRun, ServiceError> {
-        let run = self.store.get_run(id).await?.ok_or(TransitionError::NotFound(id))?;
-        let mut claimed = self.claim_many(&[id], &run.operation, worker).await?;
-        match claimed.pop() {
-            Some(run) => Ok(run),
-            None => Err(self.refused(id, Transition::Claim, &Guard::from(RunStatus::Queued)).await),
+        match self.claim_batch(&[id], worker).await?.pop() {
+            Some(Claim::Claimed(run)) => Ok(*run),
+            Some(Claim::NotFound) | None => Err(TransitionError::NotFound(id).into()),
+            Some(Claim::NotQueued(_)) => {
+                Err(self.refused(id, Transition::Claim, &Guard::from(RunStatus::Queued)).await)
+            }
         }
     }
 
@@ -628,17 +629,24 @@ impl OperationRunService {
         worker: &str,
     ) -> Result<Vec<OperationRun>, ServiceError> {
         let now = self.clock.now();
-        let expires = now + self.lease_for(operation);
+        let lease_ends =
+            crate::store::LeaseEnds { by_operation: Vec::new(), otherwise: now + self.lease_for(operation) };
+        let (change, audit) = Self::claim_write(worker, now, lease_ends);
+        Ok(self.store.update_runs(ids, &Guard::from(RunStatus::Queued), &change, now, Some(&audit)).await?)
+    }
+
+    /// The write that claims queued runs for `worker`, leased until
+    /// `lease_ends`, and its audit row.
+    fn claim_write(worker: &str, now: DateTime<Utc>, lease_ends: crate::store::LeaseEnds) -> (Change, AuditEntry) {
         let change = Change {
             status: Some(RunStatus::Running),
             lease_owner: Some(Some(worker.to_string())),
-            lease_expires_at: Some(Some(expires)),
+            lease_ends: Some(lease_ends),
             heartbeat_at: Some(Some(now)),
             started_at: Some(now),
             ..Change::default()
         };
-        let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
-        Ok(self.store.update_runs(ids, &Guard::from(RunStatus::Queued), &change, now, Some(&audit)).await?)
+        (change, AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action()))
     }
 
     /// Claim the delivered runs `ids` for `worker`: one guarded write for the
@@ -663,15 +671,7 @@ impl OperationRunService {
                 .collect(),
             otherwise: now + chrono_dur(default_lease),
         };
-        let change = Change {
-            status: Some(RunStatus::Running),
-            lease_owner: Some(Some(worker.to_string())),
-            lease_ends: Some(lease_ends),
-            heartbeat_at: Some(Some(now)),
-            started_at: Some(now),
-            ..Change::default()
-        };
-        let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
+        let (change, audit) = Self::claim_write(worker, now, lease_ends);
         let mut claimed: std::collections::HashMap<Uuid, OperationRun> = (self.store)
             .update_runs(&unique, &Guard::from(RunStatus::Queued), &change, now, Some(&audit))
             .await?

@@ -95,7 +95,8 @@ pub struct Change {
     /// New lease expiry.
     pub lease_expires_at: Option<Option<DateTime<Utc>>>,
     /// New lease expiry by each run's operation (a claim of runs of several
-    /// operations in one write); takes the place of `lease_expires_at`.
+    /// operations in one write); takes the place of `lease_expires_at` (set
+    /// one of the two, not both).
     pub lease_ends: Option<LeaseEnds>,
     /// New heartbeat time.
     pub heartbeat_at: Option<Option<DateTime<Utc>>>,
