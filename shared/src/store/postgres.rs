@@ -97,5 +97,88 @@ async fn write_audited(
     Ok(q.build().fetch_all(conn).await?)
 }
 
+/// New runs and their audit rows in one statement: the runs come in as one
+/// array per column (`unnest`, 31 binds whatever the batch size, where a
+/// `VALUES` list binds 31 per run and is a new statement text for every
+/// size), the `INSERT` skips a run whose dedup key an active run holds, and
+/// each written run's audit row is filled in from it inside the database
+/// (id, scope, status, outcome, and its reason unless the entry names one,
+/// as `AuditEntry::for_run` does). Returns the runs written.
+async fn insert_new_runs(
+    conn: &mut sqlx::PgConnection,
+    chunk: &[(crate::run::OperationRun, crate::audit::AuditEntry)],
+) -> Result<Vec<crate::run::OperationRun>, StoreError> {
+    use sqlx::types::Json;
+    let runs = || chunk.iter().map(|(r, _)| r);
+    let audits = || chunk.iter().map(|(_, a)| a);
+    let text = |f: fn(&crate::run::OperationRun) -> &str| runs().map(f).collect::<Vec<&str>>();
+    let opt = |f: fn(&crate::run::OperationRun) -> Option<&str>| runs().map(f).collect::<Vec<Option<&str>>>();
+    let at = |f: fn(&crate::run::OperationRun) -> Option<chrono::DateTime<chrono::Utc>>| {
+        runs().map(f).collect::<Vec<Option<chrono::DateTime<chrono::Utc>>>>()
+    };
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| {
+            [
+        "WITH w AS (INSERT INTO operation_runs (", RUN_COLUMNS, ") SELECT * FROM unnest(",
+        "$1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], ",
+        "$9::text[], $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::text[], ",
+        "$16::jsonb[], $17::jsonb[], $18::jsonb[], $19::int4[], $20::int4[], $21::uuid[], $22::text[], ",
+        "$23::timestamptz[], $24::timestamptz[], $25::timestamptz[], $26::timestamptz[], $27::timestamptz[], ",
+        "$28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[]) ",
+        "ON CONFLICT (dedup_key) WHERE ", ACTIVE, " DO NOTHING RETURNING *), ",
+        "a AS (INSERT INTO audit_events (", AUDIT_COLUMNS, ") ",
+        "SELECT e.at, e.actor_kind, e.actor_id, e.action, w.id, w.workspace_id, w.environment_id, ",
+        "e.from_status, w.status, w.outcome, COALESCE(e.reason_code, w.reason_code), e.details ",
+        "FROM w JOIN unnest($32::uuid[], $33::timestamptz[], $34::text[], $35::text[], $36::text[], ",
+        "$37::text[], $38::text[], $39::jsonb[]) ",
+        "AS e (run_id, at, actor_kind, actor_id, action, from_status, reason_code, details) ON e.run_id = w.id) ",
+        "SELECT * FROM w",
+        ]
+        .concat()
+        });
+    let q = sqlx::query(SQL.as_str())
+        .bind(runs().map(|r| r.id).collect::<Vec<_>>())
+        .bind(text(|r| &r.operation))
+        .bind(text(|r| &r.workspace_id))
+        .bind(opt(|r| r.environment_id.as_deref()))
+        .bind(opt(|r| r.target_type.as_deref()))
+        .bind(opt(|r| r.target_id.as_deref()))
+        .bind(text(|r| r.initiator.kind.as_str()))
+        .bind(text(|r| &r.initiator.id))
+        .bind(text(|r| r.source_surface.as_str()))
+        .bind(runs().map(|r| Json(&r.context)).collect::<Vec<_>>())
+        .bind(runs().map(|r| Json(&r.params)).collect::<Vec<_>>())
+        .bind(opt(|r| r.dedup_key.as_deref()))
+        .bind(text(|r| r.status.as_str()))
+        .bind(text(|r| r.outcome.as_str()))
+        .bind(opt(|r| r.reason_code.as_deref()))
+        .bind(runs().map(|r| Json(&r.failure_summary)).collect::<Vec<_>>())
+        .bind(runs().map(|r| Json(r.summary_counts.to_json())).collect::<Vec<_>>())
+        .bind(runs().map(|r| r.checkpoint.as_ref().map(Json)).collect::<Vec<_>>())
+        .bind(runs().map(|r| r.attempt).collect::<Vec<_>>())
+        .bind(runs().map(|r| r.max_attempts).collect::<Vec<_>>())
+        .bind(runs().map(|r| r.retry_of).collect::<Vec<_>>())
+        .bind(opt(|r| r.lease_owner.as_deref()))
+        .bind(at(|r| r.lease_expires_at))
+        .bind(at(|r| r.heartbeat_at))
+        .bind(at(|r| r.cancel_requested_at))
+        .bind(runs().map(|r| r.queued_at).collect::<Vec<_>>())
+        .bind(at(|r| r.repushed_at))
+        .bind(runs().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(at(|r| r.started_at))
+        .bind(at(|r| r.completed_at))
+        .bind(runs().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(runs().map(|r| r.id).collect::<Vec<_>>())
+        .bind(audits().map(|a| a.at).collect::<Vec<_>>())
+        .bind(audits().map(|a| a.actor.kind.as_str()).collect::<Vec<_>>())
+        .bind(audits().map(|a| a.actor.id.as_str()).collect::<Vec<_>>())
+        .bind(audits().map(|a| a.action.as_str()).collect::<Vec<_>>())
+        .bind(audits().map(|a| a.from_status.map(|s| s.as_str())).collect::<Vec<_>>())
+        .bind(audits().map(|a| a.reason_code.as_deref()).collect::<Vec<_>>())
+        .bind(audits().map(|a| Json(&a.details)).collect::<Vec<_>>());
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter().map(run_from_row).collect()
+}
+
 impl_run_store!(PgRunStore, sqlx::Postgres, sqlx::postgres::PgRow, "postgres", MIGRATOR);
 impl_access_store!(PgRunStore, sqlx::Postgres);

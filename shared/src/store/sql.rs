@@ -78,6 +78,49 @@ macro_rules! write_audited_in_two_statements {
 
 pub(super) use write_audited_in_two_statements;
 
+/// New runs and their audit rows as two statements, for SQLite: the
+/// multi-row `INSERT … RETURNING` (a run whose dedup key an active run holds
+/// is left out), then each written run's audit row, filled in from it.
+/// Returns the runs written. Postgres does both in one statement: see
+/// `store::postgres`.
+macro_rules! insert_runs_in_two_statements {
+    ($db:ty) => {
+        async fn insert_new_runs(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            chunk: &[(crate::run::OperationRun, crate::audit::AuditEntry)],
+        ) -> Result<Vec<crate::run::OperationRun>, crate::store::StoreError> {
+            use crate::store::sql::{ACTIVE, RUN_COLUMNS};
+            // 31 binds a row: at most 1,000 rows a statement.
+            let mut q = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES "));
+            for (i, (run, _)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(");
+                let mut b = q.separated(", ");
+                push_run(&mut b, run);
+                b.push_unseparated(")");
+            }
+            q.push(format!(" ON CONFLICT (dedup_key) WHERE {ACTIVE} DO NOTHING RETURNING *"));
+            let audit_of: std::collections::HashMap<uuid::Uuid, &crate::audit::AuditEntry> =
+                chunk.iter().map(|(r, a)| (r.id, a)).collect();
+            let mut written = Vec::with_capacity(chunk.len());
+            let mut entries = Vec::with_capacity(chunk.len());
+            for row in q.build().fetch_all(&mut *conn).await? {
+                let run = run_from_row(&row)?;
+                if let Some(a) = audit_of.get(&run.id) {
+                    entries.push(a.for_run(&run));
+                }
+                written.push(run);
+            }
+            insert_audit(&mut *conn, &entries).await?;
+            Ok(written)
+        }
+    };
+}
+
+pub(super) use insert_runs_in_two_statements;
+
 /// Every column of `operation_runs`, in insert order.
 pub(super) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_id, target_type, target_id, \
     actor_kind, actor_id, source_surface, context, params, dedup_key, status, outcome, reason_code, \
@@ -519,31 +562,11 @@ macro_rules! impl_run_store {
                 }
                 let mut tx = self.begin_write().await?;
                 let mut written = std::collections::HashMap::with_capacity(runs.len());
-                let mut entries = Vec::with_capacity(runs.len());
-                let audit_of: std::collections::HashMap<Uuid, &AuditEntry> =
-                    runs.iter().map(|(r, a)| (r.id, a)).collect();
-                // 31 binds a row: 1,000 rows stay under both backends' bind limits.
                 for chunk in runs.chunks(1000) {
-                    let mut q = QueryBuilder::<$db>::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES "));
-                    for (i, (run, _)) in chunk.iter().enumerate() {
-                        if i > 0 {
-                            q.push(", ");
-                        }
-                        q.push("(");
-                        let mut b = q.separated(", ");
-                        push_run(&mut b, run);
-                        b.push_unseparated(")");
-                    }
-                    q.push(format!(" ON CONFLICT (dedup_key) WHERE {ACTIVE} DO NOTHING RETURNING *"));
-                    for row in q.build().fetch_all(&mut *tx).await? {
-                        let run = run_from_row(&row)?;
-                        if let Some(a) = audit_of.get(&run.id) {
-                            entries.push(if a.run_id.is_none() { a.for_run(&run) } else { (*a).clone() });
-                        }
+                    for run in insert_new_runs(&mut tx, chunk).await? {
                         written.insert(run.id, run);
                     }
                 }
-                insert_audit(&mut tx, &entries).await?;
                 tx.commit().await?;
                 let mut out = Vec::with_capacity(runs.len());
                 for (run, audit) in runs {

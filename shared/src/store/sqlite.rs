@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::store::access_sql::impl_access_store;
 use crate::store::sql::{
-    const_format_active_by_key, impl_run_store, push_ids_as_list, stale_page_plan_as_is,
+    const_format_active_by_key, impl_run_store, insert_runs_in_two_statements, push_ids_as_list, stale_page_plan_as_is,
     write_audited_in_two_statements,
 };
 
@@ -93,5 +93,6 @@ fn wait_briefly_when_busy(db: std::ptr::NonNull<libsqlite3_sys::sqlite3>) -> Res
 push_ids_as_list!(sqlx::Sqlite);
 stale_page_plan_as_is!(sqlx::Sqlite);
 write_audited_in_two_statements!(sqlx::Sqlite, sqlx::sqlite::SqliteRow);
+insert_runs_in_two_statements!(sqlx::Sqlite);
 impl_run_store!(SqliteRunStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "sqlite", MIGRATOR);
 impl_access_store!(SqliteRunStore, sqlx::Sqlite);
