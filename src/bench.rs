@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use oprun_scheduler::{DispatchOutcome, Dispatcher};
 use oprun_shared::{
-    AccessFile, Catalog, Completion, DispatchRequest, Initiator, JobQueue, OperationRunService, RunFilter, RunOutcome,
-    Scope, ServiceConfig, SourceSurface, SummaryCounts, SystemClock,
+    AccessFile, Catalog, Claim, Completion, DispatchRequest, Finish, Initiator, JobQueue, OperationRunService,
+    RunFilter, RunOutcome, Scope, ServiceConfig, SourceSurface, SummaryCounts, SystemClock,
 };
 use oprun_worker::queue::{JobHandler, Queue, WorkerOptions, run_worker};
 use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
@@ -114,6 +114,7 @@ pub struct BenchArgs {
     pub rate: Option<u64>,
     pub stale: Option<u64>,
     pub baseline: bool,
+    pub truth_only: bool,
     pub json: bool,
 }
 
@@ -128,6 +129,9 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         return Err(CliError::Usage(
             "--runs, --concurrency, --dispatchers, --batch, --rate and --stale must be at least 1".into(),
         ));
+    }
+    if args.truth_only && (args.baseline || args.rate.is_some() || args.stale.is_some()) {
+        return Err(CliError::Usage("--truth-only cannot be combined with --baseline, --rate or --stale".into()));
     }
     let app = App::open(path).await?;
     // A scratch store only: the bench replaces the access tables.
@@ -145,6 +149,9 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
     let service =
         OperationRunService::new(app.db.runs.clone(), catalog.clone(), Arc::new(SystemClock), ServiceConfig::default());
     let authorizer = oprun_shared::Authorizer::new(app.db.access.clone(), catalog.clone());
+    if args.truth_only {
+        return bench_truth_only(&app, &service, &authorizer, &args).await;
+    }
     let queue = app.queue().await?;
     if let Some(stale) = args.stale {
         return bench_reconcile(&app, &service, catalog, stale, args.json).await;
@@ -190,16 +197,7 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
                 if let Some(pace) = &pace {
                     pace.wait(from).await;
                 }
-                let reqs: Vec<DispatchRequest> = (0..count)
-                    .map(|_| DispatchRequest {
-                        operation: "bench.noop".into(),
-                        scope: Scope { workspace_id: "bench".into(), ..Scope::default() },
-                        initiator: Initiator::service("bench-actor"),
-                        source: SourceSurface::Cli,
-                        context: json!({}),
-                        params: json!({}),
-                    })
-                    .collect();
+                let reqs: Vec<DispatchRequest> = (0..count).map(|_| bench_request()).collect();
                 for r in d.dispatch_many(reqs).await.map_err(|e| e.to_string())? {
                     match r {
                         Ok(DispatchOutcome::Dispatched { .. }) => {}
@@ -229,31 +227,7 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
     let _ = stop_tx.send(true);
     let _ = worker.await;
     // Check the truth: exactly N runs, all succeeded, each executed once.
-    let mut queue_lat = Vec::with_capacity(n as usize);
-    let mut e2e = Vec::with_capacity(n as usize);
-    let mut seen = 0u64;
-    let mut succeeded = 0u64;
-    let mut before = None;
-    loop {
-        let page = service
-            .list(&RunFilter { workspace_id: Some("bench".into()), before, limit: 1000, ..RunFilter::default() })
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.id);
-        for r in &page {
-            seen += 1;
-            if r.outcome == RunOutcome::Succeeded && r.attempt == 1 {
-                succeeded += 1;
-            }
-            if let (Some(s), Some(c)) = (r.started_at, r.completed_at) {
-                queue_lat.push((s - r.queued_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-                e2e.push((c - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-            }
-        }
-    }
-    queue_lat.sort_by(f64::total_cmp);
-    e2e.sort_by(f64::total_cmp);
+    let Checked { seen, succeeded, queue_lat, e2e } = check_runs(&service).await?;
     let executions = noop.calls.load(Ordering::Relaxed);
     let rate = n as f64 / elapsed.as_secs_f64();
     let mut report = json!({
@@ -278,17 +252,158 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         report["baseline_jobs_per_second"] = json!(base);
         report["truth_cost_ratio"] = json!(base / rate);
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    }
+    print_report(&report, args.json);
     if !ok {
         return Err(CliError::Runtime(format!(
             "check failed: {seen} runs in the store, {succeeded} succeeded on the first attempt, {executions} executions (want {n} each)"
         )));
     }
     Ok(())
+}
+
+/// What the store says of the bench's runs afterwards.
+struct Checked {
+    seen: u64,
+    succeeded: u64,
+    /// Dispatch → claim, ms, sorted.
+    queue_lat: Vec<f64>,
+    /// Created → completed, ms, sorted.
+    e2e: Vec<f64>,
+}
+
+/// Read back every run of workspace `bench`: how many, how many succeeded
+/// on their first attempt, and their latencies.
+async fn check_runs(service: &OperationRunService) -> CliResult<Checked> {
+    let mut queue_lat = Vec::new();
+    let mut e2e = Vec::new();
+    let mut seen = 0u64;
+    let mut succeeded = 0u64;
+    let mut before = None;
+    loop {
+        let page = service
+            .list(&RunFilter { workspace_id: Some("bench".into()), before, limit: 1000, ..RunFilter::default() })
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        for r in &page {
+            seen += 1;
+            if r.outcome == RunOutcome::Succeeded && r.attempt == 1 {
+                succeeded += 1;
+            }
+            if let (Some(s), Some(c)) = (r.started_at, r.completed_at) {
+                queue_lat.push((s - r.queued_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                e2e.push((c - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            }
+        }
+    }
+    queue_lat.sort_by(f64::total_cmp);
+    e2e.sort_by(f64::total_cmp);
+    Ok(Checked { seen, succeeded, queue_lat, e2e })
+}
+
+fn bench_request() -> DispatchRequest {
+    DispatchRequest {
+        operation: "bench.noop".into(),
+        scope: Scope { workspace_id: "bench".into(), ..Scope::default() },
+        initiator: Initiator::service("bench-actor"),
+        source: SourceSurface::Cli,
+        context: json!({}),
+        params: json!({}),
+    }
+}
+
+/// `--truth-only`: the same N runs through the run truth alone, with no
+/// queue and no worker. Each of `--dispatchers` tasks takes `--batch` runs
+/// at a time: authorizes the dispatch (one decision for the batch, as the
+/// dispatcher shares it), dispatches them in one transaction, claims them in
+/// one write, reauthorizes (one decision, as the claim batcher shares it)
+/// and finishes them succeeded in one write. Batches this big are the most
+/// the worker's batchers ever take, so this rate is the ceiling the truth's
+/// own writes set on `bench` on this store and machine.
+async fn bench_truth_only(
+    app: &App,
+    service: &OperationRunService,
+    authorizer: &oprun_shared::Authorizer,
+    args: &BenchArgs,
+) -> CliResult<()> {
+    let n = args.runs;
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.dispatchers {
+        let (service, authorizer, next, batch) = (service.clone(), authorizer.clone(), next.clone(), args.batch);
+        tasks.spawn(async move {
+            let fail = |what: &str, e: String| format!("{what}: {e}");
+            loop {
+                let from = next.fetch_add(batch, Ordering::Relaxed);
+                if from >= n {
+                    return Ok::<(), String>(());
+                }
+                let reqs: Vec<DispatchRequest> = (0..batch.min(n - from)).map(|_| bench_request()).collect();
+                let first = &reqs[0];
+                let allowed = authorizer
+                    .authorize_dispatch(&first.initiator.id, &first.operation, &first.scope)
+                    .await
+                    .map_err(|e| fail("authorize dispatch", e.to_string()))?;
+                if !allowed.is_allowed() {
+                    return Err(format!("dispatch refused: {allowed}"));
+                }
+                let mut ids = Vec::with_capacity(reqs.len());
+                for r in service.dispatch_many(&reqs).await.map_err(|e| fail("dispatch", e.to_string()))? {
+                    ids.push(r.map_err(|e| fail("dispatch", e.to_string()))?.run.id);
+                }
+                let claims =
+                    service.claim_batch(&ids, "bench-truth").await.map_err(|e| fail("claim", e.to_string()))?;
+                let Some(Claim::Claimed(run)) = claims.first() else {
+                    return Err(format!("claim refused: {:?}", claims.first()));
+                };
+                let decision = authorizer.reauthorize(run).await.map_err(|e| fail("reauthorize", e.to_string()))?;
+                if !decision.is_allowed() {
+                    return Err(format!("reauthorization refused: {decision}"));
+                }
+                if let Some(other) = claims.iter().find(|c| !matches!(c, Claim::Claimed(_))) {
+                    return Err(format!("claim refused: {other:?}"));
+                }
+                let done = Finish::Complete(Completion::succeeded(SummaryCounts::new()));
+                let items: Vec<(uuid::Uuid, Finish)> = ids.iter().map(|id| (*id, done.clone())).collect();
+                for r in service.finish_batch("bench-truth", &items).await.map_err(|e| fail("finish", e.to_string()))? {
+                    r.map_err(|e| fail("finish", e.to_string()))?;
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| CliError::Runtime(e.to_string()))?.map_err(CliError::Runtime)?;
+    }
+    let elapsed = started.elapsed();
+    let Checked { seen, succeeded, .. } = check_runs(service).await?;
+    let report = json!({
+        "mode": "truth_only",
+        "store": app.db.runs.backend(),
+        "runs": n,
+        "dispatchers": args.dispatchers,
+        "batch": args.batch,
+        "seconds": elapsed.as_secs_f64(),
+        "runs_per_second": n as f64 / elapsed.as_secs_f64(),
+        "peak_rss_mib": peak_rss_mib(),
+        "check": {"runs_in_store": seen, "succeeded_first_attempt": succeeded},
+    });
+    print_report(&report, args.json);
+    if seen != n || succeeded != n {
+        return Err(CliError::Runtime(format!(
+            "check failed: {seen} runs in the store, {succeeded} succeeded on the first attempt (want {n} each)"
+        )));
+    }
+    Ok(())
+}
+
+fn print_report(report: &Value, json_out: bool) {
+    if json_out {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+    } else {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+    }
 }
 
 /// Releases run `i` at `started + i / rate`.
@@ -419,11 +534,7 @@ async fn bench_reconcile(
         "runs_reconciled_per_second": n as f64 / secs,
         "check": {"requeued": requeued, "queued_on_attempt_2": queued, "jobs_pushed": depth, "lost_races": report.lost_races},
     });
-    if json_out {
-        println!("{}", serde_json::to_string(&report_json).unwrap_or_default());
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report_json).unwrap_or_default());
-    }
+    print_report(&report_json, json_out);
     if requeued != n || queued != n || depth != Some(n) {
         return Err(rt(format!(
             "check failed: {requeued} requeued, {queued} queued on attempt 2, {depth:?} jobs pushed (want {n} each)"

@@ -54,6 +54,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
                 rate: b.rate,
                 stale: b.stale,
                 baseline: b.baseline,
+                truth_only: b.truth_only,
                 json: b.json,
             };
             crate::bench::bench(path, args).await

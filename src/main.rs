@@ -79,6 +79,11 @@ struct BenchCli {
     /// Also push N bare apalis jobs on the same queue and print the ratio.
     #[arg(long)]
     baseline: bool,
+    /// Instead: the same N runs through the run truth alone (dispatch,
+    /// claim, reauthorize, finish in batches of --batch, --dispatchers at
+    /// once), with no queue and no worker: the ceiling the truth sets.
+    #[arg(long)]
+    truth_only: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
