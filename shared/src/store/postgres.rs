@@ -125,7 +125,7 @@ async fn insert_new_runs(
         "$16::jsonb[], $17::jsonb[], $18::jsonb[], $19::int4[], $20::int4[], $21::uuid[], $22::text[], ",
         "$23::timestamptz[], $24::timestamptz[], $25::timestamptz[], $26::timestamptz[], $27::timestamptz[], ",
         "$28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[]) ",
-        "ON CONFLICT (dedup_key) WHERE ", ACTIVE, " DO NOTHING RETURNING *), ",
+        "ON CONFLICT (dedup_key) WHERE ", ACTIVE_KEYED, " DO NOTHING RETURNING *), ",
         "a AS (INSERT INTO audit_events (", AUDIT_COLUMNS, ") ",
         "SELECT e.at, e.actor_kind, e.actor_id, e.action, w.id, w.workspace_id, w.environment_id, ",
         "e.from_status, w.status, w.outcome, COALESCE(e.reason_code, w.reason_code), e.details ",

@@ -89,7 +89,7 @@ macro_rules! insert_runs_in_two_statements {
             conn: &mut <$db as sqlx::Database>::Connection,
             chunk: &[(crate::run::OperationRun, crate::audit::AuditEntry)],
         ) -> Result<Vec<crate::run::OperationRun>, crate::store::StoreError> {
-            use crate::store::sql::{ACTIVE, RUN_COLUMNS};
+            use crate::store::sql::{ACTIVE_KEYED, RUN_COLUMNS};
             // 31 binds a row: at most 1,000 rows a statement.
             let mut q = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES "));
             for (i, (run, _)) in chunk.iter().enumerate() {
@@ -101,7 +101,7 @@ macro_rules! insert_runs_in_two_statements {
                 push_run(&mut b, run);
                 b.push_unseparated(")");
             }
-            q.push(format!(" ON CONFLICT (dedup_key) WHERE {ACTIVE} DO NOTHING RETURNING *"));
+            q.push(format!(" ON CONFLICT (dedup_key) WHERE {ACTIVE_KEYED} DO NOTHING RETURNING *"));
             let audit_of: std::collections::HashMap<uuid::Uuid, &crate::audit::AuditEntry> =
                 chunk.iter().map(|(r, a)| (r.id, a)).collect();
             let mut written = Vec::with_capacity(chunk.len());
@@ -138,7 +138,9 @@ pub(super) const BRIEF_COLUMNS: &str = "id, attempt, workspace_id, environment_i
 pub(super) const STALE_COLUMNS: &str =
     "id, operation, workspace_id, attempt, max_attempts, cancel_requested_at, lease_expires_at, queued_at, repushed_at";
 
-pub(super) const ACTIVE: &str = "status IN ('queued', 'running')";
+/// The predicate of the one-active-run-per-dedup-key index (migration 0005),
+/// which an upsert's `ON CONFLICT (dedup_key) WHERE …` must name.
+pub(super) const ACTIVE_KEYED: &str = "dedup_key IS NOT NULL AND status IN ('queued', 'running')";
 
 macro_rules! impl_run_store {
     ($store:ident, $db:ty, $row:ty, $backend:literal, $migrator:expr) => {
@@ -150,7 +152,7 @@ macro_rules! impl_run_store {
         use crate::audit::{AuditEntry, AuditEvent};
         use crate::counts::SummaryCounts;
         use crate::run::{Initiator, OperationRun};
-        use crate::store::sql::{ACTIVE, AUDIT_COLUMNS, BRIEF_COLUMNS, RUN_COLUMNS, STALE_COLUMNS};
+        use crate::store::sql::{ACTIVE_KEYED, AUDIT_COLUMNS, BRIEF_COLUMNS, RUN_COLUMNS, STALE_COLUMNS};
         use crate::store::{
             Change, Guard, Inserted, MAX_PAGE, RunFilter, RunStore, StaleQuery, StaleRun, StoreError, Update, Written,
         };
@@ -466,7 +468,9 @@ macro_rules! impl_run_store {
                         QueryBuilder::<$db>::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES ("));
                     let mut b = q.separated(", ");
                     push_run(&mut b, run);
-                    b.push_unseparated(format!(") ON CONFLICT (dedup_key) WHERE {ACTIVE} DO NOTHING RETURNING *"));
+                    b.push_unseparated(format!(
+                        ") ON CONFLICT (dedup_key) WHERE {ACTIVE_KEYED} DO NOTHING RETURNING *"
+                    ));
                     let row = q.build().fetch_optional(&mut *tx).await?;
                     if let Some(row) = row {
                         let written = run_from_row(&row)?;
