@@ -106,6 +106,84 @@ async fn a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap(stack: St
     assert_eq!(second[0].run_ids, first[0].run_ids, "the tick names the active run it deferred to");
 }
 
+/// The schedule and the reconciler run side by side: a reconcile pass that
+/// waits (here on a row lock another transaction holds on a stale run) does
+/// not hold the ticks back. On one loop taking turns, the schedule stopped
+/// until the reconcile pass ended, and its ticks were then missed.
+/// Postgres only: on SQLite a held write lock stops every writer, the
+/// tick's dispatch included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back() {
+    let e = Env::new(Stack::PostgresRedis).await;
+    // A run claimed an hour ago by a worker that died: stale.
+    let past = Arc::new(ManualClock::new(Utc::now() - chrono::Duration::hours(1)));
+    let dead = Env::service_with(e.db.store.clone(), past.clone());
+    let req = oprun_shared::DispatchRequest {
+        operation: "test.count".into(),
+        scope: oprun_shared::Scope {
+            workspace_id: "contoso".into(),
+            environment_id: Some("contoso-prod".into()),
+            ..Default::default()
+        },
+        initiator: oprun_shared::Initiator::service("svc-scheduler"),
+        source: oprun_shared::SourceSurface::Cli,
+        context: serde_json::json!({}),
+        params: serde_json::json!({}),
+    };
+    let stale = dead.dispatch(req).await.unwrap().run.id;
+    dead.claim(stale, "dead-worker").await.unwrap();
+    // Another transaction holds the stale run's row: the reconciler's write waits.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&e.db.url).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM operation_runs WHERE id = $1 FOR UPDATE")
+        .bind(stale)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let s = ScheduleSpec { name: "every-second".into(), cron: "* * * * * *".into(), ..spec("overlap = \"allow\"") };
+    let db = oprun_shared::store::open(&e.db.url, 8).await.unwrap();
+    let sched = Scheduler::new(
+        std::slice::from_ref(&s),
+        e.dispatcher.clone(),
+        db.access.clone(),
+        Arc::new(oprun_shared::SystemClock),
+        "side-by-side",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let loops = tokio::spawn(oprun_scheduler::run_loops(
+        Some(sched),
+        e.dispatcher.clone(),
+        oprun_shared::Initiator::service("svc-reconciler"),
+        Duration::from_millis(100),
+        Duration::from_millis(100),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let ticks = e.db.access.ticks("every-second", 100).await.unwrap();
+    let decisions: Vec<TickDecision> = ticks.iter().map(|t| t.decision).collect();
+    assert!(
+        decisions.len() >= 3 && decisions.iter().all(|d| *d == TickDecision::Fired),
+        "ticks fired while the reconcile pass waited: {decisions:?}"
+    );
+    let still = e.service.get(stale).await.unwrap();
+    assert_eq!(still.status, oprun_shared::RunStatus::Running, "the reconcile pass is still waiting");
+
+    // Released: the waiting pass requeues the run, and the loops stop when asked.
+    holder.rollback().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.service.get(stale).await.unwrap().status != oprun_shared::RunStatus::Queued {
+        assert!(std::time::Instant::now() < deadline, "the reconciler did not requeue the stale run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), loops).await.expect("the loops stop").unwrap();
+}
+
 both_stacks!(
     two_schedulers_fire_every_tick_exactly_once,
     a_restart_after_missed_ticks_follows_the_misfire_policy,

@@ -18,7 +18,11 @@ use oprun_shared::{Initiator, ReconcileFilter};
 use tracing::warn;
 
 /// Run the scheduler (if any) every `tick` and the reconciler every
-/// `reconcile_every` until `shutdown` resolves.
+/// `reconcile_every` until `shutdown` resolves. The two loops run side by
+/// side: a long reconcile pass (a large backlog, a slow store) never holds
+/// a tick back past its on-time tolerance, where one loop taking turns used
+/// to record such a tick as `skipped_misfire`. A pass that has started
+/// finishes before its loop stops.
 pub async fn run_loops(
     scheduler: Option<Scheduler>,
     dispatcher: Dispatcher,
@@ -27,26 +31,43 @@ pub async fn run_loops(
     reconcile_every: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut ticks = tokio::time::interval(tick);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reconciles = tokio::time::interval(reconcile_every);
-    reconciles.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = ticks.tick(), if scheduler.is_some() => {
-                if let Some(s) = &scheduler
-                    && let Err(e) = s.run_once().await
-                {
-                    warn!(error = %e, "scheduler pass failed");
-                }
-            }
-            _ = reconciles.tick() => {
-                if let Err(e) = reconcile_and_push(&dispatcher, &reconciler_actor, &ReconcileFilter::default(), false).await {
-                    warn!(error = %e, "reconciler pass failed");
+    // Only ever changed once, to "stop" (`changed()` also ends when the
+    // sender is gone).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let mut stopped = stop_rx.clone();
+    let schedules = async move {
+        let Some(s) = scheduler else { return };
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = ticks.tick() => {
+                    if let Err(e) = s.run_once().await {
+                        warn!(error = %e, "scheduler pass failed");
+                    }
                 }
             }
         }
-    }
+    };
+    let mut stopped = stop_rx;
+    let reconciles = async move {
+        let mut every = tokio::time::interval(reconcile_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = every.tick() => {
+                    if let Err(e) = reconcile_and_push(&dispatcher, &reconciler_actor, &ReconcileFilter::default(), false).await {
+                        warn!(error = %e, "reconciler pass failed");
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(stop, schedules, reconciles);
 }
