@@ -197,7 +197,7 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
                 if let Some(pace) = &pace {
                     pace.wait(from).await;
                 }
-                let reqs: Vec<DispatchRequest> = (0..count).map(|_| bench_request()).collect();
+                let reqs: Vec<DispatchRequest> = (0..count).map(|_| bench_request("bench.noop", "bench")).collect();
                 for r in d.dispatch_many(reqs).await.map_err(|e| e.to_string())? {
                     match r {
                         Ok(DispatchOutcome::Dispatched { .. }) => {}
@@ -302,10 +302,11 @@ async fn check_runs(service: &OperationRunService) -> CliResult<Checked> {
     Ok(Checked { seen, succeeded, queue_lat, e2e })
 }
 
-fn bench_request() -> DispatchRequest {
+/// One bench run of `operation` in `workspace`, as the bench's service actor.
+fn bench_request(operation: &str, workspace: &str) -> DispatchRequest {
     DispatchRequest {
-        operation: "bench.noop".into(),
-        scope: Scope { workspace_id: "bench".into(), ..Scope::default() },
+        operation: operation.into(),
+        scope: Scope { workspace_id: workspace.into(), ..Scope::default() },
         initiator: Initiator::service("bench-actor"),
         source: SourceSurface::Cli,
         context: json!({}),
@@ -340,7 +341,8 @@ async fn bench_truth_only(
                 if from >= n {
                     return Ok::<(), String>(());
                 }
-                let reqs: Vec<DispatchRequest> = (0..batch.min(n - from)).map(|_| bench_request()).collect();
+                let reqs: Vec<DispatchRequest> =
+                    (0..batch.min(n - from)).map(|_| bench_request("bench.noop", "bench")).collect();
                 let first = &reqs[0];
                 let allowed = authorizer
                     .authorize_dispatch(&first.initiator.id, &first.operation, &first.scope)
@@ -483,16 +485,7 @@ async fn bench_reconcile(
     while left > 0 {
         let count = left.min(1000);
         left -= count;
-        let reqs: Vec<DispatchRequest> = (0..count)
-            .map(|_| DispatchRequest {
-                operation: "bench.stale".into(),
-                scope: Scope { workspace_id: "bench-stale".into(), ..Scope::default() },
-                initiator: Initiator::service("bench-actor"),
-                source: SourceSurface::Cli,
-                context: json!({}),
-                params: json!({}),
-            })
-            .collect();
+        let reqs: Vec<DispatchRequest> = (0..count).map(|_| bench_request("bench.stale", "bench-stale")).collect();
         let mut batch = Vec::with_capacity(count as usize);
         for r in dead.dispatch_many(&reqs).await.map_err(|e| rt(e.to_string()))? {
             batch.push(r.map_err(|e| rt(e.to_string()))?.run.id);

@@ -38,36 +38,40 @@ pub async fn run_loops(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let mut stopped = stop_rx.clone();
-    let schedules = async move {
-        let Some(s) = scheduler else { return };
-        let mut ticks = tokio::time::interval(tick);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stopped.changed() => return,
-                _ = ticks.tick() => {
-                    if let Err(e) = s.run_once().await {
-                        warn!(error = %e, "scheduler pass failed");
-                    }
+    let schedules_stopped = stop_rx.clone();
+    let schedules = async {
+        if let Some(s) = &scheduler {
+            every(tick, schedules_stopped, move || async move {
+                if let Err(e) = s.run_once().await {
+                    warn!(error = %e, "scheduler pass failed");
                 }
-            }
+            })
+            .await;
         }
     };
-    let mut stopped = stop_rx;
-    let reconciles = async move {
-        let mut every = tokio::time::interval(reconcile_every);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stopped.changed() => return,
-                _ = every.tick() => {
-                    if let Err(e) = reconcile_and_push(&dispatcher, &reconciler_actor, &ReconcileFilter::default(), false).await {
-                        warn!(error = %e, "reconciler pass failed");
-                    }
-                }
-            }
+    let (dispatcher, actor) = (&dispatcher, &reconciler_actor);
+    let reconciles = every(reconcile_every, stop_rx, move || async move {
+        if let Err(e) = reconcile_and_push(dispatcher, actor, &ReconcileFilter::default(), false).await {
+            warn!(error = %e, "reconciler pass failed");
         }
-    };
+    });
     tokio::join!(stop, schedules, reconciles);
+}
+
+/// Run `pass` every `period` (the first at once; a late pass delays the
+/// next rather than bunching them) until `stopped` changes. A pass that has
+/// started finishes first.
+async fn every<F, Fut>(period: Duration, mut stopped: tokio::sync::watch::Receiver<bool>, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = ticks.tick() => pass().await,
+        }
+    }
 }
