@@ -357,15 +357,16 @@ async fn bench_truth_only(
                 }
                 let claims =
                     service.claim_batch(&ids, "bench-truth").await.map_err(|e| fail("claim", e.to_string()))?;
+                if let Some(other) = claims.iter().find(|c| !matches!(c, Claim::Claimed(_))) {
+                    return Err(format!("claim refused: {other:?}"));
+                }
+                // Every run of the batch shares actor, operation and scope: one decision.
                 let Some(Claim::Claimed(run)) = claims.first() else {
-                    return Err(format!("claim refused: {:?}", claims.first()));
+                    return Err("claim returned nothing".into());
                 };
                 let decision = authorizer.reauthorize(run).await.map_err(|e| fail("reauthorize", e.to_string()))?;
                 if !decision.is_allowed() {
                     return Err(format!("reauthorization refused: {decision}"));
-                }
-                if let Some(other) = claims.iter().find(|c| !matches!(c, Claim::Claimed(_))) {
-                    return Err(format!("claim refused: {other:?}"));
                 }
                 let done = Finish::Complete(Completion::succeeded(SummaryCounts::new()));
                 let items: Vec<(uuid::Uuid, Finish)> = ids.iter().map(|id| (*id, done.clone())).collect();

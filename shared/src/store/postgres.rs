@@ -98,9 +98,9 @@ async fn write_audited(
 }
 
 /// New runs and their audit rows in one statement: the runs come in as one
-/// array per column (`unnest`, 31 binds whatever the batch size, where a
-/// `VALUES` list binds 31 per run and is a new statement text for every
-/// size), the `INSERT` skips a run whose dedup key an active run holds, and
+/// array per column (`unnest`: 31 binds for the runs and 7 for their audit
+/// entries whatever the batch size, where a `VALUES` list binds 31 per run
+/// and is a new statement text for every size), the `INSERT` skips a run whose dedup key an active run holds, and
 /// each written run's audit row is filled in from it inside the database
 /// (id, scope, status, outcome, and its reason unless the entry names one,
 /// as `AuditEntry::for_run` does). Returns the runs written.
@@ -116,26 +116,32 @@ async fn insert_new_runs(
     let at = |f: fn(&crate::run::OperationRun) -> Option<chrono::DateTime<chrono::Utc>>| {
         runs().map(f).collect::<Vec<Option<chrono::DateTime<chrono::Utc>>>>()
     };
-    static SQL: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| {
-            [
-        "WITH w AS (INSERT INTO operation_runs (", RUN_COLUMNS, ") SELECT * FROM unnest(",
-        "$1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], ",
-        "$9::text[], $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::text[], ",
-        "$16::jsonb[], $17::jsonb[], $18::jsonb[], $19::int4[], $20::int4[], $21::uuid[], $22::text[], ",
-        "$23::timestamptz[], $24::timestamptz[], $25::timestamptz[], $26::timestamptz[], $27::timestamptz[], ",
-        "$28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[]) ",
-        "ON CONFLICT (dedup_key) WHERE ", ACTIVE_KEYED, " DO NOTHING RETURNING *), ",
-        "a AS (INSERT INTO audit_events (", AUDIT_COLUMNS, ") ",
-        "SELECT e.at, e.actor_kind, e.actor_id, e.action, w.id, w.workspace_id, w.environment_id, ",
-        "e.from_status, w.status, w.outcome, COALESCE(e.reason_code, w.reason_code), e.details ",
-        "FROM w JOIN unnest($32::uuid[], $33::timestamptz[], $34::text[], $35::text[], $36::text[], ",
-        "$37::text[], $38::text[], $39::jsonb[]) ",
-        "AS e (run_id, at, actor_kind, actor_id, action, from_status, reason_code, details) ON e.run_id = w.id) ",
-        "SELECT * FROM w",
+    // The audit entries are in the runs' order: `$1` (the run ids) pairs them.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        [
+            "WITH w AS (INSERT INTO operation_runs (",
+            RUN_COLUMNS,
+            ") SELECT * FROM unnest(",
+            "$1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], ",
+            "$9::text[], $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::text[], ",
+            "$16::jsonb[], $17::jsonb[], $18::jsonb[], $19::int4[], $20::int4[], $21::uuid[], $22::text[], ",
+            "$23::timestamptz[], $24::timestamptz[], $25::timestamptz[], $26::timestamptz[], $27::timestamptz[], ",
+            "$28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[]) ",
+            "ON CONFLICT (dedup_key) WHERE ",
+            ACTIVE_KEYED,
+            " DO NOTHING RETURNING *), ",
+            "a AS (INSERT INTO audit_events (",
+            AUDIT_COLUMNS,
+            ") ",
+            "SELECT e.at, e.actor_kind, e.actor_id, e.action, w.id, w.workspace_id, w.environment_id, ",
+            "e.from_status, w.status, w.outcome, COALESCE(e.reason_code, w.reason_code), e.details ",
+            "FROM w JOIN unnest($1::uuid[], $32::timestamptz[], $33::text[], $34::text[], $35::text[], ",
+            "$36::text[], $37::text[], $38::jsonb[]) ",
+            "AS e (run_id, at, actor_kind, actor_id, action, from_status, reason_code, details) ON e.run_id = w.id) ",
+            "SELECT * FROM w",
         ]
         .concat()
-        });
+    });
     let q = sqlx::query(SQL.as_str())
         .bind(runs().map(|r| r.id).collect::<Vec<_>>())
         .bind(text(|r| &r.operation))
@@ -168,7 +174,6 @@ async fn insert_new_runs(
         .bind(at(|r| r.started_at))
         .bind(at(|r| r.completed_at))
         .bind(runs().map(|r| r.updated_at).collect::<Vec<_>>())
-        .bind(runs().map(|r| r.id).collect::<Vec<_>>())
         .bind(audits().map(|a| a.at).collect::<Vec<_>>())
         .bind(audits().map(|a| a.actor.kind.as_str()).collect::<Vec<_>>())
         .bind(audits().map(|a| a.actor.id.as_str()).collect::<Vec<_>>())
