@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use oprun_scheduler::{DispatchOutcome, Dispatcher};
 use oprun_shared::{
-    AccessFile, Catalog, Claim, Completion, DispatchRequest, Finish, Initiator, JobQueue, OperationRunService,
+    AccessFile, Catalog, Claim, Completion, DispatchRequest, Finish, Initiator, JobQueue, Lease, OperationRunService,
     RunFilter, RunOutcome, Scope, ServiceConfig, SourceSurface, SummaryCounts, SystemClock,
 };
 use oprun_worker::queue::{JobHandler, Queue, WorkerOptions, run_worker};
@@ -369,8 +369,13 @@ async fn bench_truth_only(
                     return Err(format!("reauthorization refused: {decision}"));
                 }
                 let done = Finish::Complete(Completion::succeeded(SummaryCounts::new()));
-                let items: Vec<(uuid::Uuid, Finish)> = ids.iter().map(|id| (*id, done.clone())).collect();
-                for r in service.finish_batch("bench-truth", &items).await.map_err(|e| fail("finish", e.to_string()))? {
+                let items: Vec<(Lease, Finish)> = (claims.iter())
+                    .filter_map(|c| match c {
+                        Claim::Claimed(run) => Lease::of(run).map(|lease| (lease, done.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                for r in service.finish_batch(&items).await.map_err(|e| fail("finish", e.to_string()))? {
                     r.map_err(|e| fail("finish", e.to_string()))?;
                 }
             }

@@ -370,7 +370,8 @@ async fn a_requeued_collection_whose_last_page_was_checkpointed_fetches_nothing_
     let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
     // What the first worker wrote before it died: a claim and one progress
     // write per page (the last with the `done` checkpoint), no completion.
-    e.service.claim(run.id, "dead-worker").await.unwrap();
+    let claimed = e.service.claim(run.id, "dead-worker").await.unwrap();
+    let lease = oprun_shared::Lease::of(&claimed).unwrap();
     let base = p.fix.base.lock().unwrap().clone();
     for page in 1..=3u32 {
         let mut counts = oprun_shared::SummaryCounts::new();
@@ -382,7 +383,7 @@ async fn a_requeued_collection_whose_last_page_was_checkpointed_fetches_nothing_
         } else {
             json!({ "next": null, "done": true })
         };
-        e.service.progress(run.id, "dead-worker", "test.collect", counts, Some(checkpoint)).await.unwrap();
+        e.service.progress(&lease, "test.collect", counts, Some(checkpoint)).await.unwrap();
     }
     let report = common::reconcile_later(&e, 20 + 10 + 1).await;
     assert_eq!(report.count(oprun_shared::ReconcileKind::Requeued), 1, "{report:?}");

@@ -21,7 +21,7 @@ mod viewer;
 
 pub use access::{AccessFile, AccessStore, Authorizer, Decision, TickDecision, TickRecord};
 pub use audit::{AuditEntry, AuditEvent};
-pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, ScopeKind};
+pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, ScopeKind, defaults as catalog_defaults};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counts::{COUNT_KEYS, CountsError, SummaryCounts};
 pub use guidance::{
@@ -33,8 +33,8 @@ pub use queue::{JobPayload, JobQueue, QueueError};
 pub use reason::{Envelope, NextStep, ReasonCode, Retryability, required_capability, translate};
 pub use run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
 pub use service::{
-    BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, LeaseState, OperationRunService,
-    ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
+    BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, Lease, LeaseState,
+    OperationRunService, ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
 pub use store::{Database, RunFilter, RunStore, StaleRun, StoreError, Update, Written};
 pub use view::{RunDetail, RunView, run_detail};

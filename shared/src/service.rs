@@ -174,13 +174,40 @@ pub enum Cancelled {
     Requested(OperationRun),
 }
 
+/// One attempt's hold on a run: the worker that claimed it and the attempt
+/// that claim started. Every write the attempt makes after its claim is
+/// fenced by both, so an attempt that was superseded (its lease expired, the
+/// run was requeued and claimed again, perhaps by the same process) is told
+/// `LeaseLost` and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The run.
+    pub run: Uuid,
+    /// The lease owner (one per worker process).
+    pub worker: String,
+    /// The attempt the claim started.
+    pub attempt: i32,
+}
+
+impl Lease {
+    /// The hold a claimed run carries (`None` for a run no one holds).
+    pub fn of(run: &OperationRun) -> Option<Self> {
+        let worker = run.lease_owner.clone()?;
+        Some(Self { run: run.id, worker, attempt: run.attempt })
+    }
+
+    fn guard(&self) -> Guard {
+        Guard::lease(&self.worker, self.attempt)
+    }
+}
+
 /// Where a block comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockFrom {
     /// A queued run, blocked before anyone claimed it.
     Queued,
-    /// A running run, blocked by its lease holder.
-    Lease(String),
+    /// A running run, blocked by the attempt that holds it.
+    Lease(Lease),
 }
 
 /// Narrows reconciliation.
@@ -563,7 +590,8 @@ impl OperationRunService {
             Ok(None) => TransitionError::NotFound(id).into(),
             Ok(Some(run)) => {
                 let lease_transition = guard.lease_owner.is_some();
-                let owner_differs = run.lease_owner != guard.lease_owner;
+                let owner_differs =
+                    run.lease_owner != guard.lease_owner || guard.attempt.is_some_and(|a| a != run.attempt);
                 // A lease holder that finds the run requeued or held by another
                 // worker has lost its lease; a completed run is simply closed.
                 if lease_transition
@@ -697,7 +725,7 @@ impl OperationRunService {
     /// The guarded write that completes a run.
     fn completion_write(
         &self,
-        worker: &str,
+        lease: &Lease,
         completion: &Completion,
         now: DateTime<Utc>,
     ) -> Result<(Guard, Change, AuditEntry), ServiceError> {
@@ -725,9 +753,9 @@ impl OperationRunService {
             completed_at: Some(now),
             ..Change::default()
         };
-        let mut audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Complete.action());
+        let mut audit = AuditEntry::new(now, Self::worker_actor(&lease.worker), Transition::Complete.action());
         audit.reason_code = reason;
-        Ok((Guard::lease(worker), change, audit))
+        Ok((lease.guard(), change, audit))
     }
 
     /// The guarded write that blocks a run.
@@ -739,7 +767,7 @@ impl OperationRunService {
     ) -> (Guard, Change, AuditEntry) {
         let (guard, actor) = match from {
             BlockFrom::Queued => (Guard::from(RunStatus::Queued), Initiator::service("oprun")),
-            BlockFrom::Lease(w) => (Guard::lease(w), Self::worker_actor(w)),
+            BlockFrom::Lease(lease) => (lease.guard(), Self::worker_actor(&lease.worker)),
         };
         let change = Change {
             status: Some(RunStatus::Completed),
@@ -760,26 +788,26 @@ impl OperationRunService {
         (guard, change, audit)
     }
 
-    /// Finish many runs `worker` holds in one transaction (group commit:
-    /// identical writes share one statement). Results are per item, in order;
-    /// the outer error is a store failure (nothing written).
-    #[instrument(name = "finish", skip_all, fields(runs = items.len(), worker = %worker), err)]
+    /// Finish many runs, each by the attempt that holds it, in one
+    /// transaction (group commit: identical writes share one statement).
+    /// Results are per item, in order; the outer error is a store failure
+    /// (nothing written).
+    #[instrument(name = "finish", skip_all, fields(runs = items.len()), err)]
     pub async fn finish_batch(
         &self,
-        worker: &str,
-        items: &[(Uuid, Finish)],
+        items: &[(Lease, Finish)],
     ) -> Result<Vec<Result<OperationRun, ServiceError>>, ServiceError> {
         let now = self.clock.now();
         let mut updates: Vec<Update> = Vec::new();
         let mut slot_of: Vec<Result<(usize, Transition), ServiceError>> = Vec::with_capacity(items.len());
-        for (id, finish) in items {
+        for (lease, finish) in items {
             let write = match finish {
-                Finish::Complete(c) => self.completion_write(worker, c, now).map(|w| (w, Transition::Complete)),
-                Finish::Block { reason, message } => Ok((
-                    Self::block_write(&BlockFrom::Lease(worker.to_string()), *reason, message, now),
-                    Transition::Block,
-                )),
+                Finish::Complete(c) => self.completion_write(lease, c, now).map(|w| (w, Transition::Complete)),
+                Finish::Block { reason, message } => {
+                    Ok((Self::block_write(&BlockFrom::Lease(lease.clone()), *reason, message, now), Transition::Block))
+                }
             };
+            let id = &lease.run;
             match write {
                 Err(e) => slot_of.push(Err(e)),
                 Ok(((guard, change, audit), transition)) => {
@@ -802,7 +830,8 @@ impl OperationRunService {
         let mut by_id: std::collections::HashMap<Uuid, OperationRun> =
             written.into_iter().flatten().map(|r| (r.id, r)).collect();
         let mut out = Vec::with_capacity(items.len());
-        for ((id, _), slot) in items.iter().zip(slot_of) {
+        for ((lease, _), slot) in items.iter().zip(slot_of) {
+            let id = &lease.run;
             out.push(match slot {
                 Err(e) => Err(e),
                 Ok((at, transition)) => match by_id.remove(id) {
@@ -814,19 +843,18 @@ impl OperationRunService {
         Ok(out)
     }
 
-    /// Renew the lease. Only the lease owner may.
-    #[instrument(skip_all, fields(run.id = %id), err)]
-    pub async fn heartbeat(&self, id: Uuid, worker: &str, operation: &str) -> Result<LeaseState, ServiceError> {
-        self.progress(id, worker, operation, SummaryCounts::new(), None).await
+    /// Renew the lease. Only the attempt that holds it may.
+    #[instrument(skip_all, fields(run.id = %lease.run), err)]
+    pub async fn heartbeat(&self, lease: &Lease, operation: &str) -> Result<LeaseState, ServiceError> {
+        self.progress(lease, operation, SummaryCounts::new(), None).await
     }
 
     /// Add counts and/or store a checkpoint, renewing the lease. Only the
-    /// lease owner may.
-    #[instrument(skip_all, fields(run.id = %id), err)]
+    /// attempt that holds the lease may.
+    #[instrument(skip_all, fields(run.id = %lease.run), err)]
     pub async fn progress(
         &self,
-        id: Uuid,
-        worker: &str,
+        lease: &Lease,
         operation: &str,
         counts: SummaryCounts,
         checkpoint: Option<Value>,
@@ -846,10 +874,10 @@ impl OperationRunService {
             checkpoint: checkpoint.clone().map(Some),
             ..Change::default()
         };
-        let guard = Guard::lease(worker);
+        let (id, guard) = (lease.run, lease.guard());
         // Heartbeats are not audited: they change nothing an operator acts on.
         let audit = (!heartbeat_only).then(|| {
-            AuditEntry::new(now, Self::worker_actor(worker), transition.action())
+            AuditEntry::new(now, Self::worker_actor(&lease.worker), transition.action())
                 .details(json!({ "counts_added": counts.to_json(), "checkpoint": checkpoint.is_some() }))
         });
         let run = match self.store.update_runs(&[id], &guard, &change, now, audit.as_ref()).await?.pop() {
@@ -862,12 +890,12 @@ impl OperationRunService {
         })
     }
 
-    /// Complete a running run. Only the lease owner may.
-    #[instrument(skip_all, fields(run.id = %id, outcome = %completion.outcome), err)]
-    pub async fn complete(&self, id: Uuid, worker: &str, completion: Completion) -> Result<OperationRun, ServiceError> {
+    /// Complete a running run. Only the attempt that holds the lease may.
+    #[instrument(skip_all, fields(run.id = %lease.run, outcome = %completion.outcome), err)]
+    pub async fn complete(&self, lease: &Lease, completion: Completion) -> Result<OperationRun, ServiceError> {
         let now = self.clock.now();
-        let (guard, change, audit) = self.completion_write(worker, &completion, now)?;
-        self.one(id, Transition::Complete, guard, change, audit).await
+        let (guard, change, audit) = self.completion_write(lease, &completion, now)?;
+        self.one(lease.run, Transition::Complete, guard, change, audit).await
     }
 
     /// Block a run (reauthorization said no): completed/blocked with an

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use oprun_shared::testing::{self, Backend, TestStore};
 use oprun_shared::{
-    BlockFrom, Cancelled, Claim, Completion, DispatchRequest, FailureEntry, Finish, Initiator, ManualClock,
+    BlockFrom, Cancelled, Claim, Completion, DispatchRequest, FailureEntry, Finish, Initiator, Lease, ManualClock,
     OperationRunService, ReasonCode, ReconcileFilter, ReconcileKind, RunFilter, RunOutcome, RunStatus, Scope,
     ServiceConfig, ServiceError, SourceSurface, SummaryCounts, TransitionError,
 };
@@ -52,6 +52,11 @@ fn counts(pairs: &[(&str, u64)]) -> SummaryCounts {
 
 fn oncall() -> Initiator {
     Initiator::user("oncall-1")
+}
+
+/// The hold `worker` has on run `id` on the attempt the run is on now.
+async fn lease(e: &Env, id: uuid::Uuid, worker: &str) -> Lease {
+    Lease { run: id, worker: worker.into(), attempt: e.svc.get(id).await.unwrap().attempt }
 }
 
 async fn actions(e: &Env, id: uuid::Uuid) -> Vec<String> {
@@ -130,7 +135,7 @@ async fn dispatch_after_the_active_run_completed_writes_a_new_run(b: Backend) {
     let e = env(b).await;
     let first = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run;
     e.svc.claim(first.id, "w1").await.unwrap();
-    e.svc.complete(first.id, "w1", Completion::succeeded(SummaryCounts::new())).await.unwrap();
+    e.svc.complete(&lease(&e, first.id, "w1").await, Completion::succeeded(SummaryCounts::new())).await.unwrap();
     let second = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap();
     assert!(!second.deduplicated);
     assert_ne!(second.run.id, first.id);
@@ -255,17 +260,21 @@ async fn heartbeat_and_progress_by_the_lease_owner_renew_the_lease_and_add_up_co
     let id = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run.id;
     e.svc.claim(id, "w1").await.unwrap();
     e.clock.advance(Duration::seconds(20));
-    let lease = e.svc.heartbeat(id, "w1", "inventory.sync").await.unwrap();
-    assert_eq!(lease.lease_expires_at, e.clock.now_for_test() + Duration::seconds(60));
-    assert!(!lease.cancel_requested);
+    let state = e.svc.heartbeat(&lease(&e, id, "w1").await, "inventory.sync").await.unwrap();
+    assert_eq!(state.lease_expires_at, e.clock.now_for_test() + Duration::seconds(60));
+    assert!(!state.cancel_requested);
     e.svc
-        .progress(id, "w1", "inventory.sync", counts(&[("total", 10), ("pages", 1)]), Some(json!({"next": "/p2"})))
+        .progress(
+            &lease(&e, id, "w1").await,
+            "inventory.sync",
+            counts(&[("total", 10), ("pages", 1)]),
+            Some(json!({"next": "/p2"})),
+        )
         .await
         .unwrap();
     e.svc
         .progress(
-            id,
-            "w1",
+            &lease(&e, id, "w1").await,
             "inventory.sync",
             counts(&[("total", 5), ("pages", 1), ("failed", 1)]),
             Some(json!({"next": "/p3"})),
@@ -279,7 +288,10 @@ async fn heartbeat_and_progress_by_the_lease_owner_renew_the_lease_and_add_up_co
     // Heartbeats are not audited; progress is.
     assert_eq!(actions(&e, id).await, vec!["run.dispatch", "run.claim", "run.progress", "run.progress"]);
     // A checkpoint with a secret-named key is refused.
-    let err = e.svc.progress(id, "w1", "inventory.sync", SummaryCounts::new(), Some(json!({"token": "x"}))).await;
+    let err = e
+        .svc
+        .progress(&lease(&e, id, "w1").await, "inventory.sync", SummaryCounts::new(), Some(json!({"token": "x"})))
+        .await;
     assert!(matches!(err, Err(ServiceError::InvalidInput(ref m)) if m.contains("token")), "{err:?}");
 }
 
@@ -294,12 +306,17 @@ async fn anyone_but_the_lease_owner_gets_lease_lost(b: Backend) {
         }
         other => panic!("expected LeaseLost, got {other:?}"),
     };
-    lost(e.svc.heartbeat(id, "w2", "inventory.sync").await.map(|_| ()));
-    lost(e.svc.progress(id, "w2", "inventory.sync", counts(&[("total", 1)]), None).await.map(|_| ()));
-    lost(e.svc.complete(id, "w2", Completion::succeeded(SummaryCounts::new())).await.map(|_| ()));
+    lost(e.svc.heartbeat(&lease(&e, id, "w2").await, "inventory.sync").await.map(|_| ()));
+    lost(e.svc.progress(&lease(&e, id, "w2").await, "inventory.sync", counts(&[("total", 1)]), None).await.map(|_| ()));
+    lost(e.svc.complete(&lease(&e, id, "w2").await, Completion::succeeded(SummaryCounts::new())).await.map(|_| ()));
     lost(
         e.svc
-            .block(id, BlockFrom::Lease("w2".into()), oprun_shared::ReasonCode::ExecutionActorDisabled, "x")
+            .block(
+                id,
+                BlockFrom::Lease(lease(&e, id, "w2").await),
+                oprun_shared::ReasonCode::ExecutionActorDisabled,
+                "x",
+            )
             .await
             .map(|_| ()),
     );
@@ -316,11 +333,57 @@ async fn a_worker_whose_run_was_requeued_has_lost_its_lease(b: Backend) {
     e.clock.advance(Duration::seconds(600));
     let report = e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap();
     assert_eq!(report.count(ReconcileKind::Requeued), 1);
-    let err = e.svc.complete(id, "w1", Completion::succeeded(SummaryCounts::new())).await.unwrap_err();
+    let err =
+        e.svc.complete(&lease(&e, id, "w1").await, Completion::succeeded(SummaryCounts::new())).await.unwrap_err();
     assert!(
         matches!(err, ServiceError::Transition(TransitionError::LeaseLost { ref holder, status: RunStatus::Queued, .. }) if holder == "nobody"),
         "{err}"
     );
+}
+
+/// A lease fences the attempt, not only the process: the same worker
+/// claims the run again after a requeue, and the superseded attempt's
+/// heartbeat, progress, checkpoint, completion and block are all refused
+/// while the new attempt's writes go through.
+async fn a_superseded_attempt_of_the_same_worker_writes_nothing(b: Backend) {
+    let e = env(b).await;
+    let id = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run.id;
+    let first = Lease::of(&e.svc.claim(id, "w1").await.unwrap()).unwrap();
+    assert_eq!((first.worker.as_str(), first.attempt), ("w1", 1));
+    e.clock.advance(Duration::seconds(600));
+    let report = e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap();
+    assert_eq!(report.count(ReconcileKind::Requeued), 1);
+    let second = Lease::of(&e.svc.claim(id, "w1").await.unwrap()).unwrap();
+    assert_eq!((second.worker.as_str(), second.attempt), ("w1", 2));
+    let lost = |what: &str, r: Result<(), ServiceError>| match r {
+        Err(ServiceError::Transition(TransitionError::LeaseLost { holder, status, .. })) => {
+            assert_eq!((holder.as_str(), status), ("w1", RunStatus::Running), "{what}");
+        }
+        other => panic!("{what}: expected LeaseLost, got {other:?}"),
+    };
+    lost("heartbeat", e.svc.heartbeat(&first, "inventory.sync").await.map(|_| ()));
+    lost("progress", e.svc.progress(&first, "inventory.sync", counts(&[("total", 7)]), None).await.map(|_| ()));
+    lost(
+        "checkpoint",
+        e.svc.progress(&first, "inventory.sync", counts(&[]), Some(json!({"next": "/stale"}))).await.map(|_| ()),
+    );
+    lost("complete", e.svc.complete(&first, Completion::succeeded(counts(&[("total", 1)]))).await.map(|_| ()));
+    let finish = [(first.clone(), Finish::Complete(Completion::succeeded(counts(&[]))))];
+    lost("finish_batch", e.svc.finish_batch(&finish).await.unwrap().pop().unwrap().map(|_| ()));
+    lost(
+        "block",
+        (e.svc.block(id, BlockFrom::Lease(first.clone()), ReasonCode::ExecutionActorDisabled, "stale").await)
+            .map(|_| ()),
+    );
+    let run = e.svc.get(id).await.unwrap();
+    assert_eq!((run.status, run.attempt), (RunStatus::Running, 2));
+    assert!(run.summary_counts.is_empty(), "the stale attempt counted nothing: {:?}", run.summary_counts);
+    assert_eq!(run.checkpoint, None, "the stale attempt stored no checkpoint");
+    // The attempt that holds the lease now writes as usual.
+    e.svc.progress(&second, "inventory.sync", counts(&[("total", 2)]), None).await.unwrap();
+    let done = e.svc.complete(&second, Completion::succeeded(counts(&[]))).await.unwrap();
+    assert_eq!((done.outcome, done.attempt), (RunOutcome::Succeeded, 2));
+    assert_eq!(done.summary_counts, counts(&[("total", 2)]));
 }
 
 // ---------------------------------------------------------------- complete, block, cancel
@@ -329,7 +392,7 @@ async fn complete_ends_the_run_with_outcome_counts_and_sanitized_failures(b: Bac
     let e = env(b).await;
     let id = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run.id;
     e.svc.claim(id, "w1").await.unwrap();
-    e.svc.progress(id, "w1", "inventory.sync", counts(&[("total", 3)]), None).await.unwrap();
+    e.svc.progress(&lease(&e, id, "w1").await, "inventory.sync", counts(&[("total", 3)]), None).await.unwrap();
     e.clock.advance(Duration::seconds(5));
     let completion = Completion {
         outcome: RunOutcome::PartiallySucceeded,
@@ -341,7 +404,7 @@ async fn complete_ends_the_run_with_outcome_counts_and_sanitized_failures(b: Bac
         counts: counts(&[("total", 2), ("succeeded", 4), ("failed", 1)]),
         checkpoint: None,
     };
-    let run = e.svc.complete(id, "w1", completion).await.unwrap();
+    let run = e.svc.complete(&lease(&e, id, "w1").await, completion).await.unwrap();
     assert_eq!((run.status, run.outcome), (RunStatus::Completed, RunOutcome::PartiallySucceeded));
     assert_eq!(run.summary_counts, counts(&[("total", 5), ("succeeded", 4), ("failed", 1)]));
     assert_eq!(run.completed_at, Some(e.clock.now_for_test()));
@@ -360,7 +423,8 @@ async fn complete_ends_the_run_with_outcome_counts_and_sanitized_failures(b: Bac
     );
     assert_eq!(last.outcome, Some(RunOutcome::PartiallySucceeded));
     // A completed run cannot complete again.
-    let err = e.svc.complete(id, "w1", Completion::succeeded(SummaryCounts::new())).await.unwrap_err();
+    let err =
+        e.svc.complete(&lease(&e, id, "w1").await, Completion::succeeded(SummaryCounts::new())).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -375,10 +439,10 @@ async fn complete_refuses_a_pending_outcome_and_a_failure_without_reason(b: Back
     let id = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run.id;
     e.svc.claim(id, "w1").await.unwrap();
     let pending = Completion { outcome: RunOutcome::Pending, ..Completion::succeeded(SummaryCounts::new()) };
-    assert!(matches!(e.svc.complete(id, "w1", pending).await, Err(ServiceError::InvalidInput(_))));
+    assert!(matches!(e.svc.complete(&lease(&e, id, "w1").await, pending).await, Err(ServiceError::InvalidInput(_))));
     let failed = Completion { outcome: RunOutcome::Failed, ..Completion::succeeded(SummaryCounts::new()) };
     assert!(
-        matches!(e.svc.complete(id, "w1", failed).await, Err(ServiceError::InvalidInput(ref m)) if m.contains("reason"))
+        matches!(e.svc.complete(&lease(&e, id, "w1").await, failed).await, Err(ServiceError::InvalidInput(ref m)) if m.contains("reason"))
     );
     assert_eq!(e.svc.get(id).await.unwrap().status, RunStatus::Running);
 }
@@ -391,7 +455,7 @@ async fn block_ends_a_running_or_queued_run_blocked_with_its_reason(b: Backend) 
         .svc
         .block(
             running,
-            BlockFrom::Lease("w1".into()),
+            BlockFrom::Lease(lease(&e, running, "w1").await),
             oprun_shared::ReasonCode::ExecutionCapabilityMissing,
             "no inventory.sync",
         )
@@ -437,12 +501,11 @@ async fn cancel_ends_a_queued_run_at_once_and_asks_a_running_one_to_stop(b: Back
         }
         other => panic!("expected Requested, got {other:?}"),
     }
-    assert!(e.svc.heartbeat(running, "w1", "inventory.sync").await.unwrap().cancel_requested);
+    assert!(e.svc.heartbeat(&lease(&e, running, "w1").await, "inventory.sync").await.unwrap().cancel_requested);
     let done = e
         .svc
         .complete(
-            running,
-            "w1",
+            &lease(&e, running, "w1").await,
             Completion { outcome: RunOutcome::Cancelled, ..Completion::succeeded(SummaryCounts::new()) },
         )
         .await
@@ -463,7 +526,10 @@ async fn a_stale_running_run_is_requeued_while_attempts_remain(b: Backend) {
     let e = env(b).await;
     let id = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run.id;
     e.svc.claim(id, "w1").await.unwrap();
-    e.svc.progress(id, "w1", "inventory.sync", counts(&[("pages", 2)]), Some(json!({"next": "/p3"}))).await.unwrap();
+    e.svc
+        .progress(&lease(&e, id, "w1").await, "inventory.sync", counts(&[("pages", 2)]), Some(json!({"next": "/p3"})))
+        .await
+        .unwrap();
     // Lease 60 s + grace 10 s: at 65 s it is left alone, at 71 s it is moved.
     e.clock.advance(Duration::seconds(65));
     let report = e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap();
@@ -642,9 +708,17 @@ async fn retry_creates_a_linked_queued_run_and_a_second_retry_returns_it(b: Back
     let e = env(b).await;
     let id = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run.id;
     e.svc.claim(id, "w1").await.unwrap();
-    e.svc.progress(id, "w1", "inventory.sync", SummaryCounts::new(), Some(json!({"next": "/p4"}))).await.unwrap();
     e.svc
-        .block(id, BlockFrom::Lease("w1".into()), oprun_shared::ReasonCode::ExecutionCapabilityMissing, "revoked")
+        .progress(&lease(&e, id, "w1").await, "inventory.sync", SummaryCounts::new(), Some(json!({"next": "/p4"})))
+        .await
+        .unwrap();
+    e.svc
+        .block(
+            id,
+            BlockFrom::Lease(lease(&e, id, "w1").await),
+            oprun_shared::ReasonCode::ExecutionCapabilityMissing,
+            "revoked",
+        )
         .await
         .unwrap();
     let operator = Initiator::user("ops-user-2");
@@ -680,13 +754,16 @@ async fn retry_is_refused_for_active_succeeded_and_non_retryable_runs(b: Backend
     let err = e.svc.retry(active, &oncall()).await.unwrap_err();
     assert!(matches!(err, ServiceError::NotRetryable { .. }) && err.to_string().contains("still queued"), "{err}");
     e.svc.claim(active, "w1").await.unwrap();
-    e.svc.complete(active, "w1", Completion::succeeded(SummaryCounts::new())).await.unwrap();
+    e.svc.complete(&lease(&e, active, "w1").await, Completion::succeeded(SummaryCounts::new())).await.unwrap();
     let err = e.svc.retry(active, &oncall()).await.unwrap_err();
     assert!(err.to_string().contains("succeeded"), "{err}");
     let audit_req = DispatchRequest { operation: "tenant.audit".into(), ..sync_req("e2") };
     let id = e.svc.dispatch(audit_req).await.unwrap().run.id;
     e.svc.claim(id, "w1").await.unwrap();
-    e.svc.complete(id, "w1", Completion::failed(RunOutcome::Failed, "provider.unavailable", "503")).await.unwrap();
+    e.svc
+        .complete(&lease(&e, id, "w1").await, Completion::failed(RunOutcome::Failed, "provider.unavailable", "503"))
+        .await
+        .unwrap();
     let err = e.svc.retry(id, &oncall()).await.unwrap_err();
     assert!(err.to_string().contains("not retryable by operators"), "{err}");
     let missing = e.svc.retry(uuid::Uuid::now_v7(), &oncall()).await.unwrap_err();
@@ -812,7 +889,11 @@ async fn finish_batch_writes_each_outcome_in_one_commit_and_refuses_runs_it_does
             Finish::Complete(Completion { reason_code: None, ..Completion::failed(RunOutcome::Failed, "x", "y") }),
         ),
     ];
-    let out = e.svc.finish_batch("w1", &items).await.unwrap();
+    let mut leased = Vec::new();
+    for (id, finish) in items {
+        leased.push((lease(&e, id, "w1").await, finish));
+    }
+    let out = e.svc.finish_batch(&leased).await.unwrap();
     let r0 = out[0].as_ref().unwrap();
     assert_eq!((r0.status, r0.outcome), (RunStatus::Completed, RunOutcome::Succeeded));
     assert_eq!(r0.summary_counts, counts(&[("processed", 3)]));
@@ -856,7 +937,7 @@ async fn every_guarded_write_audits_each_run_as_it_was_written(b: Backend) {
     assert!(claims.iter().all(|c| matches!(c, Claim::Claimed(_))), "{claims:?}");
     // The first run's worker dies; the reconciler requeues it and w2 takes it.
     e.clock.advance(Duration::seconds(30));
-    e.svc.progress(ids[1], "w1", "inventory.sync", counts(&[]), None).await.unwrap();
+    e.svc.progress(&lease(&e, ids[1], "w1").await, "inventory.sync", counts(&[]), None).await.unwrap();
     e.clock.advance(Duration::seconds(41));
     let requeued_at = e.clock.now_for_test();
     let report = e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap();
@@ -865,16 +946,19 @@ async fn every_guarded_write_audits_each_run_as_it_was_written(b: Backend) {
     let finished_at = e.clock.now_for_test();
     let out = e
         .svc
-        .finish_batch(
-            "w2",
-            &[(ids[0], Finish::Complete(Completion::failed(RunOutcome::Failed, "provider.bad_response", "bad page")))],
-        )
+        .finish_batch(&[(
+            lease(&e, ids[0], "w2").await,
+            Finish::Complete(Completion::failed(RunOutcome::Failed, "provider.bad_response", "bad page")),
+        )])
         .await
         .unwrap();
     assert!(out[0].is_ok(), "{out:?}");
     let out = e
         .svc
-        .finish_batch("w1", &[(ids[1], Finish::Complete(Completion::succeeded(counts(&[("pages", 1)]))))])
+        .finish_batch(&[(
+            lease(&e, ids[1], "w1").await,
+            Finish::Complete(Completion::succeeded(counts(&[("pages", 1)]))),
+        )])
         .await
         .unwrap();
     assert!(out[0].is_ok(), "{out:?}");
@@ -987,6 +1071,7 @@ conformance!(
     claim_many_claims_only_the_runs_still_queued,
     heartbeat_and_progress_by_the_lease_owner_renew_the_lease_and_add_up_counts,
     anyone_but_the_lease_owner_gets_lease_lost,
+    a_superseded_attempt_of_the_same_worker_writes_nothing,
     a_worker_whose_run_was_requeued_has_lost_its_lease,
     complete_ends_the_run_with_outcome_counts_and_sanitized_failures,
     complete_refuses_a_pending_outcome_and_a_failure_without_reason,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use oprun_shared::{
-    Completion, OperationRun, OperationRunService, OperationSpec, ReasonCode, ServiceError, SummaryCounts,
+    Completion, Lease, OperationRun, OperationRunService, OperationSpec, ReasonCode, ServiceError, SummaryCounts,
     TransitionError,
 };
 use serde_json::Value;
@@ -71,15 +71,44 @@ impl From<ServiceError> for OperationError {
 pub struct RunContext {
     run: OperationRun,
     spec: OperationSpec,
-    worker: String,
+    lease: Lease,
     service: OperationRunService,
+    flags: Arc<LeaseFlags>,
+}
+
+/// What the heartbeat and the handler's own writes learn of the lease: a
+/// cancel request, and whether this attempt lost it.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseFlags {
     cancel: AtomicBool,
     lost: AtomicBool,
 }
 
+impl LeaseFlags {
+    pub(crate) fn note_cancel(&self, requested: bool) {
+        if requested {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn note_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
 impl RunContext {
-    pub(crate) fn new(run: OperationRun, spec: OperationSpec, worker: String, service: OperationRunService) -> Self {
-        Self { run, spec, worker, service, cancel: AtomicBool::new(false), lost: AtomicBool::new(false) }
+    pub(crate) fn new(
+        run: OperationRun,
+        spec: OperationSpec,
+        lease: Lease,
+        service: OperationRunService,
+        flags: Arc<LeaseFlags>,
+    ) -> Self {
+        Self { run, spec, lease, service, flags }
     }
 
     /// The run as claimed (scope, initiator, params, attempt, checkpoint).
@@ -106,22 +135,12 @@ impl RunContext {
     /// Whether an operator asked the run to stop (seen at the last heartbeat
     /// or progress write). Handlers check it between pages.
     pub fn cancel_requested(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
+        self.flags.cancel.load(Ordering::Relaxed)
     }
 
-    /// Whether this worker lost the lease (seen at the last heartbeat).
+    /// Whether this attempt lost the lease (seen at the last heartbeat).
     pub fn lease_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn note_cancel(&self, requested: bool) {
-        if requested {
-            self.cancel.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn note_lost(&self) {
-        self.lost.store(true, Ordering::Relaxed);
+        self.flags.lost()
     }
 
     /// Add counts and store a checkpoint, renewing the lease. Returns
@@ -130,15 +149,15 @@ impl RunContext {
         if self.lease_lost() {
             return Err(OperationError::LeaseLost);
         }
-        match self.service.progress(self.run.id, &self.worker, &self.run.operation, counts, checkpoint).await {
+        match self.service.progress(&self.lease, &self.run.operation, counts, checkpoint).await {
             Ok(state) => {
-                self.note_cancel(state.cancel_requested);
+                self.flags.note_cancel(state.cancel_requested);
                 Ok(())
             }
             Err(e) => {
                 let e = OperationError::from(e);
                 if matches!(e, OperationError::LeaseLost) {
-                    self.note_lost();
+                    self.flags.note_lost();
                 }
                 Err(e)
             }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+use oprun_shared::catalog_defaults as defaults;
 use oprun_shared::{
-    Authorizer, Claim, Completion, Decision, Finish, JobPayload, OperationRun, OperationRunService, ReasonCode,
+    Authorizer, Claim, Completion, Decision, Finish, JobPayload, Lease, OperationRun, OperationRunService, ReasonCode,
     RunOutcome, RunStatus, ServiceError, redact,
 };
 use serde::Serialize;
@@ -17,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, warn};
 
-use crate::operation::{OperationError, Operations, RunContext};
+use crate::operation::{LeaseFlags, OperationError, Operations, RunContext};
 
 /// Counters a worker keeps (and a metrics endpoint can show).
 #[derive(Debug, Default)]
@@ -115,6 +117,11 @@ pub struct Retry(pub String);
 /// The most runs one claim or finish transaction takes.
 const MAX_BATCH: usize = 512;
 
+/// The first and the longest wait between tries of a finish write that met
+/// a store failure.
+const FINISH_RETRY_MIN: Duration = Duration::from_millis(100);
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// A claimed run and what reauthorization said of it (`Err`: access truth
 /// could not be read).
 type Claimed = (Claim, Option<Result<Decision, String>>);
@@ -130,7 +137,7 @@ enum FinishFailed {
 }
 
 type ClaimRequest = (uuid::Uuid, oneshot::Sender<Result<Claimed, String>>);
-type FinishRequest = (uuid::Uuid, Finish, oneshot::Sender<Result<OperationRun, FinishFailed>>);
+type FinishRequest = (Lease, Finish, oneshot::Sender<Result<OperationRun, FinishFailed>>);
 
 /// The two batchers: every job's claim (+ reauthorization) and every run's
 /// finish go through one task each, which takes whatever is waiting (up to
@@ -239,21 +246,21 @@ async fn claim_one_batch(
     }
 }
 
-async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService, worker: String) {
+async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(batch) = next_batch(&mut rx).await {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (service, worker) = (service.clone(), worker.clone());
+        let service = service.clone();
         tokio::spawn(async move {
-            finish_one_batch(batch, &service, &worker).await;
+            finish_one_batch(batch, &service).await;
             drop(permit);
         });
     }
 }
 
-async fn finish_one_batch(batch: Vec<FinishRequest>, service: &OperationRunService, worker: &str) {
-    let items: Vec<(uuid::Uuid, Finish)> = batch.iter().map(|(id, f, _)| (*id, f.clone())).collect();
-    match service.finish_batch(worker, &items).await {
+async fn finish_one_batch(batch: Vec<FinishRequest>, service: &OperationRunService) {
+    let items: Vec<(Lease, Finish)> = batch.iter().map(|(lease, f, _)| (lease.clone(), f.clone())).collect();
+    match service.finish_batch(&items).await {
         Err(e) => {
             let msg = e.to_string();
             for (_, _, tx) in batch {
@@ -289,7 +296,7 @@ impl Runner {
             let (claims, claim_rx) = mpsc::unbounded_channel();
             let (finishes, finish_rx) = mpsc::unbounded_channel();
             tokio::spawn(claim_loop(claim_rx, self.service.clone(), self.authorizer.clone(), self.worker_id.clone()));
-            tokio::spawn(finish_loop(finish_rx, self.service.clone(), self.worker_id.clone()));
+            tokio::spawn(finish_loop(finish_rx, self.service.clone()));
             Batches { claims, finishes }
         })
     }
@@ -378,13 +385,32 @@ impl Runner {
     }
 
     async fn execute_in_span(&self, run: OperationRun, reauthorized: Result<Decision, String>) -> JobResult {
+        let lease = Lease { run: run.id, worker: self.worker_id.clone(), attempt: run.attempt };
+        let flags = Arc::new(LeaseFlags::default());
+        // The lease is kept alive from the claim until the run is finished
+        // (a finish that meets a store failure is retried under it).
+        let every = self.service.spec(&run.operation).map_or_else(|_| defaults::heartbeat(), |s| s.heartbeat);
+        let beat =
+            tokio::spawn(heartbeat(lease.clone(), run.operation.clone(), flags.clone(), self.service.clone(), every));
+        let result = self.execute_leased(run, reauthorized, &lease, &flags).await;
+        beat.abort();
+        result
+    }
+
+    async fn execute_leased(
+        &self,
+        run: OperationRun,
+        reauthorized: Result<Decision, String>,
+        lease: &Lease,
+        flags: &Arc<LeaseFlags>,
+    ) -> JobResult {
         let id = run.id;
         let spec = match self.service.spec(&run.operation) {
             Ok(spec) => spec.clone(),
             Err(_) => {
                 let msg = format!("this deployment's catalog has no operation '{}'", run.operation);
                 let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
-                return self.finish(id, Finish::Complete(done)).await;
+                return self.finish(lease, Finish::Complete(done), flags).await;
             }
         };
         match reauthorized {
@@ -392,7 +418,7 @@ impl Runner {
             Ok(Decision::Denied { reason, message }) => {
                 metrics::counter!("oprun_execution_denials_total", "reason" => reason.as_str()).increment(1);
                 info!(reason = %reason, "blocked at execution: {message}");
-                let result = self.finish(id, Finish::Block { reason, message }).await;
+                let result = self.finish(lease, Finish::Block { reason, message }, flags).await;
                 if matches!(result, JobResult::Finished(_)) {
                     bump(&self.stats.blocked);
                 }
@@ -409,22 +435,19 @@ impl Runner {
             let kind = spec.kind.clone().unwrap_or_else(|| run.operation.clone());
             let msg = format!("this worker has no handler of kind '{kind}'");
             let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
-            return self.finish(id, Finish::Complete(done)).await;
+            return self.finish(lease, Finish::Complete(done), flags).await;
         };
         if let Err(msg) = op.validate(&run.params, &spec) {
             let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunPayloadInvalid.as_str(), &msg);
-            return self.finish(id, Finish::Complete(done)).await;
+            return self.finish(lease, Finish::Complete(done), flags).await;
         }
-        let heartbeat_every = spec.heartbeat;
-        let ctx = Arc::new(RunContext::new(run, spec, self.worker_id.clone(), self.service.clone()));
-        let beat = tokio::spawn(heartbeat(ctx.clone(), self.service.clone(), self.worker_id.clone(), heartbeat_every));
+        let ctx = Arc::new(RunContext::new(run, spec, lease.clone(), self.service.clone(), flags.clone()));
         // The handler runs on its own task so that a panic ends this run, not the worker.
         let work = {
             let ctx = ctx.clone();
             tokio::spawn(async move { op.execute(&ctx).await })
         };
         let result = work.await;
-        beat.abort();
         let completion = match result {
             Ok(Ok(done)) => done,
             Ok(Err(OperationError::Failed { reason, message })) => {
@@ -455,20 +478,54 @@ impl Runner {
             bump(&self.stats.leases_lost);
             return JobResult::LeaseLost(id);
         }
-        self.finish(id, Finish::Complete(completion)).await
+        self.finish(lease, Finish::Complete(completion), flags).await
     }
 
-    async fn finish(&self, id: uuid::Uuid, finish: Finish) -> JobResult {
+    /// Write the run's end. A store failure is retried with backoff while
+    /// the heartbeat keeps the lease alive, until the write is durable or
+    /// the lease is lost: a result the provider already produced (a device
+    /// wiped, a call made) is never left to be recorded as something else.
+    async fn finish(&self, lease: &Lease, finish: Finish, flags: &LeaseFlags) -> JobResult {
+        let id = lease.run;
         let outcome = match &finish {
             Finish::Complete(c) => c.outcome,
             Finish::Block { .. } => RunOutcome::Blocked,
         };
         let span = tracing::info_span!("finish", outcome = %outcome);
-        let written = async {
+        let write_once = || async {
             let (tx, rx) = oneshot::channel();
             let stopped = || FinishFailed::Store("the finish batcher stopped".into());
-            self.batches().finishes.send((id, finish, tx)).map_err(|_| stopped())?;
+            self.batches().finishes.send((lease.clone(), finish.clone(), tx)).map_err(|_| stopped())?;
             rx.await.map_err(|_| stopped())?
+        };
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(FINISH_RETRY_MIN)
+            .with_max_delay(FINISH_RETRY_MAX)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut failed_before = false;
+        let written = async {
+            loop {
+                match write_once().await {
+                    Err(FinishFailed::Store(e)) if !flags.lost() => {
+                        bump(&self.stats.store_errors);
+                        let wait = delays.next().unwrap_or(FINISH_RETRY_MAX);
+                        warn!(error = %e, retry_in = ?wait, "could not write the run's end; retrying while the lease is kept");
+                        failed_before = true;
+                        tokio::time::sleep(wait).await;
+                    }
+                    // A retried write whose first try did commit finds the
+                    // run already completed: that is our own result.
+                    Err(FinishFailed::Transition(t)) if failed_before => {
+                        return match self.service.get(id).await {
+                            Ok(run) if run.status == RunStatus::Completed => Ok(run),
+                            _ => Err(FinishFailed::Transition(t)),
+                        };
+                    }
+                    other => return other,
+                }
+            }
         }
         .instrument(span)
         .await;
@@ -491,20 +548,26 @@ impl Runner {
 }
 
 /// Renew the lease every `every` until aborted; note cancel requests and a
-/// lost lease for the handler.
-async fn heartbeat(ctx: Arc<RunContext>, service: OperationRunService, worker: String, every: Duration) {
+/// lost lease for the handler and the finish.
+async fn heartbeat(
+    lease: Lease,
+    operation: String,
+    flags: Arc<LeaseFlags>,
+    service: OperationRunService,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the claim just set the lease
     loop {
         tick.tick().await;
-        match service.heartbeat(ctx.run().id, &worker, &ctx.run().operation).await {
-            Ok(state) => ctx.note_cancel(state.cancel_requested),
+        match service.heartbeat(&lease, &operation).await {
+            Ok(state) => flags.note_cancel(state.cancel_requested),
             Err(ServiceError::Transition(_)) => {
-                ctx.note_lost();
+                flags.note_lost();
                 return;
             }
-            Err(e) => warn!(run.id = %ctx.run().id, error = %e, "heartbeat failed; retrying at the next beat"),
+            Err(e) => warn!(run.id = %lease.run, error = %e, "heartbeat failed; retrying at the next beat"),
         }
     }
 }

@@ -52,6 +52,10 @@ pub struct Guard {
     pub from: RunStatus,
     /// The lease owner it must have.
     pub lease_owner: Option<String>,
+    /// The attempt it must be on: a lease owner's writes are fenced by the
+    /// attempt it claimed, so that an attempt superseded by a requeue (and a
+    /// new claim, perhaps by the same process) writes nothing.
+    pub attempt: Option<i32>,
     /// Its lease must have expired before this instant.
     pub lease_expired_before: Option<DateTime<Utc>>,
     /// It must have been queued before this instant.
@@ -63,12 +67,20 @@ pub struct Guard {
 impl Guard {
     /// The run must be in `from`.
     pub fn from(from: RunStatus) -> Self {
-        Self { from, lease_owner: None, lease_expired_before: None, queued_before: None, not_repushed: false }
+        Self {
+            from,
+            lease_owner: None,
+            attempt: None,
+            lease_expired_before: None,
+            queued_before: None,
+            not_repushed: false,
+        }
     }
 
-    /// The run must be running and leased to `worker`.
-    pub fn lease(worker: &str) -> Self {
-        Self { lease_owner: Some(worker.to_string()), ..Self::from(RunStatus::Running) }
+    /// The run must be running, leased to `worker`, on `attempt`: the guard
+    /// of every write an attempt makes after its claim.
+    pub fn lease(worker: &str, attempt: i32) -> Self {
+        Self { lease_owner: Some(worker.to_string()), attempt: Some(attempt), ..Self::from(RunStatus::Running) }
     }
 }
 

@@ -432,6 +432,9 @@ macro_rules! impl_run_store {
             if let Some(owner) = &g.lease_owner {
                 q.push(" AND lease_owner = ").push_bind(owner.clone());
             }
+            if let Some(attempt) = g.attempt {
+                q.push(" AND attempt = ").push_bind(attempt);
+            }
             if let Some(t) = g.lease_expired_before {
                 q.push(" AND lease_expires_at < ").push_bind(t);
             }
