@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use common::{Env, Stack};
 use oprun_scheduler::DispatchOutcome;
@@ -37,26 +37,44 @@ struct Fix {
     fail_every: AtomicUsize,
     delay_ms: AtomicUsize,
     link_header: AtomicUsize,
+    /// How the next link is written: [`NEXT_ABSOLUTE`] (default) and the others.
+    next_style: AtomicUsize,
+    /// Every request the server saw, `METHOD path?query`, in order.
+    seen: Mutex<Vec<String>>,
+    /// A delay for the first hit of a key only (ms).
+    stall_once: Mutex<HashMap<String, u64>>,
     base: Mutex<String>,
 }
+
+/// The next link is an absolute URL on the server's origin.
+const NEXT_ABSOLUTE: usize = 0;
+/// The next link is an absolute-path reference (`/v1.0/coll/x?page=2`).
+const NEXT_ABSOLUTE_PATH: usize = 1;
+/// The next link is signed: the provider token, a SAS `sig` and an AWS
+/// signature ride in its query, beside a paging cursor.
+const NEXT_SIGNED: usize = 2;
+/// The next link points to another origin (`localhost` instead of `127.0.0.1`).
+const NEXT_OTHER_ORIGIN: usize = 3;
+
+/// The SAS signature and AWS signature a signed next link carries.
+const SIG: &str = "sv-sas-signature-value-3Fq9";
+const AMZ_SIG: &str = "aws-signature-value-7c1e";
 
 #[derive(serde::Deserialize)]
 struct PageQuery {
     page: Option<usize>,
 }
 
-async fn collection(
-    State(fix): State<Arc<Fix>>,
-    Path(env): Path<String>,
-    Query(q): Query<PageQuery>,
-    headers: HeaderMap,
-) -> Response {
+async fn collection(State(fix): State<Arc<Fix>>, Query(q): Query<PageQuery>, uri: Uri, headers: HeaderMap) -> Response {
+    fix.seen.lock().unwrap().push(format!("GET {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
     let page = q.page.unwrap_or(1);
-    let key = format!("/coll/{env}?page={page}");
+    let path = uri.path().to_string();
+    let key = format!("{path}?page={page}");
     *fix.hits.lock().unwrap().entry(key.clone()).or_default() += 1;
     let now = fix.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     fix.peak.fetch_max(now, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(fix.delay_ms.load(Ordering::SeqCst) as u64)).await;
+    let stall = fix.stall_once.lock().unwrap().remove(&key).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(fix.delay_ms.load(Ordering::SeqCst) as u64 + stall)).await;
     fix.inflight.fetch_sub(1, Ordering::SeqCst);
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TOKEN}")) {
         return (StatusCode::UNAUTHORIZED, "no token").into_response();
@@ -83,7 +101,16 @@ async fn collection(
         .collect();
     let pages = fix.pages.load(Ordering::SeqCst);
     let base = fix.base.lock().unwrap().clone();
-    let next = (page < pages).then(|| format!("{base}/coll/{env}?page={}", page + 1));
+    let n = page + 1;
+    let next = (page < pages).then(|| match fix.next_style.load(Ordering::SeqCst) {
+        NEXT_ABSOLUTE_PATH => format!("{path}?page={n}"),
+        NEXT_SIGNED => format!(
+            "{base}{path}?page={n}&access_token={TOKEN}&sig={SIG}&X-Amz-Signature={AMZ_SIG}&$skiptoken=cursor-{n}"
+        ),
+        NEXT_OTHER_ORIGIN => format!("{}{path}?page={n}", base.replace("127.0.0.1", "localhost")),
+        NEXT_ABSOLUTE => format!("{base}{path}?page={n}"),
+        other => panic!("unknown next style {other}"),
+    });
     if fix.link_header.load(Ordering::SeqCst) == 1 {
         let mut resp = axum::Json(json!({ "value": items })).into_response();
         if let Some(n) = next {
@@ -94,7 +121,14 @@ async fn collection(
     axum::Json(json!({ "value": items, "@odata.nextLink": next })).into_response()
 }
 
-async fn call(State(fix): State<Arc<Fix>>, Path(env): Path<String>, body: String) -> Response {
+/// Any other request: recorded, 404.
+async fn elsewhere(State(fix): State<Arc<Fix>>, method: axum::http::Method, uri: Uri) -> Response {
+    fix.seen.lock().unwrap().push(format!("{method} {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
+    (StatusCode::NOT_FOUND, "no such route").into_response()
+}
+
+async fn call(State(fix): State<Arc<Fix>>, Path(env): Path<String>, uri: Uri, body: String) -> Response {
+    fix.seen.lock().unwrap().push(format!("POST {}", uri.path()));
     *fix.hits.lock().unwrap().entry(format!("/call/{env}")).or_default() += 1;
     let key = format!("/call/{env}");
     if let Some((status, _, b)) = fix.script.lock().unwrap().get_mut(&key).and_then(VecDeque::pop_front) {
@@ -111,27 +145,40 @@ struct Provider {
 }
 
 async fn provider(retry_budget: u32, concurrency: usize) -> Provider {
+    provider_with(retry_budget, concurrency, "", "").await
+}
+
+/// The fixture with the provider's `base_url` at `base_path` under the
+/// server, and `extra` lines in its `[providers.graph]` table.
+async fn provider_with(retry_budget: u32, concurrency: usize, base_path: &str, extra: &str) -> Provider {
     let fix = Arc::new(Fix::default());
     fix.pages.store(3, Ordering::SeqCst);
     let app = axum::Router::new()
         .route("/coll/{env}", axum::routing::get(collection))
+        .route("/v1.0/coll/{env}", axum::routing::get(collection))
         .route("/call/{env}", axum::routing::post(call))
+        .fallback(elsewhere)
         .with_state(fix.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     *fix.base.lock().unwrap() = base.clone();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    let (providers, dir) = providers_at(&format!("{base}{base_path}"), retry_budget, concurrency, extra);
+    Provider { fix, providers, _dir: dir }
+}
+
+/// The `graph` provider at `base_url`, its token in a file of the returned directory.
+fn providers_at(base_url: &str, retry_budget: u32, concurrency: usize, extra: &str) -> (Providers, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("graph.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let config_toml = format!(
-        "[providers.graph]\nbase_url = \"{base}\"\ntoken_file = \"{}\"\nretry_budget = {retry_budget}\n\
-         retry_after_cap = \"5s\"\nconcurrency = {concurrency}\nrequest_timeout = \"5s\"\n",
+        "[providers.graph]\nbase_url = \"{base_url}\"\ntoken_file = \"{}\"\nretry_budget = {retry_budget}\n\
+         retry_after_cap = \"5s\"\nconcurrency = {concurrency}\nrequest_timeout = \"5s\"\n{extra}\n",
         token_file.display()
     );
     let config = Config::from_toml(&format!("{}\n{config_toml}", common::CATALOG), "provider test").unwrap();
-    let providers = Providers::from_config(&config).unwrap();
-    Provider { fix, providers, _dir: dir }
+    (Providers::from_config(&config).unwrap(), dir)
 }
 
 impl Provider {
@@ -141,6 +188,10 @@ impl Provider {
 
     fn hits(&self, key: &str) -> usize {
         self.fix.hits.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.fix.seen.lock().unwrap().clone()
     }
 }
 
@@ -397,7 +448,213 @@ async fn a_requeued_collection_whose_last_page_was_checkpointed_fetches_nothing_
     }
 }
 
+async fn dispatch_scope(e: &Env, op: &str, scope: Scope) -> OperationRun {
+    let req = DispatchRequest {
+        operation: op.into(),
+        scope,
+        initiator: Initiator::user("ops-user-1"),
+        source: SourceSurface::Cli,
+        context: json!({}),
+        params: json!({}),
+    };
+    match e.dispatcher.dispatch(req).await.unwrap() {
+        DispatchOutcome::Dispatched { run, .. } => *run,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `{target_id}` = `..` would turn `/load/{target_id}` into `/` (URL parsing
+/// resolves dot segments): refused, non-retryable, before any request.
+async fn a_dot_segment_id_is_refused_before_any_request(stack: Stack) {
+    let e = Env::new(stack).await;
+    let p = provider(3, 4).await;
+    let mut ids = vec![];
+    for target in ["..", "."] {
+        let scope = Scope {
+            workspace_id: "contoso".into(),
+            environment_id: Some("contoso-prod".into()),
+            target_type: Some("device".into()),
+            target_id: Some(target.into()),
+        };
+        ids.push(dispatch_scope(&e, "load.call", scope).await.id);
+    }
+    let worker = e.start_worker(e.http_runner("w1", &p.providers));
+    for id in ids {
+        let done = e.until_completed(id, 60).await;
+        assert_eq!(
+            (done.outcome, done.reason_code.as_deref()),
+            (RunOutcome::Failed, Some("run.payload_invalid")),
+            "{done:?}"
+        );
+        let message = &done.failure_summary[0].message;
+        assert!(message.contains("{target_id}") && message.contains("request path"), "{message}");
+    }
+    worker.stop().await;
+    assert_eq!(p.seen(), Vec::<String>::new(), "no request reached the provider");
+}
+
+/// A provider that answers 200 and then streams `{"value": [` and spaces
+/// (64 KiB every 5 ms, for 30 s) without a Content-Length; counts requests.
+async fn endless_body_server() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nb\r\n{\"value\": [\r\n";
+                if sock.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+                let until = tokio::time::Instant::now() + Duration::from_secs(30);
+                while tokio::time::Instant::now() < until {
+                    if sock.write_all(chunk.as_bytes()).await.is_err() {
+                        return; // the client stopped reading
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
+    });
+    (base, hits)
+}
+
+/// A body is read in pieces up to the provider's `max_response_bytes`: an
+/// endless one ends the run `provider.bad_response` once the cap is passed
+/// (not at the request timeout, not after buffering it all), and a
+/// Content-Length over the cap is refused before the body is read.
+async fn an_oversized_response_body_is_a_bad_response(stack: Stack) {
+    // The default cap, against a body that never ends.
+    let e = Env::new(stack).await;
+    let (base, hits) = endless_body_server().await;
+    let (providers, _dir) = providers_at(&base, 0, 4, "");
+    let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
+    let worker = e.start_worker(e.http_runner("w1", &providers));
+    let done = e.until_completed(run.id, 60).await;
+    worker.stop().await;
+    assert_eq!(
+        (done.outcome, done.reason_code.as_deref()),
+        (RunOutcome::Failed, Some("provider.bad_response")),
+        "{done:?}"
+    );
+    let message = &done.failure_summary[0].message;
+    assert!(message.contains("max_response_bytes") && message.contains("8388608"), "{message}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "an oversized body is not retried");
+    // A configured cap, and a Content-Length that announces more.
+    let e = Env::new(stack).await;
+    let p = provider_with(3, 4, "", "max_response_bytes = 4096").await;
+    let big = json!({ "value": (0..1000).map(|i| json!({ "id": i })).collect::<Vec<_>>() }).to_string();
+    assert!(big.len() > 4096);
+    p.script("/coll/contoso-prod?page=1", vec![(200, vec![], big)]);
+    let done = run_one(&e, &p, "test.collect").await;
+    assert_eq!(
+        (done.outcome, done.reason_code.as_deref()),
+        (RunOutcome::Failed, Some("provider.bad_response")),
+        "{done:?}"
+    );
+    let message = &done.failure_summary[0].message;
+    assert!(message.contains("Content-Length") && message.contains("max_response_bytes (4096"), "{message}");
+    assert_eq!(p.hits("/coll/contoso-prod?page=1"), 1);
+    // Under the cap, a page is read as before.
+    let e = Env::new(stack).await;
+    let p = provider_with(3, 4, "", "max_response_bytes = 4096").await;
+    assert_eq!(run_one(&e, &p, "test.collect").await.outcome, RunOutcome::Succeeded);
+}
+
+/// Next links that carry the provider token, a SAS `sig` and an AWS
+/// signature: the attempt follows them as sent, the checkpoint keeps them
+/// without those (the cursor stays), and a requeued attempt resumes from the
+/// cleaned link.
+async fn signed_next_links_are_checkpointed_without_their_secrets_and_still_resume(stack: Stack) {
+    let e = Env::new(stack).await;
+    let p = provider(3, 4).await;
+    p.fix.next_style.store(NEXT_SIGNED, Ordering::SeqCst);
+    p.fix.stall_once.lock().unwrap().insert("/coll/contoso-prod?page=2".into(), 1500);
+    let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
+    let w1 = e.start_worker(e.http_runner("w1", &p.providers));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let r = e.service.get(run.id).await.unwrap();
+        if r.summary_counts.get("pages") == 1 {
+            break r.checkpoint.expect("page 1 stored a checkpoint");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "page 1 was never checkpointed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let next = stored["next"].as_str().unwrap_or_else(|| panic!("{stored}"));
+    for secret in [TOKEN, SIG, AMZ_SIG, "access_token", "sig=", "X-Amz-Signature"] {
+        assert!(!next.contains(secret), "'{secret}' is in the stored next link {next}");
+    }
+    assert!(next.contains("/coll/contoso-prod?page=2") && next.contains("$skiptoken=cursor-2"), "{next}");
+    // The attempt is superseded while page 2 is in flight (no job pushed yet):
+    // its next write is refused and it ends.
+    let later = Arc::new(oprun_shared::ManualClock::new(
+        oprun_shared::Clock::now(&oprun_shared::SystemClock) + chrono::Duration::seconds(31),
+    ));
+    let report = Env::service_with(e.db.store.clone(), later)
+        .reconcile(&Initiator::user("oncall-1"), &oprun_shared::ReconcileFilter::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(report.count(oprun_shared::ReconcileKind::Requeued), 1, "{report:?}");
+    w1.stop().await;
+    let first = p.seen().into_iter().find(|s| s.contains("page=2")).expect("attempt 1 asked for page 2");
+    assert!(first.contains(SIG) && first.contains(AMZ_SIG), "within an attempt the link is followed as sent: {first}");
+    // Attempt 2 resumes at page 2 from the cleaned link.
+    oprun_shared::JobQueue::push(&*e.queue, run.id).await.unwrap();
+    let w2 = e.start_worker(e.http_runner("w2", &p.providers));
+    let done = e.until_completed(run.id, 60).await;
+    w2.stop().await;
+    assert_eq!(done.outcome, RunOutcome::Succeeded, "{done:?}");
+    assert_eq!((done.attempt, done.summary_counts.get("pages"), done.summary_counts.get("total")), (2, 3, 15));
+    assert_eq!(p.hits("/coll/contoso-prod?page=1"), 1, "page 1 was not fetched again");
+    let resumed: Vec<String> = p.seen().into_iter().filter(|s| s.contains("page=2")).skip(1).collect();
+    assert_eq!(resumed.len(), 1, "{:?}", p.seen());
+    assert!(!resumed[0].contains(SIG) && resumed[0].contains("$skiptoken=cursor-2"), "{resumed:?}");
+    let dump = common::dump_tables(&e).await;
+    for secret in [TOKEN, SIG, AMZ_SIG] {
+        assert!(!dump.contains(secret), "'{secret}' is in a table");
+    }
+}
+
+/// base_url `…/v1.0` and a next link `/v1.0/coll/…?page=2`: an absolute-path
+/// reference, resolved against the origin (not put under the base path a
+/// second time). A next link to another origin is still refused unfollowed.
+async fn a_next_link_with_an_absolute_path_is_resolved_against_the_origin(stack: Stack) {
+    let e = Env::new(stack).await;
+    let p = provider_with(3, 4, "/v1.0", "").await;
+    p.fix.next_style.store(NEXT_ABSOLUTE_PATH, Ordering::SeqCst);
+    let done = run_one(&e, &p, "test.collect").await;
+    assert_eq!((done.outcome, done.summary_counts.get("pages")), (RunOutcome::Succeeded, 3), "{done:?}");
+    assert_eq!(
+        p.seen(),
+        ["GET /v1.0/coll/contoso-prod", "GET /v1.0/coll/contoso-prod?page=2", "GET /v1.0/coll/contoso-prod?page=3"]
+    );
+    let e = Env::new(stack).await;
+    let p = provider_with(3, 4, "/v1.0", "").await;
+    p.fix.next_style.store(NEXT_OTHER_ORIGIN, Ordering::SeqCst);
+    let done = run_one(&e, &p, "test.collect").await;
+    assert_eq!((done.outcome, done.reason_code.as_deref()), (RunOutcome::Failed, Some("provider.bad_response")));
+    assert!(done.failure_summary[0].message.contains("another origin"), "{:?}", done.failure_summary);
+    assert_eq!(p.seen(), ["GET /v1.0/coll/contoso-prod"], "the other origin got no request");
+}
+
 both_stacks!(
+    a_dot_segment_id_is_refused_before_any_request,
+    an_oversized_response_body_is_a_bad_response,
+    signed_next_links_are_checkpointed_without_their_secrets_and_still_resume,
+    a_next_link_with_an_absolute_path_is_resolved_against_the_origin,
     a_requeued_collection_whose_last_page_was_checkpointed_fetches_nothing_again,
     a_three_page_collection_succeeds_with_its_counts,
     transient_failures_are_retried_within_the_budget,

@@ -311,8 +311,18 @@ fn default_provider_concurrency() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The largest response body read, in bytes; a longer one (or one whose
+    /// Content-Length says so) ends the attempt `provider.bad_response`.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
     /// Run truth.
     pub store: StoreConfig,
+/// The default [`ProviderConfig::max_response_bytes`]: 8 MiB, several pages
+/// of the largest page size common providers allow (Graph's 999 items).
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// The largest [`ProviderConfig::max_response_bytes`] accepted: 1 GiB.
+pub const MAX_MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
+
     /// Job queue.
     pub queue: QueueConfig,
     /// Worker.
@@ -328,6 +338,9 @@ pub struct Config {
     /// Operation types.
     pub operations: BTreeMap<String, OperationSpec>,
     /// Providers by name.
+fn default_max_response_bytes() -> u64 {
+    DEFAULT_MAX_RESPONSE_BYTES
+}
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Cron schedules.
     pub schedules: Vec<ScheduleSpec>,
@@ -503,6 +516,12 @@ impl Config {
                 return Err(format!("{}: must be a table", field("params")));
             }
             if let Some(k) = crate::redact::find_secret_key(&s.params) {
+            if p.max_response_bytes == 0 || p.max_response_bytes > MAX_MAX_RESPONSE_BYTES {
+                return Err(format!(
+                    "{}: must be between 1 and {MAX_MAX_RESPONSE_BYTES} (1 GiB)",
+                    field("max_response_bytes")
+                ));
+            }
                 return Err(format!("{}: secret-named key '{k}' is not allowed in params", field("params")));
             }
         }
@@ -569,3 +588,23 @@ actor = "svc-scheduler"
         }
     }
 }
+    #[test]
+    fn a_provider_body_cap_of_zero_or_over_a_gib_is_refused_naming_the_field() {
+        let provider = "[providers.graph]\nbase_url = \"https://g.test\"\ntoken_env = \"T\"\n";
+        let c = Config::from_toml(provider, "f.toml").unwrap();
+        assert_eq!(c.providers["graph"].max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
+        for bad in ["0", "1073741825"] {
+            let e = Config::from_toml(&format!("{provider}max_response_bytes = {bad}\n"), "f.toml").unwrap_err();
+            assert!(e.to_string().contains("providers.graph.max_response_bytes"), "{bad}: {e}");
+        }
+        let c = Config::from_toml(&format!("{provider}max_response_bytes = 4096\n"), "f.toml").unwrap();
+        assert_eq!(c.providers["graph"].max_response_bytes, 4096);
+    }
+
+    #[test]
+    fn durations_longer_than_the_maximum_are_refused_naming_the_field() {
+        assert!(Config::from_toml("[scheduler]\ntick = \"365d\"\n", "t").is_ok());
+        let e = Config::from_toml("[scheduler]\ntick = \"366d\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("scheduler.tick: 1year") && e.to_string().contains("at most 365 days"), "{e}");
+    }
+

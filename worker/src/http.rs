@@ -9,6 +9,14 @@
 //! retry budget; permanent ones are classified into `provider.*` codes. Every
 //! message is sanitized (and stripped of the provider's own token) before it
 //! is stored or logged; raw bodies are never stored.
+//!
+//! What a provider sends is bounded and kept in its place: a body is read a
+//! chunk at a time up to `max_response_bytes`; a scope id cannot change a
+//! request path (placeholders are percent-encoded and a segment they would
+//! make `.` or `..` is refused); a next link is resolved as a URL reference
+//! against the page that carried it and must stay on the base's origin; and
+//! it is checkpointed without the provider token and secret- or
+//! signature-named query parameters ([`storable_link`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -33,6 +41,20 @@ pub const COLLECT: &str = "http.collect";
 pub const CALL: &str = "http.call";
 /// The longest error-body excerpt kept in a failure summary.
 pub const EXCERPT_CHARS: usize = 200;
+/// The most of an error answer's body read (for its excerpt), in bytes.
+const ERROR_BODY_BYTES: u64 = 16 * 1024;
+/// Query parameters that sign or authorize a link (compared without case),
+/// left out of a stored next link besides the secret-named ones
+/// ([`redact::is_secret_key`]): Azure SAS, AWS SigV4, Google signed URLs.
+const SIGNATURE_PARAMS: &[&str] = &[
+    "sig",
+    "signature",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+];
 
 /// A provider that could not be set up; the message names the field,
 /// variable or file.
@@ -64,6 +86,7 @@ pub struct Provider {
     token: Token,
     retry_budget: u32,
     retry_after_cap: Duration,
+    max_body: u64,
     limit: Arc<Semaphore>,
     per_environment: Option<usize>,
     environments: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -172,6 +195,7 @@ impl Provider {
             token: Token(token),
             retry_budget: cfg.retry_budget,
             retry_after_cap: cfg.retry_after_cap,
+            max_body: cfg.max_response_bytes.max(1),
             limit: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             per_environment: cfg.concurrency_per_environment,
             environments: Mutex::new(HashMap::new()),
@@ -200,19 +224,23 @@ impl Provider {
         held
     }
 
-    /// A URL under this provider: a relative path joins the base; an
-    /// absolute URL (a next link) must be on the base's origin, so that the
-    /// token is never sent elsewhere.
-    fn url(&self, path_or_url: &str) -> Result<Url, OperationError> {
-        let url = match Url::parse(path_or_url) {
-            Ok(u) => u,
-            Err(_) => {
-                let base = self.base.as_str().trim_end_matches('/');
-                let path = path_or_url.trim_start_matches('/');
-                Url::parse(&format!("{base}/{path}"))
-                    .map_err(|e| OperationError::payload_invalid(format!("bad request path: {e}")))?
-            }
-        };
+    /// The URL of a request path from an operation's settings.
+    fn path_url(&self, path: &str) -> Result<Url, OperationError> {
+        let url = path_url(&self.base, path).map_err(OperationError::payload_invalid)?;
+        self.same_origin(url)
+    }
+
+    /// The URL a next link names, resolved against the page that carried it.
+    fn link_url(&self, page: &Url, link: &str) -> Result<Url, OperationError> {
+        let url = link_url(page, link).map_err(|e| {
+            OperationError::failed(ReasonCode::ProviderBadResponse.as_str(), format!("provider '{}': {e}", self.name))
+        })?;
+        self.same_origin(url)
+    }
+
+    /// `url` if it is on the base's origin, so that the token is never sent
+    /// elsewhere.
+    fn same_origin(&self, url: Url) -> Result<Url, OperationError> {
         if url.origin() != self.base.origin() {
             return Err(OperationError::failed(
                 ReasonCode::ProviderBadResponse.as_str(),
@@ -251,16 +279,43 @@ impl Provider {
         Failure { reason, message, transient: true, retry_after: None }
     }
 
-    /// One request with the retry budget; returns the headers and the body
-    /// of a 2xx answer.
-    pub async fn send(
+    /// A body over `max_response_bytes`: permanent, never buffered.
+    fn oversized(&self, what: &str) -> Failure {
+        Failure {
+            reason: ReasonCode::ProviderBadResponse,
+            message: format!(
+                "provider '{}' {what}, over max_response_bytes ({} bytes); not read",
+                self.name, self.max_body
+            ),
+            transient: false,
+            retry_after: None,
+        }
+    }
+
+    /// The body of a 2xx answer, refused when its Content-Length or what
+    /// arrives passes `max_response_bytes`.
+    async fn read_page(&self, resp: &mut reqwest::Response) -> Result<Vec<u8>, Failure> {
+        if let Some(n) = resp.content_length()
+            && n > self.max_body
+        {
+            return Err(self.oversized(&format!("announced a {n}-byte body (Content-Length)")));
+        }
+        match read_limited(resp, self.max_body).await {
+            Ok((bytes, true)) => Ok(bytes),
+            Ok((_, false)) => Err(self.oversized("sent a longer body")),
+            Err(e) => Err(self.classify_error(&e)),
+        }
+    }
+
+    /// One request to `url` (on this provider's origin) with the retry
+    /// budget; returns the headers and the body of a 2xx answer.
+    async fn send(
         &self,
         ctx: &RunContext,
         method: Method,
-        path_or_url: &str,
+        url: &Url,
         body: Option<&Value>,
     ) -> Result<(HeaderMap, Vec<u8>), OperationError> {
-        let url = self.url(path_or_url)?;
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(10))
@@ -288,13 +343,21 @@ impl Provider {
                 metrics::counter!("oprun_provider_requests_total", "provider" => self.name.clone(), "status" => status_label)
                     .increment(1);
                 match sent {
-                    Ok(resp) => {
+                    Ok(mut resp) => {
                         let status = resp.status();
                         let headers = resp.headers().clone();
-                        match resp.bytes().await {
-                            Ok(bytes) if status.is_success() => return Ok((headers, bytes.to_vec())),
-                            Ok(bytes) => self.classify_status(status, &headers, &String::from_utf8_lossy(&bytes)),
-                            Err(e) => self.classify_error(&e),
+                        if status.is_success() {
+                            match self.read_page(&mut resp).await {
+                                Ok(bytes) => return Ok((headers, bytes)),
+                                Err(failure) => failure,
+                            }
+                        } else {
+                            match read_limited(&mut resp, ERROR_BODY_BYTES.min(self.max_body)).await {
+                                Ok((bytes, _)) => {
+                                    self.classify_status(status, &headers, &String::from_utf8_lossy(&bytes))
+                                }
+                                Err(e) => self.classify_error(&e),
+                            }
                         }
                     }
                     Err(e) => self.classify_error(&e),
@@ -342,24 +405,65 @@ impl Provider {
 }
 
 /// Fill `{workspace}`, `{environment}`, `{target_type}`, `{target_id}` with
-/// the run's scope, URL-encoded.
+/// the run's scope (see [`fill_with`]).
 fn fill(template: &str, ctx: &RunContext) -> Result<String, OperationError> {
     let run = ctx.run();
-    let enc = |s: &str| -> String { url_escape(s) };
-    let mut out = template.to_string();
-    for (key, value) in [
-        ("{workspace}", Some(run.workspace_id.as_str())),
-        ("{environment}", run.environment_id.as_deref()),
-        ("{target_type}", run.target_type.as_deref()),
-        ("{target_id}", run.target_id.as_deref()),
-    ] {
-        if out.contains(key) {
-            let v =
-                value.ok_or_else(|| OperationError::payload_invalid(format!("{key} is used but the run has none")))?;
-            out = out.replace(key, &enc(v));
+    fill_with(
+        template,
+        &[
+            ("{workspace}", Some(run.workspace_id.as_str())),
+            ("{environment}", run.environment_id.as_deref()),
+            ("{target_type}", run.target_type.as_deref()),
+            ("{target_id}", run.target_id.as_deref()),
+        ],
+    )
+    .map_err(OperationError::payload_invalid)
+}
+
+/// Fill placeholders, each value percent-encoded (so `/`, `?`, `#` and `%`
+/// stay inside their segment), and refuse what would still change the path:
+/// an empty value, or a path segment the values make `.` or `..` (URL
+/// parsing resolves those, also as `%2e`, so `/devices/{target_id}/wipe`
+/// with `..` would become `/wipe`).
+fn fill_with(template: &str, values: &[(&str, Option<&str>)]) -> Result<String, String> {
+    let substitute = |part: &str| -> Result<String, String> {
+        let mut out = part.to_string();
+        for (key, value) in values {
+            if out.contains(key) {
+                let v = value.ok_or_else(|| format!("{key} is used but the run has none"))?;
+                if v.is_empty() {
+                    return Err(format!("{key} is empty, which would change the request path"));
+                }
+                out = out.replace(key, &url_escape(v));
+            }
         }
+        Ok(out)
+    };
+    let split = template.find(['?', '#']).unwrap_or(template.len());
+    let (path, rest) = template.split_at(split);
+    let mut segments = vec![];
+    for segment in path.split('/') {
+        let filled = substitute(segment)?;
+        if filled != segment && is_dot_segment(&filled) {
+            let used: Vec<String> = values
+                .iter()
+                .filter(|(key, _)| segment.contains(key))
+                .map(|(key, v)| format!("{key} = '{}'", v.unwrap_or_default().escape_debug()))
+                .collect();
+            return Err(format!(
+                "{} makes the path segment '{filled}', which would change the request path; refused",
+                used.join(", ")
+            ));
+        }
+        segments.push(filled);
     }
-    Ok(out)
+    Ok(segments.join("/") + &substitute(rest)?)
+}
+
+/// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, …): what URL parsing
+/// resolves as a dot segment.
+fn is_dot_segment(segment: &str) -> bool {
+    matches!(segment.to_ascii_lowercase().as_str(), "." | "%2e" | ".." | ".%2e" | "%2e." | "%2e%2e")
 }
 
 fn url_escape(s: &str) -> String {
@@ -369,6 +473,127 @@ fn url_escape(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A request path from an operation's settings, under the base URL's path
+/// (`/devices` under `https://h/v1.0` is `https://h/v1.0/devices`); an
+/// absolute URL is taken as is (the caller checks its origin).
+fn path_url(base: &Url, path: &str) -> Result<Url, String> {
+    if let Ok(url) = Url::parse(path) {
+        return Ok(url);
+    }
+    let joined = format!("{}/{}", base.as_str().trim_end_matches('/'), path.trim_start_matches('/'));
+    Url::parse(&joined).map_err(|e| format!("bad request path: {e}"))
+}
+
+/// A next link resolved as a URL reference (RFC 3986 section 5) against the
+/// page that carried it: an absolute URL as is, `/v1.0/devices?page=2`
+/// against the page's origin (never under the base path a second time),
+/// `?page=2` or `devices?page=2` against the page itself.
+fn link_url(page: &Url, link: &str) -> Result<Url, String> {
+    page.join(link).map_err(|e| format!("the next link is not a URL reference: {e}"))
+}
+
+/// A next link as a checkpoint keeps it (stored, and shown to admins): no
+/// user info or fragment, no query parameter that is secret-named
+/// ([`redact::is_secret_key`]: `access_token`, `client_secret`, …) or
+/// signature-named ([`SIGNATURE_PARAMS`]: `sig`, `X-Amz-Signature`, …) or
+/// whose value holds the provider token, and the token nowhere else.
+/// Every other parameter (page numbers, `$skiptoken` cursors) is kept as
+/// sent. Also returns the names of the parameters left out.
+///
+/// A resumed attempt requests the cleaned link with the bearer token: that
+/// works where the token is what authorizes (a redundant `access_token`), not
+/// where only the signature does; such a provider refuses the resumed
+/// request, and the failure says which parameters were left out.
+fn storable_link(url: &Url, token: &str) -> (String, Vec<String>) {
+    let mut clean = url.clone();
+    let _ = clean.set_username("");
+    let _ = clean.set_password(None);
+    clean.set_fragment(None);
+    let mut removed = vec![];
+    if let Some(query) = url.query() {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let (name, value) = (percent_decode(name), percent_decode(value));
+                let bare = name.trim_start_matches('$');
+                let secret = SIGNATURE_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(bare))
+                    || redact::is_secret_key(bare)
+                    || (!token.is_empty() && value.contains(token));
+                if secret {
+                    removed.push(name);
+                }
+                !secret
+            })
+            .collect();
+        clean.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
+    }
+    let mut stored = clean.to_string();
+    if !token.is_empty() && stored.contains(token) {
+        stored = stored.replace(token, redact::REDACTED);
+        removed.push("(the provider token in the path)".into());
+    }
+    (stored, removed)
+}
+
+/// `%XX` and `+` decoded (as in a query string); invalid escapes kept.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Read at most `limit` bytes of a body, a chunk at a time (never the whole
+/// body first): the bytes, and whether the body ended within the limit.
+async fn read_limited(resp: &mut reqwest::Response, limit: u64) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
+}
+
+/// `e` with `note` added to its message.
+fn with_note(e: OperationError, note: &str) -> OperationError {
+    match e {
+        OperationError::Failed { reason, message } => {
+            OperationError::Failed { reason, message: format!("{message} ({note})") }
+        }
+        OperationError::Blocked { reason, message } => {
+            OperationError::Blocked { reason, message: format!("{message} ({note})") }
+        }
+        other => other,
+    }
 }
 
 fn setting<'a>(spec: &'a OperationSpec, key: &str) -> Option<&'a str> {
@@ -429,16 +654,27 @@ impl Operation for HttpCollect {
         // page (its counts are in the run) and died before completing; this
         // attempt only completes. Else resume at the stored next link.
         let done = ctx.checkpoint().and_then(|c| c.get("done")).and_then(Value::as_bool) == Some(true);
+        // The query parameters the stored link was kept without, named when
+        // the resumed request fails.
+        let mut left_out = String::new();
         let mut next = match ctx.checkpoint().and_then(|c| c.get("next")).and_then(Value::as_str) {
             _ if done => {
                 info!(run.id = %ctx.run().id, "every page was fetched before: completing from the checkpoint");
-                String::new()
+                provider.base.clone()
             }
             Some(resume) => {
                 info!(run.id = %ctx.run().id, "resuming the collection from its checkpoint");
-                resume.to_string()
+                let names: Vec<&str> = ctx
+                    .checkpoint()
+                    .and_then(|c| c.get("removed_params"))
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                left_out = names.join(", ");
+                // Stored absolute; an older relative one resolves against the base.
+                provider.link_url(&provider.base, resume)?
             }
-            None => fill(setting(spec, "path").unwrap_or_default(), ctx)?,
+            None => provider.path_url(&fill(setting(spec, "path").unwrap_or_default(), ctx)?)?,
         };
         let mut pages = 0;
         if !done {
@@ -446,7 +682,14 @@ impl Operation for HttpCollect {
                 if ctx.cancel_requested() {
                     return Ok(ctx.cancelled());
                 }
-                let (headers, bytes) = provider.send(ctx, Method::GET, &next, None).await?;
+                let (headers, bytes) = match provider.send(ctx, Method::GET, &next, None).await {
+                    Err(e) if pages == 0 && !left_out.is_empty() => {
+                        let note =
+                            format!("resumed from a next link stored without its secret query parameters ({left_out})");
+                        return Err(with_note(e, &note));
+                    }
+                    sent => sent?,
+                };
                 let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
                     OperationError::failed(ReasonCode::ProviderBadResponse.as_str(), format!("page is not JSON: {e}"))
                 })?;
@@ -476,10 +719,16 @@ impl Operation for HttpCollect {
                 let link = next_link(&body, &headers);
                 match link {
                     Some(link) if pages < max_pages => {
-                        // Check the origin now, so a bad link fails before it is stored.
-                        provider.url(&link)?;
-                        ctx.progress(counts, Some(json!({ "next": link }))).await?;
-                        next = link;
+                        // Resolved and origin-checked now, so a bad link fails before it is stored.
+                        let url = provider.link_url(&next, &link)?;
+                        let (stored, removed) = storable_link(&url, &provider.token.0);
+                        let mut checkpoint = json!({ "next": stored });
+                        if !removed.is_empty() {
+                            checkpoint["removed_params"] = json!(removed);
+                        }
+                        ctx.progress(counts, Some(checkpoint)).await?;
+                        // This attempt follows the link as sent.
+                        next = url;
                     }
                     _ => {
                         ctx.progress(counts, Some(json!({ "next": null, "done": true }))).await?;
@@ -522,9 +771,9 @@ impl Operation for HttpCall {
         let provider = provider_of(&self.providers, spec).map_err(OperationError::payload_invalid)?;
         let method = Method::from_bytes(setting(spec, "method").unwrap_or("POST").as_bytes())
             .map_err(|_| OperationError::payload_invalid("settings.method is not an HTTP method"))?;
-        let path = fill(setting(spec, "path").unwrap_or_default(), ctx)?;
+        let url = provider.path_url(&fill(setting(spec, "path").unwrap_or_default(), ctx)?)?;
         let body = (method != Method::GET && method != Method::HEAD).then(|| ctx.params().clone());
-        provider.send(ctx, method, &path, body.as_ref()).await?;
+        provider.send(ctx, method, &url, body.as_ref()).await?;
         let counts = SummaryCounts::new().with("total", 1).and_then(|c| c.with("succeeded", 1)).unwrap_or_default();
         Ok(Completion::succeeded(counts))
     }
@@ -561,5 +810,102 @@ mod tests {
     #[test]
     fn placeholders_are_url_encoded() {
         assert_eq!(url_escape("a b/c"), "a%20b%2Fc");
+    }
+
+    const WIPE: &str = "/tenants/{environment}/devices/{target_id}/wipe";
+
+    fn scope<'a>(env: &'a str, target: &'a str) -> [(&'static str, Option<&'a str>); 4] {
+        [
+            ("{workspace}", Some("contoso")),
+            ("{environment}", Some(env)),
+            ("{target_type}", None),
+            ("{target_id}", Some(target)),
+        ]
+    }
+
+    #[test]
+    fn a_placeholder_value_cannot_change_the_request_path() {
+        let base = Url::parse("https://graph.test/v1.0").unwrap();
+        let path = |env: &str, target: &str| -> Result<String, String> {
+            let filled = fill_with(WIPE, &scope(env, target))?;
+            Ok(path_url(&base, &filled)?.path().to_string())
+        };
+        assert_eq!(path("contoso-prod", "dev-1").unwrap(), "/v1.0/tenants/contoso-prod/devices/dev-1/wipe");
+        // `/`, `?`, `#`, `%` stay inside their segment.
+        assert_eq!(path("contoso-prod", "a/../b").unwrap(), "/v1.0/tenants/contoso-prod/devices/a%2F..%2Fb/wipe");
+        assert_eq!(path("contoso-prod", "x?y#z").unwrap(), "/v1.0/tenants/contoso-prod/devices/x%3Fy%23z/wipe");
+        assert_eq!(path("contoso-prod", "%2e%2e").unwrap(), "/v1.0/tenants/contoso-prod/devices/%252e%252e/wipe");
+        assert_eq!(path("contoso-prod", "a..").unwrap(), "/v1.0/tenants/contoso-prod/devices/a../wipe");
+        // Dot segments and empty values, in every placeholder, are refused naming it.
+        for (env, target, key) in [
+            ("contoso-prod", "..", "{target_id} = '..'"),
+            ("contoso-prod", ".", "{target_id} = '.'"),
+            ("..", "dev-1", "{environment} = '..'"),
+            (".", "dev-1", "{environment} = '.'"),
+            ("contoso-prod", "", "{target_id} is empty"),
+        ] {
+            let e = path(env, target).unwrap_err();
+            assert!(e.contains(key) && e.contains("request path"), "{env} {target}: {e}");
+        }
+        let ws = fill_with("/w/{workspace}/x", &[("{workspace}", Some(".."))]).unwrap_err();
+        assert!(ws.contains("{workspace} = '..'"), "{ws}");
+        let kind = fill_with("/k/{target_type}", &[("{target_type}", Some("."))]).unwrap_err();
+        assert!(kind.contains("{target_type} = '.'"), "{kind}");
+        // A value completing a dot segment the template starts is refused too.
+        assert!(fill_with("/devices/.{target_id}", &[("{target_id}", Some("."))]).is_err());
+        // The query part is filled, not checked for dot segments.
+        assert_eq!(fill_with("/d?id={target_id}", &[("{target_id}", Some(".."))]).unwrap(), "/d?id=..");
+        assert!(fill_with("/d/{target_id}", &[("{target_id}", None)]).unwrap_err().contains("the run has none"));
+    }
+
+    #[test]
+    fn next_links_resolve_as_url_references_against_the_page() {
+        let page = Url::parse("https://h.test/v1.0/devices?page=1").unwrap();
+        let at = |link: &str| link_url(&page, link).unwrap().to_string();
+        assert_eq!(at("/v1.0/devices?page=2"), "https://h.test/v1.0/devices?page=2", "not /v1.0/v1.0");
+        assert_eq!(at("https://h.test/v1.0/devices?page=3"), "https://h.test/v1.0/devices?page=3");
+        assert_eq!(at("?page=4"), "https://h.test/v1.0/devices?page=4");
+        assert_eq!(at("devices?page=5"), "https://h.test/v1.0/devices?page=5");
+        // Another origin is resolved (and then refused by the origin check).
+        assert_eq!(
+            link_url(&page, "//evil.test/x").unwrap().origin(),
+            Url::parse("https://evil.test").unwrap().origin()
+        );
+        // A settings path stays under the base path.
+        let base = Url::parse("https://h.test/v1.0").unwrap();
+        assert_eq!(path_url(&base, "/devices").unwrap().as_str(), "https://h.test/v1.0/devices");
+        assert_eq!(path_url(&base, "devices").unwrap().as_str(), "https://h.test/v1.0/devices");
+    }
+
+    #[test]
+    fn a_stored_next_link_keeps_its_cursor_without_the_token_or_signatures() {
+        let token = "tok-canary-1234567890";
+        let link = Url::parse(&format!(
+            "https://user:pw@h.test/v1.0/devices?page=2&access_token={token}&sig=abc%2Bdef&X-Amz-Signature=f00d\
+             &X-Amz-Credential=AKIA%2F2026&client_secret=s3&code_challenge=x&$skiptoken=Z2V0&$top=100\
+             &other=has-{token}-inside&%73ig=encoded#frag"
+        ))
+        .unwrap();
+        let (stored, removed) = storable_link(&link, token);
+        assert_eq!(stored, "https://h.test/v1.0/devices?page=2&code_challenge=x&$skiptoken=Z2V0&$top=100");
+        assert_eq!(
+            removed,
+            ["access_token", "sig", "X-Amz-Signature", "X-Amz-Credential", "client_secret", "other", "sig"]
+        );
+        // A link without secrets is kept as sent.
+        let plain = Url::parse("https://h.test/v1.0/devices?page=2&$skiptoken=abc").unwrap();
+        assert_eq!(storable_link(&plain, token), (plain.to_string(), vec![]));
+        // The token in the path is replaced.
+        let in_path = Url::parse(&format!("https://h.test/t/{token}/devices")).unwrap();
+        let (stored, removed) = storable_link(&in_path, token);
+        assert_eq!(stored, "https://h.test/t/[REDACTED]/devices");
+        assert_eq!(removed.len(), 1);
+    }
+
+    #[test]
+    fn percent_decoding_reads_escapes_and_keeps_broken_ones() {
+        assert_eq!(percent_decode("X%2DAmz%2dSignature"), "X-Amz-Signature");
+        assert_eq!(percent_decode("a+b%"), "a b%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
