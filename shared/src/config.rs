@@ -289,7 +289,17 @@ pub struct ProviderConfig {
     /// Requests in flight per managed environment (optional).
     #[serde(default)]
     pub concurrency_per_environment: Option<usize>,
+    /// The largest response body read, in bytes; a longer one (or one whose
+    /// Content-Length says so) ends the attempt `provider.bad_response`.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
 }
+
+/// The default [`ProviderConfig::max_response_bytes`]: 8 MiB, several pages
+/// of the largest page size common providers allow (Graph's 999 items).
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+/// The largest [`ProviderConfig::max_response_bytes`] accepted: 1 GiB.
+pub const MAX_MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
@@ -306,23 +316,16 @@ fn default_retry_after_cap() -> Duration {
 fn default_provider_concurrency() -> usize {
     8
 }
+fn default_max_response_bytes() -> u64 {
+    DEFAULT_MAX_RESPONSE_BYTES
+}
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The largest response body read, in bytes; a longer one (or one whose
-    /// Content-Length says so) ends the attempt `provider.bad_response`.
-    #[serde(default = "default_max_response_bytes")]
-    pub max_response_bytes: u64,
     /// Run truth.
     pub store: StoreConfig,
-/// The default [`ProviderConfig::max_response_bytes`]: 8 MiB, several pages
-/// of the largest page size common providers allow (Graph's 999 items).
-pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
-/// The largest [`ProviderConfig::max_response_bytes`] accepted: 1 GiB.
-pub const MAX_MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
-
     /// Job queue.
     pub queue: QueueConfig,
     /// Worker.
@@ -338,9 +341,6 @@ pub const MAX_MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
     /// Operation types.
     pub operations: BTreeMap<String, OperationSpec>,
     /// Providers by name.
-fn default_max_response_bytes() -> u64 {
-    DEFAULT_MAX_RESPONSE_BYTES
-}
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Cron schedules.
     pub schedules: Vec<ScheduleSpec>,
@@ -472,6 +472,12 @@ impl Config {
             if p.request_timeout.is_zero() || p.connect_timeout.is_zero() {
                 return Err(format!("{}: timeouts must be longer than zero", field("request_timeout")));
             }
+            if p.max_response_bytes == 0 || p.max_response_bytes > MAX_MAX_RESPONSE_BYTES {
+                return Err(format!(
+                    "{}: must be between 1 and {MAX_MAX_RESPONSE_BYTES} (1 GiB)",
+                    field("max_response_bytes")
+                ));
+            }
         }
         for (name, op) in &self.operations {
             if let Some(p) = &op.provider
@@ -516,12 +522,6 @@ impl Config {
                 return Err(format!("{}: must be a table", field("params")));
             }
             if let Some(k) = crate::redact::find_secret_key(&s.params) {
-            if p.max_response_bytes == 0 || p.max_response_bytes > MAX_MAX_RESPONSE_BYTES {
-                return Err(format!(
-                    "{}: must be between 1 and {MAX_MAX_RESPONSE_BYTES} (1 GiB)",
-                    field("max_response_bytes")
-                ));
-            }
                 return Err(format!("{}: secret-named key '{k}' is not allowed in params", field("params")));
             }
         }
@@ -553,6 +553,19 @@ mod tests {
         assert!(e.to_string().contains("queue.backend"), "{e}");
         let e = Config::from_toml("[api]\nbind = \"everywhere\"\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("api.bind"), "{e}");
+    }
+
+    #[test]
+    fn a_provider_body_cap_of_zero_or_over_a_gib_is_refused_naming_the_field() {
+        let provider = "[providers.graph]\nbase_url = \"https://g.test\"\ntoken_env = \"T\"\n";
+        let c = Config::from_toml(provider, "f.toml").unwrap();
+        assert_eq!(c.providers["graph"].max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
+        for bad in ["0", "1073741825"] {
+            let e = Config::from_toml(&format!("{provider}max_response_bytes = {bad}\n"), "f.toml").unwrap_err();
+            assert!(e.to_string().contains("providers.graph.max_response_bytes"), "{bad}: {e}");
+        }
+        let c = Config::from_toml(&format!("{provider}max_response_bytes = 4096\n"), "f.toml").unwrap();
+        assert_eq!(c.providers["graph"].max_response_bytes, 4096);
     }
 
     #[test]
@@ -588,23 +601,3 @@ actor = "svc-scheduler"
         }
     }
 }
-    #[test]
-    fn a_provider_body_cap_of_zero_or_over_a_gib_is_refused_naming_the_field() {
-        let provider = "[providers.graph]\nbase_url = \"https://g.test\"\ntoken_env = \"T\"\n";
-        let c = Config::from_toml(provider, "f.toml").unwrap();
-        assert_eq!(c.providers["graph"].max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
-        for bad in ["0", "1073741825"] {
-            let e = Config::from_toml(&format!("{provider}max_response_bytes = {bad}\n"), "f.toml").unwrap_err();
-            assert!(e.to_string().contains("providers.graph.max_response_bytes"), "{bad}: {e}");
-        }
-        let c = Config::from_toml(&format!("{provider}max_response_bytes = 4096\n"), "f.toml").unwrap();
-        assert_eq!(c.providers["graph"].max_response_bytes, 4096);
-    }
-
-    #[test]
-    fn durations_longer_than_the_maximum_are_refused_naming_the_field() {
-        assert!(Config::from_toml("[scheduler]\ntick = \"365d\"\n", "t").is_ok());
-        let e = Config::from_toml("[scheduler]\ntick = \"366d\"\n", "t").unwrap_err();
-        assert!(e.to_string().contains("scheduler.tick: 1year") && e.to_string().contains("at most 365 days"), "{e}");
-    }
-
