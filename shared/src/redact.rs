@@ -3,16 +3,23 @@
 //!
 //! [`redact`] replaces what looks like a secret with [`REDACTED`]:
 //!
-//! - the password in a URL's user info (`postgres://app:[REDACTED]@db/oprun`);
-//! - JSON string fields (also JSON escaped inside a string) whose key is
-//!   secret-named (see [`is_secret_key`]): `"client_secret": "[REDACTED]"`;
+//! - the password in a URL's user info (`postgres://app:[REDACTED]@db/oprun`),
+//!   up to the URL's last `@`, so a raw password holding `@`, `/`, `?` or `#`
+//!   goes whole (see [`redact_url`] for a URL on its own);
+//! - the values of JSON fields (also JSON escaped inside a string) whose key
+//!   is secret-named (see [`is_secret_key`]), whatever their type:
+//!   `"client_secret": "[REDACTED]"`, `"password": "[REDACTED]"` for a number,
+//!   an array or an object;
 //! - `Authorization:`, `Proxy-Authorization:`, `Cookie:` and `Set-Cookie:`
 //!   header values, up to the end of the line;
-//! - `Bearer <token>` (any case);
+//! - `Basic <base64 of user:password>` and `Bearer <token>` (any case);
 //! - JWT-shaped strings (three base64url segments, the first starting `eyJ`);
+//! - AWS access key ids (`AKIA…`, `ASIA…`) and 40-character AWS secret keys
+//!   (which may hold `/`);
 //! - `key=value` and `key: value` pairs whose key is secret-named, in query
 //!   strings, form bodies and prose (`password=…`, `access_token=…`,
-//!   `api_key: …`);
+//!   `api_key: …`, `sig=…`, `authorization=Basic …`), also percent-encoded
+//!   once or twice (`access%5Ftoken%3D…`: such a run is shown decoded);
 //! - long high-entropy strings: 32 or more characters of `[A-Za-z0-9+/_-]`
 //!   mixing letters and digits with a run of at least 20 characters between
 //!   `-`, `_` and `/` (hex digests, API keys, opaque tokens). Canonical
@@ -34,10 +41,11 @@ pub const MAX_MESSAGE_LEN: usize = 1000;
 
 /// Key words a secret-named key contains; the regexes pre-filter on these and
 /// [`is_secret_key`] decides.
-const KEY_WORDS: &str = r"token|secret|passw(?:or)?d|pwd|passphrase|api[_-]?key|authorization|private[_-]?key|access[_-]?key|credentials?|bearer|connection[_-]?string";
+const KEY_WORDS: &str = r"token|secret|passw(?:or)?d|pwd|passphrase|api[_-]?key|authorization|private[_-]?key|access[_-]?key|credentials?|bearer|connection[_-]?string|sig";
 
-/// Names (after normalisation) that are secret on their own or as the last
-/// `_` word(s) of a longer name (`client_secret`, `x_api_key`, `access_token`).
+/// Names (after normalisation) that are secret on their own or as the end of
+/// a longer name, with or without a separator (`client_secret`,
+/// `clientsecret`, `x_api_key`, `accesstoken`).
 const SECRET_NAMES: &[&str] = &[
     "token",
     "secret",
@@ -48,7 +56,6 @@ const SECRET_NAMES: &[&str] = &[
     "pwd",
     "passphrase",
     "api_key",
-    "apikey",
     "authorization",
     "private_key",
     "access_key",
@@ -57,32 +64,41 @@ const SECRET_NAMES: &[&str] = &[
     "credentials",
     "bearer",
     "connection_string",
+    "sig",
+    "signature",
 ];
 
 /// Names (after normalisation) that end like a secret but are not one: paging
 /// cursors that resumable operations keep in their checkpoints.
 const NOT_SECRET_NAMES: &[&str] =
-    &["page_token", "next_token", "skip_token", "skiptoken", "delta_token", "continuation_token", "sync_token"];
+    &["page_token", "next_token", "skip_token", "delta_token", "continuation_token", "sync_token"];
 
-static URL_USERINFO: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*:)([^@/?#\s]+)@").expect("URL user info regex")
+/// A URL's scheme and the rest of it up to white space, a quote or an angle
+/// bracket (what a message can hold of a URL); [`password_span`] decides.
+static URL_IN_TEXT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"(?i)\b[a-z][a-z0-9+.-]*://([^\s"<>]+)"#).expect("URL regex"));
+
+/// A run of URL characters holding at least one percent escape.
+static PERCENT_ENCODED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9._~!$'()*+,;=:@/?&\[\]-]*%[0-9A-Fa-f]{2}[A-Za-z0-9._~!$'()*+,;=:@/?&%\[\]-]*")
+        .expect("percent-encoded regex")
 });
 
-static JSON_FIELD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(&format!(r#"(?i)"([A-Za-z0-9_-]*(?:{KEY_WORDS})[A-Za-z0-9_-]*)"(\s*:\s*)"((?:[^"\\]|\\.)*)""#))
-        .expect("JSON field regex")
+static JSON_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(&format!(r#"(?i)"([A-Za-z0-9_-]*(?:{KEY_WORDS})[A-Za-z0-9_-]*)"\s*:\s*"#)).expect("JSON key regex")
 });
 
-static ESCAPED_JSON_FIELD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(&format!(
-        r#"(?i)\\"([A-Za-z0-9_-]*(?:{KEY_WORDS})[A-Za-z0-9_-]*)\\"(\s*:\s*)\\"((?:[^"\\]|\\[^"])*)\\""#
-    ))
-    .expect("escaped JSON field regex")
+static ESCAPED_JSON_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(&format!(r#"(?i)\\"([A-Za-z0-9_-]*(?:{KEY_WORDS})[A-Za-z0-9_-]*)\\"\s*:\s*"#))
+        .expect("escaped JSON key regex")
 });
 
 static HEADER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?i)\b((?:proxy-)?authorization|set-cookie|cookie)([ \t]*:[ \t]*)[^\r\n"']+"#).expect("header regex")
 });
+
+static BASIC: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\b(basic)([ \t]+)([A-Za-z0-9+/]{4,}={0,2})").expect("basic regex"));
 
 static BEARER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(bearer)([ \t]+)([A-Za-z0-9\-._~+/]+=*)").expect("bearer regex"));
@@ -90,9 +106,13 @@ static BEARER: LazyLock<Regex> =
 static JWT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*").expect("JWT regex"));
 
+/// An AWS access key id: long-term (`AKIA`) or temporary (`ASIA`).
+static AWS_KEY_ID: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b").expect("AWS key id regex"));
+
 static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
-        r#"(?i)\b([A-Za-z0-9_-]*(?:{KEY_WORDS})[A-Za-z0-9_-]*)([ \t]*[:=][ \t]*)("[^"\r\n]*"|'[^'\r\n]*'|[^\s&,;"'<>]+)"#
+        r#"(?i)\b([A-Za-z0-9_-]*(?:{KEY_WORDS})[A-Za-z0-9_-]*)([ \t]*[:=][ \t]*)((?:basic|bearer|digest|negotiate|ntlm)[ \t]+[^\s&,;"'<>]+|"[^"\r\n]*"|'[^'\r\n]*'|[^\s&,;"'<>]+)"#
     ))
     .expect("key=value regex")
 });
@@ -103,10 +123,31 @@ static HIGH_ENTROPY: LazyLock<Regex> =
 /// Replace every secret-looking part of `s` with [`REDACTED`] (see the module
 /// docs for what counts). Ordinary text comes back unchanged.
 pub fn redact(s: &str) -> String {
-    let s = URL_USERINFO.replace_all(s, format!("${{1}}{REDACTED}@").as_str());
-    let s = JSON_FIELD.replace_all(&s, |c: &Captures| secret_field(c, "\""));
-    let s = ESCAPED_JSON_FIELD.replace_all(&s, |c: &Captures| secret_field(c, "\\\""));
+    // Percent-encoded pairs (`access%5Ftoken%3D…`, also encoded twice): a run
+    // whose decoded form holds a secret is shown decoded and redacted; any
+    // other run is kept as it was.
+    let s = PERCENT_ENCODED.replace_all(s, |c: &Captures| {
+        let decoded = percent_decode(&c[0]);
+        let cleaned = redact_plain(&decoded);
+        if cleaned == decoded { c[0].to_string() } else { cleaned }
+    });
+    redact_plain(&s)
+}
+
+/// [`redact`] without the percent-decoding step.
+fn redact_plain(s: &str) -> String {
+    let s = URL_IN_TEXT.replace_all(s, |c: &Captures| {
+        let whole = c.get(0).expect("match");
+        let rest = c.get(1).expect("group").start() - whole.start();
+        hide_password(whole.as_str(), rest)
+    });
+    let s = redact_json_values(&s, &JSON_KEY, "\"");
+    let s = redact_json_values(&s, &ESCAPED_JSON_KEY, "\\\"");
     let s = HEADER.replace_all(&s, format!("${{1}}${{2}}{REDACTED}").as_str());
+    let s = BASIC.replace_all(&s, |c: &Captures| {
+        // "basic auth" is prose; `Basic dXNlcjpwdw==` is `user:pw`.
+        if decodes_to_user_and_password(&c[3]) { format!("{}{}{REDACTED}", &c[1], &c[2]) } else { c[0].to_string() }
+    });
     let s = BEARER.replace_all(&s, |c: &Captures| {
         // "missing bearer token" is prose, not a credential.
         let word = c[3].to_ascii_lowercase();
@@ -117,18 +158,216 @@ pub fn redact(s: &str) -> String {
         }
     });
     let s = JWT.replace_all(&s, REDACTED);
+    let s = AWS_KEY_ID.replace_all(&s, REDACTED);
     let s = KEY_VALUE.replace_all(&s, |c: &Captures| {
         if is_secret_key(&c[1]) { format!("{}{}{REDACTED}", &c[1], &c[2]) } else { c[0].to_string() }
     });
-    let s = HIGH_ENTROPY
-        .replace_all(&s, |c: &Captures| if looks_random(&c[0]) { REDACTED.to_string() } else { c[0].to_string() });
+    let s = HIGH_ENTROPY.replace_all(&s, |c: &Captures| {
+        if looks_random(&c[0]) || looks_like_aws_secret_key(&c[0]) { REDACTED.to_string() } else { c[0].to_string() }
+    });
     s.into_owned()
 }
 
-/// Redact a connection URL (database, Redis) for an error message or a log
-/// line: its password, secret query parameters and tokens.
+/// Redact a connection URL (database, Redis, a provider's) for an error
+/// message or a log line: its password, secret query parameters and tokens.
+///
+/// The password is everything between the first `:` of the user info and the
+/// last `@` of the URL, whatever it holds (`@`, `/`, `?`, `#`, spaces,
+/// quotes: a raw password in a config file is not percent-encoded). Text
+/// without `://` that holds an `@` (a mistyped scheme, `user:pw@host`) loses
+/// everything between its first `:` and its last `@`.
 pub fn redact_url(url: &str) -> String {
-    redact(url)
+    let hidden = match url.find("://") {
+        Some(i) => hide_password(url, i + 3),
+        None => match (url.find(':'), url.rfind('@')) {
+            (Some(colon), Some(at)) if colon < at => format!("{}{REDACTED}{}", &url[..=colon], &url[at..]),
+            _ => url.to_string(),
+        },
+    };
+    redact(&hidden)
+}
+
+/// `url` with the password of the user info that starts at byte `rest`
+/// (after `scheme://`) replaced by [`REDACTED`] (see [`password_span`]).
+fn hide_password(url: &str, rest: usize) -> String {
+    match password_span(&url[rest..]) {
+        Some((from, to)) => format!("{}{REDACTED}{}", &url[..rest + from], &url[rest + to..]),
+        None => url.to_string(),
+    }
+}
+
+/// Where the password is in what follows a URL's `scheme://`: from after the
+/// first `:` of the user info to its last `@`. `None` without a password.
+/// Not a password: an `@` after a path (`host/a:b@c`), and a port followed by
+/// a path holding an `@` on a host that is named as one (with a `.`, `[`, or
+/// `localhost`: `127.0.0.1:8080/users/ada@contoso.com`).
+fn password_span(rest: &str) -> Option<(usize, usize)> {
+    let at = rest.rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    let (user, password) = (&rest[..colon], &rest[colon + 1..at]);
+    if user.contains(['/', '?', '#']) {
+        return None;
+    }
+    let port_digits = password.bytes().take_while(u8::is_ascii_digit).count();
+    let port_then_path = (1..=5).contains(&port_digits) && password[port_digits..].starts_with(['/', '?', '#']);
+    let host_like = user.contains(['.', '[']) || user.eq_ignore_ascii_case("localhost");
+    if port_then_path && host_like {
+        return None;
+    }
+    Some((colon + 1, at))
+}
+
+/// Replace the value of every secret-named JSON field that `key` finds in `s`
+/// (a string, number, literal, array or object; `null` is kept) with
+/// `"[REDACTED]"`. `quote` is `"`, or `\"` for JSON escaped in a string. A
+/// value cut short (an excerpt) is redacted to the end of `s`.
+fn redact_json_values(s: &str, key: &Regex, quote: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut pos = 0;
+    while let Some(c) = key.captures_at(s, pos) {
+        let m = c.get(0).expect("match");
+        if !is_secret_key(&c[1]) {
+            out.push_str(&s[pos..m.end()]);
+            pos = m.end();
+            continue;
+        }
+        let end = json_value_end(s, m.end(), quote);
+        out.push_str(&s[pos..m.end()]);
+        let value = &s[m.end()..end];
+        if value.is_empty() || value == "null" {
+            out.push_str(value);
+        } else {
+            out.push_str(&format!("{quote}{REDACTED}{quote}"));
+        }
+        pos = end;
+    }
+    out.push_str(&s[pos..]);
+    out
+}
+
+/// The byte after the JSON value that starts at `from` in `s` (strings
+/// delimited by `quote`); the end of `s` when the value is not closed.
+fn json_value_end(s: &str, from: usize, quote: &str) -> usize {
+    let b = s.as_bytes();
+    let escaped = quote.len() == 2;
+    let at_quote = |i: usize| s[i..].starts_with(quote);
+    // The byte after the string that starts (at its opening quote) at `i`.
+    let string_end = |mut i: usize| {
+        i += quote.len();
+        while i < b.len() {
+            if escaped {
+                if b[i] == b'\\' {
+                    if b.get(i + 1) == Some(&b'"') {
+                        return i + 2;
+                    }
+                    i += 2;
+                    continue;
+                }
+            } else if b[i] == b'\\' {
+                i += 2;
+                continue;
+            } else if b[i] == b'"' {
+                return i + 1;
+            }
+            i += 1;
+        }
+        b.len()
+    };
+    match b.get(from) {
+        None => from,
+        Some(_) if at_quote(from) => string_end(from),
+        Some(b'[' | b'{') => {
+            let mut depth = 0usize;
+            let mut i = from;
+            while i < b.len() {
+                if at_quote(i) {
+                    i = string_end(i);
+                    continue;
+                }
+                match b[i] {
+                    b'[' | b'{' => depth += 1,
+                    b']' | b'}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            b.len()
+        }
+        Some(_) => {
+            let mut i = from;
+            while i < b.len() && !matches!(b[i], b',' | b']' | b'}' | b'"' | b'\\') && !b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            i
+        }
+    }
+}
+
+/// Decode `%XX` escapes, again while some remain (up to three times, for a
+/// URL encoded into a parameter of another); bytes that are not UTF-8 become
+/// U+FFFD.
+fn percent_decode(s: &str) -> String {
+    let mut text = s.to_string();
+    for _ in 0..3 {
+        let b = text.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+            match (b[i], hex(i + 1), hex(i + 2)) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        let next = String::from_utf8_lossy(&out).into_owned();
+        if next == text {
+            break;
+        }
+        text = next;
+    }
+    text
+}
+
+/// Whether `s` is standard base64 of `user:password` (a Basic credential).
+fn decodes_to_user_and_password(s: &str) -> bool {
+    let digits = s.trim_end_matches('=');
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut saw_colon = false;
+    for c in digits.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return false,
+        };
+        bits = (bits << 6) | u32::from(v);
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            let byte = (bits >> nbits) as u8;
+            if byte == b':' {
+                saw_colon = true;
+            } else if !(0x20..0x7f).contains(&byte) && byte < 0x80 {
+                return false;
+            }
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    saw_colon
 }
 
 /// Redact `s`, then bound it to [`MAX_MESSAGE_LEN`] bytes: a longer text is
@@ -160,30 +399,34 @@ pub fn excerpt(s: &str, max_chars: usize) -> String {
     out
 }
 
-/// Whether a key names a secret. Case, `-`, `.`, spaces and camelCase are
-/// normalised to snake_case first (`clientSecret`, `X-Api-Key` and
-/// `client_secret` are all secret). A name is secret when it is, or ends with
-/// `_` followed by, one of: token, secret(s), password(s), passwd, pwd,
-/// passphrase, api_key, apikey, authorization, private_key, access_key,
-/// secret_key, credential(s), bearer, connection_string. So `access_token`,
-/// `refresh_token` and `client_secret` are secret; `token_type`, `max_tokens`,
-/// `dedup_key` and `sort_key` are not (a bare `_key` suffix is too common to
-/// refuse). Paging cursors are exempt: page_token, next_token, skip_token,
-/// skiptoken, delta_token, continuation_token and sync_token (and names ending
-/// with them, such as `next_page_token`).
+/// Whether a key names a secret. Case, `-`, `.`, spaces and camelCase
+/// (acronyms too: `DBPassword`, `AWSSecretKey`) are normalised to snake_case
+/// first, so `clientSecret`, `X-Api-Key` and `client_secret` are all secret. A
+/// name is secret when it is, or ends with (with or without a `_` before it),
+/// one of: token, secret(s), password(s), passwd, pwd, passphrase, api_key,
+/// authorization, private_key, access_key, secret_key, credential(s), bearer,
+/// connection_string, sig, signature; `_` inside these is optional too. So
+/// `access_token`, `accesstoken`, `refresh_token`, `client_secret`,
+/// `clientsecret`, `apikey` and `x_amz_signature` are secret; `token_type`,
+/// `max_tokens`, `dedup_key`, `sort_key` and `monkey` are not (a bare `key`
+/// suffix is too common to refuse). Paging cursors are exempt: page_token,
+/// next_token, skip_token, delta_token, continuation_token and sync_token
+/// (with or without the `_`, and names ending with them, such as
+/// `next_page_token` and `nextpagetoken`).
 pub fn is_secret_key(name: &str) -> bool {
-    let n = normalise_key(name);
-    let is_or_ends_with = |word: &str| n == word || n.strip_suffix(word).is_some_and(|head| head.ends_with('_'));
-    if NOT_SECRET_NAMES.iter().any(|w| is_or_ends_with(w)) {
+    let n = normalise_key(name).replace('_', "");
+    let ends_with = |word: &str| n.ends_with(&word.replace('_', ""));
+    if NOT_SECRET_NAMES.iter().any(|w| ends_with(w)) {
         return false;
     }
-    SECRET_NAMES.iter().any(|w| is_or_ends_with(w))
+    SECRET_NAMES.iter().any(|w| ends_with(w))
 }
 
 /// The path of the first secret-named key (see [`is_secret_key`]) anywhere in
-/// `v`, depth first in key order: object keys joined with `.`, array items as
-/// `[i]` (`auth.client_secret`, `targets[2].password`, `[0].token`). `None`
-/// when there is none.
+/// `v`, whatever its value (a string, a number, an array, an object), depth
+/// first in key order: object keys joined with `.`, array items as `[i]`
+/// (`auth.client_secret`, `targets[2].password`, `[0].token`). `None` when
+/// there is none.
 pub fn find_secret_key(v: &serde_json::Value) -> Option<String> {
     fn walk(v: &serde_json::Value, path: &mut String) -> Option<String> {
         match v {
@@ -221,24 +464,20 @@ pub fn find_secret_key(v: &serde_json::Value) -> Option<String> {
     walk(v, &mut String::new())
 }
 
-/// Rebuild a matched JSON field with its value redacted when its key is
-/// secret-named; `quote` is `"` or, for JSON escaped in a string, `\"`.
-fn secret_field(c: &Captures, quote: &str) -> String {
-    if is_secret_key(&c[1]) {
-        format!("{quote}{}{quote}{}{quote}{REDACTED}{quote}", &c[1], &c[2])
-    } else {
-        c[0].to_string()
-    }
-}
-
 /// snake_case, lower case: `clientSecret` → `client_secret`,
-/// `X-Api-Key` → `x_api_key`.
+/// `X-Api-Key` → `x_api_key`, `DBPassword` → `db_password`.
 fn normalise_key(name: &str) -> String {
+    let chars: Vec<char> = name.trim().chars().collect();
     let mut out = String::with_capacity(name.len() + 4);
     let mut prev_lower_or_digit = false;
-    for ch in name.trim().chars() {
+    for (i, &ch) in chars.iter().enumerate() {
         if ch.is_ascii_uppercase() {
-            if prev_lower_or_digit {
+            // A word starts at an upper-case letter after a lower-case one
+            // (`clientSecret`) or at the last capital of an acronym
+            // (`DBPassword`: `DB` + `Password`).
+            let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
+            let next_lower = chars.get(i + 1).is_some_and(char::is_ascii_lowercase);
+            if prev_lower_or_digit || (prev_upper && next_lower) {
                 out.push('_');
             }
             out.push(ch.to_ascii_lowercase());
@@ -264,6 +503,20 @@ fn looks_random(s: &str) -> bool {
     let has_digit = s.bytes().any(|b| b.is_ascii_digit());
     let longest_segment = s.trim_end_matches('=').split(['-', '_', '/']).map(str::len).max().unwrap_or(0);
     has_letter && has_digit && longest_segment >= 20
+}
+
+/// Whether `s` is shaped like an AWS secret access key: 40 characters of
+/// base64 (`/` and `+` included), mixed case with a digit, not a path (it
+/// neither starts nor ends with `/`, has no empty segment and no segment of
+/// only lower-case letters such as `users`).
+fn looks_like_aws_secret_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 40
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'+'))
+        && b.iter().filter(|c| c.is_ascii_uppercase()).count() >= 3
+        && b.iter().filter(|c| c.is_ascii_lowercase()).count() >= 3
+        && b.iter().any(u8::is_ascii_digit)
+        && s.split('/').all(|seg| !seg.is_empty() && !seg.bytes().all(|c| c.is_ascii_lowercase()))
 }
 
 /// `8-4-4-4-12` hex digits.
@@ -382,6 +635,13 @@ mod tests {
             "token_type=bearer",
             "dedup_key=inventory.sync|ws-1|env-2",
             "Supercalifragilisticexpialidociousnessitude",
+            "design: blue-green, signal=3, assignee: ada",
+            "signature verified",
+            "basic auth is not supported; use Basic scheme",
+            "GET http://127.0.0.1:43210/v1.0/users?%24top=100&%24skiptoken=abc failed: 404",
+            "progress 100% done, 50%ff",
+            r#"{"token_type": "Bearer", "expires_in": 3599, "scope": ["a", "b"], "page_token": {"n": 2}}"#,
+            "next_page_token=p-2 nextpagetoken=p-3 skiptoken=p-4",
         ] {
             assert_eq!(redact(text), text);
         }
@@ -389,8 +649,18 @@ mod tests {
 
     #[test]
     fn redaction_is_idempotent() {
-        let once = redact("password=hunter2 Authorization: Bearer abcdefgh12345678");
-        assert_eq!(redact(&once), once);
+        for text in [
+            "password=hunter2 Authorization: Bearer abcdefgh12345678",
+            "postgres://app:p@s/s?w#d@db:5432/oprun",
+            r#"{"password": 12345678, "client_secret": ["x", {"y": 1}], "a": 1}"#,
+            "state=access%5Ftoken%3Dabc123&next=%252Fcb%253Fpassword%253Dhunter2",
+            "authorization=Basic dXNlcjpodW50ZXIy AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "https://acct.blob.core.windows.net/c?sv=2022-11-02&sig=N8jn%2BvP6Nj%3D",
+        ] {
+            let once = redact(text);
+            assert_eq!(redact(&once), once, "{text}");
+            assert_eq!(redact_url(&redact_url(text)), redact_url(text), "{text}");
+        }
     }
 
     #[test]
@@ -465,6 +735,196 @@ mod tests {
         ] {
             assert!(!is_secret_key(k), "{k} should not be secret");
         }
+    }
+
+    // ---- Shapes that used to survive (issue 20) ----
+
+    /// `redact_url` must hide every character of `password` in `url`, and
+    /// keep the scheme and the host.
+    fn assert_url_password_hidden(url: &str, password: &str, host: &str) {
+        for out in [redact_url(url), redact(&format!("cannot open the store {url}: invalid port number"))] {
+            for piece in password.split(['@', '/', '?', '#']).filter(|p| p.len() >= 3) {
+                assert!(!out.contains(piece), "password piece {piece:?} survived in {out:?}");
+            }
+            assert!(out.contains(REDACTED), "no redaction marker in {out:?}");
+            assert!(out.contains(host), "host {host:?} lost in {out:?}");
+        }
+    }
+
+    #[test]
+    fn a_url_password_containing_an_at_sign_is_hidden_whole() {
+        assert_url_password_hidden("postgres://app:hun@ter2tail@db:5432/oprun", "hun@ter2tail", "db:5432/oprun");
+        assert_eq!(redact_url("postgres://app:p@ss@db:5432/oprun"), "postgres://app:[REDACTED]@db:5432/oprun");
+        assert_url_password_hidden("redis://:r3dis@pw9x@cache:6379/0", "r3dis@pw9x", "cache:6379/0");
+    }
+
+    #[test]
+    fn a_url_password_containing_a_slash_is_hidden_whole() {
+        assert_url_password_hidden("postgres://app:hun/ter2tail@db:5432/oprun", "hun/ter2tail", "db:5432/oprun");
+        assert_url_password_hidden("postgres://app:1234/tail99@db/oprun", "1234/tail99", "db/oprun");
+    }
+
+    #[test]
+    fn a_url_password_containing_a_question_mark_is_hidden_whole() {
+        assert_url_password_hidden("postgres://app:hun?ter2tail@db:5432/oprun", "hun?ter2tail", "db:5432/oprun");
+    }
+
+    #[test]
+    fn a_url_password_containing_a_hash_is_hidden_whole() {
+        assert_url_password_hidden("postgres://app:hun#ter2tail@db:5432/oprun", "hun#ter2tail", "db:5432/oprun");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_at_all_keeps_no_password() {
+        for (url, secret) in [
+            ("app:s3cr3tpw@db:5432/oprun", "s3cr3tpw"),
+            ("postgress//app:s3cr3tpw@db/oprun", "s3cr3tpw"),
+            ("postgres://app:s3cr3t pw@db/oprun", "cr3t pw"),
+            ("postgres://app:s3c\"r3tpw@db/oprun", "r3tpw"),
+        ] {
+            let out = redact_url(url);
+            assert!(!out.contains(secret), "{secret:?} survived in {out:?}");
+            assert!(out.contains("db"), "host lost in {out:?}");
+        }
+        assert_eq!(redact_url("not a url at all"), "not a url at all");
+        assert_eq!(redact_url("postgres://app@db/oprun"), "postgres://app@db/oprun");
+    }
+
+    #[test]
+    fn url_ports_and_addresses_in_paths_are_not_taken_for_passwords() {
+        for text in [
+            "GET http://127.0.0.1:43210/v1.0/users/ada@contoso.com failed",
+            "https://graph.example.com/v1.0/users/ada@contoso.com",
+            "mailto:ada@contoso.com",
+        ] {
+            assert_eq!(redact(text), text);
+        }
+    }
+
+    #[test]
+    fn secret_json_fields_with_number_values_are_redacted() {
+        let out = redact(r#"{"password": 12345678, "user_id": 42, "pin":1}"#);
+        assert!(!out.contains("12345678"), "{out}");
+        assert!(out.contains(r#""user_id": 42"#), "{out}");
+        let out = redact(r#"{"api_key":-9.5e3,"otp_secret": true}"#);
+        assert!(!out.contains("9.5e3") && !out.contains("true"), "{out}");
+    }
+
+    #[test]
+    fn secret_json_fields_with_array_values_are_redacted() {
+        let out = redact(r#"{"client_secret": ["cs-one", "cs-two"], "scopes": ["a"]}"#);
+        assert!(!out.contains("cs-one") && !out.contains("cs-two"), "{out}");
+        assert!(out.contains(r#""scopes": ["a"]"#), "{out}");
+        assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "not JSON any more: {out}");
+    }
+
+    #[test]
+    fn secret_json_fields_with_object_values_are_redacted() {
+        let out = redact(r#"{"credentials": {"user": "u", "pass": "nested-pw", "list": [{"k": "]}"}]}, "after": 1}"#);
+        assert!(!out.contains("nested-pw") && !out.contains(r#""k""#), "{out}");
+        assert!(out.contains(r#""after": 1"#), "{out}");
+        assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "not JSON any more: {out}");
+        // Cut short (an excerpt): everything after the key goes.
+        let out = redact(r#"body: {"private_key": {"d": "cut-off-secret"#);
+        assert!(!out.contains("cut-off-secret"), "{out}");
+    }
+
+    #[test]
+    fn secret_fields_with_non_string_values_in_json_escaped_inside_a_string_are_redacted() {
+        let msg = r#"provider body: "{\"error\":\"x\",\"password\":87654321,\"client_secret\":[\"cs-88\"]}""#;
+        let out = redact(msg);
+        assert!(!out.contains("87654321") && !out.contains("cs-88"), "{out}");
+        assert!(out.contains(r#"\"error\":\"x\""#), "{out}");
+    }
+
+    #[test]
+    fn find_secret_key_finds_secret_keys_whatever_their_value() {
+        assert_eq!(find_secret_key(&json!({"password": 12345678})).as_deref(), Some("password"));
+        assert_eq!(find_secret_key(&json!({"a": {"client_secret": ["x"]}})).as_deref(), Some("a.client_secret"));
+        assert_eq!(find_secret_key(&json!({"credentials": {"user": "u"}})).as_deref(), Some("credentials"));
+        assert_eq!(find_secret_key(&json!({"token": null})).as_deref(), Some("token"));
+    }
+
+    #[test]
+    fn secret_key_names_without_a_separator_are_recognised() {
+        for k in [
+            "apitoken",
+            "accesstoken",
+            "clientsecret",
+            "privatekey",
+            "DBPassword",
+            "AWSSecretKey",
+            "awssecretaccesskey",
+            "APIToken",
+            "IDToken",
+            "refreshtoken",
+            "dbpasswd",
+        ] {
+            assert!(is_secret_key(k), "{k} should be secret");
+        }
+        for k in ["nextpagetoken", "skiptoken", "deltatoken", "monkey", "hotkey", "secretary", "passwordpolicy"] {
+            assert!(!is_secret_key(k), "{k} should not be secret");
+        }
+    }
+
+    #[test]
+    fn find_secret_key_refuses_secret_names_without_a_separator() {
+        for k in ["apitoken", "accesstoken", "clientsecret", "privatekey", "DBPassword", "AWSSecretKey"] {
+            let v = json!({"device": {"id": "d-1", k: "x"}});
+            assert_eq!(find_secret_key(&v), Some(format!("device.{k}")), "{k}");
+        }
+    }
+
+    #[test]
+    fn key_value_pairs_with_secret_names_without_a_separator_are_redacted() {
+        for k in ["apitoken", "accesstoken", "clientsecret", "privatekey", "DBPassword", "AWSSecretKey"] {
+            assert_hidden(&format!("config: {k}=hunter2value"), "hunter2value");
+            assert_hidden(&format!("{k}: hunter2value"), "hunter2value");
+            assert_hidden(&format!(r#"{{"{k}": "hunter2value"}}"#), "hunter2value");
+        }
+    }
+
+    #[test]
+    fn aws_access_key_ids_are_redacted() {
+        assert_hidden("key AKIAIOSFODNN7EXAMPLE was refused", "AKIAIOSFODNN7EXAMPLE");
+        assert_hidden("temporary ASIAY34FZKBOKMUTVV7A expired", "ASIAY34FZKBOKMUTVV7A");
+        assert_hidden("id=AKIAIOSFODNN7EXAMPLE,", "AKIAIOSFODNN7EXAMPLE");
+    }
+
+    #[test]
+    fn aws_secret_access_keys_containing_a_slash_are_redacted() {
+        let key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        assert_hidden(&format!("signing with {key} failed"), "bPxRfiCYEXAMPLEKEY");
+        assert_hidden("secret 8fJ2k/LmN0pQ+rStUvWx/Yz1AbCdEfGhIjKl/Mno", "8fJ2k/LmN0pQ");
+    }
+
+    #[test]
+    fn authorization_basic_in_a_key_value_pair_is_redacted() {
+        assert_hidden("request authorization=Basic dXNlcjpodW50ZXIy refused", "dXNlcjpodW50ZXIy");
+        assert_hidden("authorization: basic dXNlcjpodW50ZXIy", "dXNlcjpodW50ZXIy");
+        assert_hidden("proxy_authorization=Basic YWRhOnMzY3IzdA== sent", "YWRhOnMzY3IzdA");
+        assert_hidden("sent Basic YWRhOnMzY3IzdA== to the proxy", "YWRhOnMzY3IzdA");
+        assert_eq!(redact("basic auth is not supported"), "basic auth is not supported");
+    }
+
+    #[test]
+    fn percent_encoded_secret_key_value_pairs_are_redacted() {
+        assert_hidden("state=access%5Ftoken%3Dabc123&x=1", "abc123");
+        assert_hidden("next=%2Fcb%3Fpassword%3Dhunter2%26page%3D2", "hunter2");
+        assert_hidden("redirect=https%253A%252F%252Fx%252Fcb%253Fclient_secret%253Dcs-double", "cs-double");
+        assert_hidden("q=api%5Fkey%3Ak-5555", "k-5555");
+        let plain = "GET /v1.0/users?%24filter=startswith(displayName%2C%27ada%27)&%24top=100";
+        assert_eq!(redact(plain), plain);
+    }
+
+    #[test]
+    fn azure_sas_signatures_are_redacted() {
+        let url = "https://acct.blob.core.windows.net/c/b?sv=2022-11-02&ss=b&srt=o&sp=r&se=2026-01-01T00:00:00Z&sig=N8jn%2BvP6Nj%3D";
+        let out = redact(url);
+        assert!(!out.contains("N8jn"), "{out}");
+        assert!(out.contains("sv=2022-11-02&ss=b&srt=o&sp=r"), "{out}");
+        assert_hidden("sig=abcDEF123short&se=x", "abcDEF123short");
+        assert_hidden("X-Amz-Signature=3f1a9b2c", "3f1a9b2c");
     }
 
     #[test]
