@@ -289,7 +289,32 @@ async fn the_queue_reports_its_depth(stack: Stack) {
     assert_eq!(oprun_shared::JobQueue::depth(&*e.queue).await.unwrap(), Some(3));
 }
 
+/// A finish whose write meets a store failure is retried, under a lease
+/// the heartbeat keeps alive, until it is durable: the result the operation
+/// produced is recorded as it was, not left for the reconciler to fail as a
+/// lost lease (or, for a resumable operation, to run again).
+async fn a_finish_that_meets_a_store_failure_is_retried_until_it_is_written(stack: Stack) {
+    let e = Env::new(stack).await;
+    let run = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
+    let flaky = Arc::new(oprun_shared::testing::FaultyStore::new(e.db.store.clone()).failing_finishes(2));
+    let service = Env::service_with(flaky.clone(), Arc::new(oprun_shared::SystemClock));
+    let runner = oprun_worker::Runner::new(service, e.authorizer.clone(), e.operations(), "w1".into());
+    let result = runner.handle_job(json!({ "run_id": run.id })).await.expect("the job is handled");
+    assert_eq!(flaky.refused(), 2, "the first two finish writes failed");
+    match result {
+        oprun_worker::JobResult::Finished(done) => assert_eq!(done.outcome, RunOutcome::Succeeded),
+        other => panic!("expected the run finished by this attempt, got {other:?}"),
+    }
+    let stored = e.service.get(run.id).await.unwrap();
+    assert_eq!((stored.status, stored.outcome), (oprun_shared::RunStatus::Completed, RunOutcome::Succeeded));
+    assert_eq!((stored.attempt, stored.lease_owner.as_deref()), (1, None));
+    assert_eq!(e.calls(), 1, "the operation ran once");
+    let actions: Vec<String> = e.service.audit(run.id).await.unwrap().into_iter().map(|a| a.entry.action).collect();
+    assert_eq!(actions, vec!["run.dispatch", "run.claim", "run.progress", "run.complete"]);
+}
+
 both_stacks!(
+    a_finish_that_meets_a_store_failure_is_retried_until_it_is_written,
     the_queue_reports_its_depth,
     duplicate_and_reordered_deliveries_run_each_operation_once,
     garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_goes_on,

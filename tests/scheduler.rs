@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use common::{Env, Stack};
 use oprun_scheduler::{Dispatcher, Scheduler};
 use oprun_shared::config::ScheduleSpec;
-use oprun_shared::{Authorizer, JobQueue, ManualClock, RunFilter, TickDecision};
+use oprun_shared::{Authorizer, Clock, JobQueue, ManualClock, RunFilter, TickDecision};
 
 fn spec(extra: &str) -> ScheduleSpec {
     toml::from_str(&format!(
@@ -106,6 +106,189 @@ async fn a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap(stack: St
     assert_eq!(second[0].run_ids, first[0].run_ids, "the tick names the active run it deferred to");
 }
 
+/// A scheduler over `store` (a store with injected faults, say).
+async fn scheduler_over(
+    e: &Env,
+    name: &str,
+    spec: &ScheduleSpec,
+    clock: Arc<ManualClock>,
+    store: Arc<dyn oprun_shared::RunStore>,
+) -> Scheduler {
+    let service = Env::service_with(store, clock.clone());
+    let authorizer = Authorizer::new(e.db.access.clone(), common::catalog());
+    let dispatcher = Dispatcher::new(service, authorizer, e.queue.clone() as Arc<dyn JobQueue>);
+    Scheduler::new(std::slice::from_ref(spec), dispatcher, e.db.access.clone(), clock, name, Duration::from_secs(5))
+        .unwrap()
+}
+
+/// The `test.fanout` runs of the schedule `five`'s tick at `at`, by environment.
+async fn runs_of_tick(e: &Env, at: DateTime<Utc>) -> Vec<String> {
+    let filter = RunFilter { operation: Some("test.fanout".into()), limit: 100, ..Default::default() };
+    let mut envs: Vec<String> = (e.service.list(&filter).await.unwrap().into_iter())
+        .filter(|r| r.context["scheduled_for"] == serde_json::json!(at))
+        .map(|r| r.environment_id.unwrap_or_default())
+        .collect();
+    envs.sort();
+    envs
+}
+
+/// A dispatch that fails half-way through a fan-out leaves the tick
+/// claimed with what it dispatched recorded; the next pass drives it to a
+/// decision, dispatching only the scopes that were left, once each.
+async fn a_tick_whose_dispatch_failed_half_way_is_finished_by_the_next_pass(stack: Stack) {
+    let e = Env::new(stack).await;
+    let s = spec("overlap = \"allow\"");
+    let clock = Arc::new(ManualClock::new(t("2026-11-02T08:59:58Z")));
+    let faulty = Arc::new(oprun_shared::testing::FaultyStore::new(e.db.store.clone()).failing_insert(2));
+    let sched = scheduler_over(&e, "sched-a", &s, clock.clone(), faulty.clone()).await;
+    clock.set(t("2026-11-02T09:00:01Z"));
+    let first = sched.run_once().await.unwrap();
+    assert!(first.is_empty(), "the pass failed mid-tick: {first:?}");
+    assert_eq!(faulty.refused(), 1, "the second dispatch met the store failure");
+    let at = t("2026-11-02T09:00:00Z");
+    let tick = e.db.access.ticks("five", 10).await.unwrap().remove(0);
+    assert_eq!((tick.scheduled_for, tick.decision), (at, TickDecision::Claimed));
+    assert_eq!(tick.run_ids.len(), 1, "what it dispatched is recorded: {tick:?}");
+
+    clock.set(t("2026-11-02T09:00:03Z"));
+    let next = sched.run_once().await.unwrap();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!((next[0].scheduled_for, next[0].decision), (at, TickDecision::Fired));
+    assert_eq!(next[0].run_ids.len(), 4, "every scope of the tick, once: {next:?}");
+    let tick = e.db.access.ticks("five", 10).await.unwrap().remove(0);
+    assert_eq!(tick.decision, TickDecision::Fired);
+    assert_eq!(runs_of_tick(&e, at).await.len(), 4, "no scope dispatched twice");
+    let mut unique = tick.run_ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "{tick:?}");
+}
+
+/// A scheduler that died between a tick's claim and its decision (here
+/// after dispatching one scope, before recording it) leaves the tick
+/// `claimed`; once the claim is older than the abandonment timeout another
+/// scheduler takes it over: the scope already dispatched is found by the
+/// runs' own record of their tick and not dispatched again.
+async fn a_tick_abandoned_by_a_dead_scheduler_is_taken_over_and_no_scope_runs_twice(stack: Stack) {
+    let e = Env::new(stack).await;
+    let s = spec("overlap = \"allow\"");
+    let at = t("2026-11-02T09:00:00Z");
+    let clock = Arc::new(ManualClock::new(t("2026-11-02T09:00:01Z")));
+    // The dead scheduler's last acts: the claim, and one dispatch of its tick.
+    assert!(e.db.access.claim_tick("five", at, TickDecision::Claimed, "sched-dead", clock.now()).await.unwrap());
+    let dead = Env::service_with(e.db.store.clone(), clock.clone());
+    let req = oprun_shared::DispatchRequest {
+        operation: "test.fanout".into(),
+        scope: oprun_shared::Scope {
+            workspace_id: "contoso".into(),
+            environment_id: Some("contoso-prod".into()),
+            ..Default::default()
+        },
+        initiator: oprun_shared::Initiator::schedule("svc-scheduler"),
+        source: oprun_shared::SourceSurface::Scheduler,
+        context: serde_json::json!({ "schedule": "five", "scheduled_for": at, "scheduler": "sched-dead" }),
+        params: serde_json::json!({}),
+    };
+    let orphan = dead.dispatch(req).await.unwrap().run.id;
+
+    let survivor = scheduler(&e, "sched-b", &s, clock.clone()).await;
+    clock.set(t("2026-11-02T09:01:00Z"));
+    assert!(survivor.run_once().await.unwrap().is_empty(), "a young claim may still be alive: left alone");
+    assert_eq!(e.db.access.ticks("five", 10).await.unwrap()[0].decision, TickDecision::Claimed);
+
+    clock.set(t("2026-11-02T09:03:00Z"));
+    let decided = survivor.run_once().await.unwrap();
+    let taken: Vec<_> = decided.iter().filter(|d| d.scheduled_for == at).collect();
+    assert_eq!(taken.len(), 1, "{decided:?}");
+    assert_eq!(taken[0].decision, TickDecision::Fired);
+    assert!(taken[0].run_ids.contains(&orphan), "the orphan run is the tick's: {taken:?}");
+    let tick = e.db.access.ticks("five", 10).await.unwrap().into_iter().find(|t| t.scheduled_for == at).unwrap();
+    assert_eq!((tick.decision, tick.decided_by.as_str()), (TickDecision::Fired, "sched-b"));
+    assert_eq!(tick.details["taken_over"], serde_json::json!(true));
+    assert_eq!(
+        runs_of_tick(&e, at).await,
+        vec!["contoso-dev", "contoso-moving", "contoso-prod", "contoso-revoked"],
+        "one run per scope: the orphan's scope was not dispatched again"
+    );
+}
+
+/// A run of `operation` in `workspace`/`environment` claimed an hour ago
+/// by a worker that vanished: stale.
+async fn stale_run(e: &Env, workspace: &str, environment: &str) -> uuid::Uuid {
+    let past = Arc::new(ManualClock::new(Utc::now() - chrono::Duration::hours(1)));
+    let dead = Env::service_with(e.db.store.clone(), past);
+    let req = oprun_shared::DispatchRequest {
+        operation: "test.count".into(),
+        scope: oprun_shared::Scope {
+            workspace_id: workspace.into(),
+            environment_id: Some(environment.into()),
+            ..Default::default()
+        },
+        initiator: oprun_shared::Initiator::service("svc-scheduler"),
+        source: oprun_shared::SourceSurface::Cli,
+        context: serde_json::json!({}),
+        params: serde_json::json!({}),
+    };
+    let id = dead.dispatch(req).await.unwrap().run.id;
+    dead.claim(id, "vanished-worker").await.unwrap();
+    id
+}
+
+/// An operator's reconcile reaches only the workspaces where it holds
+/// `runs.reconcile` now: without a workspace it covers exactly those (not
+/// a suspended one, not another tenant's), a refusal names no workspace the
+/// caller did not name, and an actor that may reconcile nowhere (say, once
+/// every workspace is suspended) is refused instead of reconciling all.
+async fn an_operator_reconcile_stays_within_the_workspaces_it_may_reconcile(stack: Stack) {
+    let e = Env::new(stack).await;
+    let operator = oprun_scheduler::Operator::new(e.dispatcher.clone());
+    let all = oprun_shared::ReconcileFilter::default();
+    let ops = oprun_shared::Initiator::user("ops-user-1");
+    let (contoso, fabrikam) =
+        (stale_run(&e, "contoso", "contoso-prod").await, stale_run(&e, "fabrikam", "fabrikam-prod").await);
+    let status = |id| {
+        let service = e.service.clone();
+        async move { service.get(id).await.unwrap().status }
+    };
+
+    // ops-user-1 holds runs.reconcile in contoso only.
+    let report = operator.reconcile(&ops, &all, false).await.expect("reconcile within contoso");
+    assert_eq!(report.to_push(), vec![contoso], "{report:?}");
+    assert_eq!(status(fabrikam).await, oprun_shared::RunStatus::Running, "another tenant's run is not touched");
+
+    // Refusals name nothing the caller did not name.
+    let viewer = oprun_shared::Initiator::user("viewer-1");
+    let refused = operator.reconcile(&viewer, &all, true).await.unwrap_err().to_string();
+    assert!(!refused.contains("contoso") && !refused.contains("fabrikam"), "{refused}");
+    let named = oprun_shared::ReconcileFilter { workspace_id: Some("fabrikam".into()), ..Default::default() };
+    let refused = operator.reconcile(&ops, &named, true).await.unwrap_err().to_string();
+    assert!(refused.contains("fabrikam") && !refused.contains("contoso"), "{refused}");
+
+    // fabrikam is suspended (no longer in the access file): fab-user may not
+    // reconcile it, and ops-user-1's reconcile still leaves it alone.
+    let without_fabrikam = common::ACCESS
+        .replace("[[workspaces]]\nid = \"fabrikam\"\n", "")
+        .replace("[[environments]]\nid = \"fabrikam-prod\"\nworkspace = \"fabrikam\"\n", "")
+        .replace("[[memberships]]\nactor = \"svc-scheduler\"\nworkspace = \"fabrikam\"\nrole = \"automation\"\n", "")
+        .replace("[[memberships]]\nactor = \"fab-user\"\nworkspace = \"fabrikam\"\nrole = \"operator\"\n", "")
+        .replace("[[provider_connections]]\nenvironment = \"fabrikam-prod\"\nprovider = \"graph\"\n", "");
+    assert!(!without_fabrikam.contains("fabrikam"), "{without_fabrikam}");
+    e.db.access.apply_access(&common::access(&without_fabrikam)).await.unwrap();
+    let again = stale_run(&e, "contoso", "contoso-dev").await;
+    let report = operator.reconcile(&ops, &all, false).await.expect("reconcile within contoso");
+    assert_eq!(report.to_push(), vec![again], "{report:?}");
+    assert_eq!(status(fabrikam).await, oprun_shared::RunStatus::Running, "a suspended workspace's run is not touched");
+    let fab = oprun_shared::Initiator::user("fab-user");
+    assert!(operator.reconcile(&fab, &all, false).await.is_err(), "fab-user may reconcile nowhere now");
+
+    // No active workspace at all: nobody may reconcile everything.
+    let actors_only: String = common::ACCESS.split("[[workspaces]]").next().unwrap().to_string();
+    e.db.access.apply_access(&common::access(&actors_only)).await.unwrap();
+    let err = operator.reconcile(&ops, &all, false).await.unwrap_err();
+    assert!(matches!(err, oprun_scheduler::ActionError::Forbidden(_)), "{err:?}");
+    assert_eq!(status(fabrikam).await, oprun_shared::RunStatus::Running);
+}
+
 /// The schedule and the reconciler run side by side: a reconcile pass that
 /// waits (here on a row lock another transaction holds on a stale run) does
 /// not hold the ticks back. On one loop taking turns, the schedule stopped
@@ -188,4 +371,7 @@ both_stacks!(
     two_schedulers_fire_every_tick_exactly_once,
     a_restart_after_missed_ticks_follows_the_misfire_policy,
     a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap,
+    a_tick_whose_dispatch_failed_half_way_is_finished_by_the_next_pass,
+    a_tick_abandoned_by_a_dead_scheduler_is_taken_over_and_no_scope_runs_twice,
+    an_operator_reconcile_stays_within_the_workspaces_it_may_reconcile,
 );

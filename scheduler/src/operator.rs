@@ -173,8 +173,12 @@ impl Operator {
         self.dispatcher.service().cancel(id, actor).await.map_err(|e| from_service(id, e))
     }
 
-    /// Reconcile as `actor`: with a workspace, the actor needs
-    /// `runs.reconcile` there; without, in every active workspace.
+    /// Reconcile as `actor`, only ever within the workspaces where it holds
+    /// `runs.reconcile` now (active ones: a suspended workspace's runs are
+    /// left to the automatic reconciler). With a workspace, the actor needs
+    /// the capability there; without, the pass covers exactly the
+    /// workspaces where it holds it, and an actor that holds it nowhere is
+    /// refused. A refusal names no workspace the caller did not name.
     pub async fn reconcile(
         &self,
         actor: &Initiator,
@@ -184,24 +188,21 @@ impl Operator {
         let access = self.dispatcher.authorizer().access();
         let allowed: BTreeSet<String> =
             access.workspaces_with(&actor.id, RUNS_RECONCILE).await.map_err(store)?.into_iter().collect();
-        match &filter.workspace_id {
-            Some(ws) if !allowed.contains(ws) => {
-                return Err(ActionError::Forbidden(format!(
-                    "actor '{}' does not hold '{RUNS_RECONCILE}' in workspace '{ws}'",
-                    actor.id
-                )));
-            }
-            Some(_) => {}
-            None => {
-                let all = access.active_workspaces().await.map_err(store)?;
-                if let Some(ws) = all.iter().find(|w| !allowed.contains(*w)) {
-                    return Err(ActionError::Forbidden(format!(
-                        "actor '{}' does not hold '{RUNS_RECONCILE}' in workspace '{ws}': name a workspace with --workspace",
-                        actor.id
-                    )));
-                }
-            }
+        if let Some(ws) = &filter.workspace_id
+            && !allowed.contains(ws)
+        {
+            return Err(ActionError::Forbidden(format!(
+                "actor '{}' does not hold '{RUNS_RECONCILE}' in workspace '{ws}'",
+                actor.id
+            )));
         }
-        reconcile_and_push(&self.dispatcher, actor, filter, dry_run).await.map_err(store)
+        if allowed.is_empty() {
+            return Err(ActionError::Forbidden(format!(
+                "actor '{}' does not hold '{RUNS_RECONCILE}' in any active workspace",
+                actor.id
+            )));
+        }
+        let scoped = ReconcileFilter { within: Some(allowed.into_iter().collect()), ..filter.clone() };
+        reconcile_and_push(&self.dispatcher, actor, &scoped, dry_run).await.map_err(store)
     }
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use oprun_shared::config::{MisfirePolicy, OverlapPolicy, ScheduleEnvironments, ScheduleSpec};
 use oprun_shared::{
-    AccessStore, Clock, DispatchRequest, Initiator, RunFilter, RunStatus, Scope, SourceSurface, StoreError,
-    TickDecision,
+    AccessStore, Clock, DispatchRequest, Initiator, OperationRun, RunFilter, RunOutcome, RunStatus, Scope,
+    SourceSurface, StoreError, TickDecision, TickRecord,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -29,6 +29,11 @@ use crate::dispatch::{DispatchError, DispatchOutcome, Dispatcher};
 /// At most this many ticks of one schedule are decided per pass (a per-second
 /// schedule after a long outage catches up over several passes).
 pub const MAX_TICKS_PER_PASS: usize = 1000;
+
+/// A tick still `claimed` this long after its claim (or its holder's last
+/// progress write) was abandoned by a scheduler that died mid-tick: another
+/// scheduler takes it over and drives it to a decision.
+pub const ABANDONED_TICK_AFTER: Duration = Duration::from_secs(120);
 
 /// A schedule whose cron expression and time zone parsed.
 #[derive(Debug, Clone)]
@@ -68,6 +73,36 @@ pub enum ScheduleError {
     /// Dispatch failed.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// Another scheduler took over a tick this one was still driving (it
+    /// was slower than [`ABANDONED_TICK_AFTER`]); that one decides it.
+    #[error("schedules.{schedule}: the tick of {scheduled_for} was taken over by another scheduler")]
+    TickTakenOver {
+        /// The schedule.
+        schedule: String,
+        /// The tick.
+        scheduled_for: DateTime<Utc>,
+    },
+}
+
+/// What a tick has dispatched so far, scope by scope (empty for a tick just
+/// claimed; as recorded for one taken over).
+#[derive(Debug, Clone, Default)]
+struct Dispatched {
+    run_ids: Vec<Uuid>,
+    per_scope: serde_json::Map<String, Value>,
+    /// Taken over from a scheduler that stopped mid-tick.
+    resumed: bool,
+}
+
+impl Dispatched {
+    fn resumed(tick: &TickRecord) -> Self {
+        let per_scope = tick.details.get("scopes").and_then(Value::as_object).cloned().unwrap_or_default();
+        Self { run_ids: tick.run_ids.clone(), per_scope, resumed: true }
+    }
+
+    fn count(&self, decision: &str) -> usize {
+        self.per_scope.values().filter(|v| v.get("decision").and_then(Value::as_str) == Some(decision)).count()
+    }
 }
 
 /// Evaluates cron schedules and dispatches their ticks.
@@ -137,8 +172,17 @@ impl Scheduler {
 
     async fn run_schedule(&self, s: &Prepared, now: DateTime<Utc>) -> Result<Vec<TickOutcome>, ScheduleError> {
         let name = &s.spec.name;
-        let after = self.access.last_tick(name).await?.unwrap_or(self.started_at - self.on_time);
         let mut out = vec![];
+        // Ticks taken but never decided (a scheduler died, or a pass failed,
+        // between claim and decision) are driven to a decision first: the
+        // scopes they already dispatched are not dispatched again.
+        let abandoned_before = now - chrono::Duration::from_std(ABANDONED_TICK_AFTER).unwrap_or_default();
+        for tick in self.access.reclaim_abandoned_ticks(name, abandoned_before, &self.name, now).await? {
+            warn!(schedule = %name, scheduled_for = %tick.scheduled_for, was_dispatched = tick.run_ids.len(),
+                "taking over a tick left undecided mid-dispatch");
+            out.push(self.drive(s, tick.scheduled_for, true, Dispatched::resumed(&tick)).await?);
+        }
+        let after = self.access.last_tick(name).await?.unwrap_or(self.started_at - self.on_time);
         for (at, newest) in Self::due(s, after, now) {
             let late = now - at;
             let missed = late > self.on_time;
@@ -161,14 +205,65 @@ impl Scheduler {
             if !self.access.claim_tick(name, at, TickDecision::Claimed, &self.name, now).await? {
                 continue; // another scheduler owns this tick
             }
-            let (decision, run_ids, details) = self.fire(s, at, missed).await?;
-            self.access.decide_tick(name, at, decision, &run_ids, &details).await?;
-            info!(schedule = %name, scheduled_for = %at, %decision, runs = run_ids.len(), "tick decided");
-            metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => decision.as_str())
-                .increment(1);
-            out.push(TickOutcome { schedule: name.clone(), scheduled_for: at, decision, run_ids });
+            out.push(self.drive(s, at, missed, Dispatched::default()).await?);
         }
         Ok(out)
+    }
+
+    /// Fire a tick this scheduler holds (continuing from what it already
+    /// dispatched) and record the decision.
+    async fn drive(
+        &self,
+        s: &Prepared,
+        at: DateTime<Utc>,
+        catch_up: bool,
+        so_far: Dispatched,
+    ) -> Result<TickOutcome, ScheduleError> {
+        let name = &s.spec.name;
+        let (decision, run_ids, details) = self.fire(s, at, catch_up, so_far).await?;
+        self.access.decide_tick(name, at, decision, &run_ids, &details).await?;
+        info!(schedule = %name, scheduled_for = %at, %decision, runs = run_ids.len(), "tick decided");
+        metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => decision.as_str())
+            .increment(1);
+        Ok(TickOutcome { schedule: name.clone(), scheduled_for: at, decision, run_ids })
+    }
+
+    /// The run a tick already dispatched for `scope` although its tick row
+    /// does not say so (its scheduler died between the dispatch and the
+    /// record): a run of the schedule's operation in that scope whose
+    /// context names this schedule and tick. Such a run was created after
+    /// the tick's time, so the search stops at older runs.
+    async fn dispatched_for_tick(
+        &self,
+        spec: &ScheduleSpec,
+        at: DateTime<Utc>,
+        scope: &Scope,
+    ) -> Result<Option<OperationRun>, ScheduleError> {
+        let store = self.dispatcher.service().store();
+        let mut filter = RunFilter {
+            operation: Some(spec.operation.clone()),
+            workspace_id: Some(scope.workspace_id.clone()),
+            limit: oprun_shared::store::MAX_PAGE,
+            ..RunFilter::default()
+        };
+        loop {
+            let page = store.list_runs(&filter).await?;
+            let Some(oldest) = page.last() else { return Ok(None) };
+            let of_this_tick = |r: &&OperationRun| {
+                r.environment_id == scope.environment_id
+                    && r.context.get("schedule").and_then(Value::as_str) == Some(spec.name.as_str())
+                    && (r.context.get("scheduled_for").cloned())
+                        .and_then(|v| serde_json::from_value::<DateTime<Utc>>(v).ok())
+                        == Some(at)
+            };
+            if let Some(run) = page.iter().find(of_this_tick) {
+                return Ok(Some(run.clone()));
+            }
+            if oldest.created_at < at || page.len() < filter.limit as usize {
+                return Ok(None);
+            }
+            filter.before = Some(oldest.id);
+        }
     }
 
     async fn scopes(&self, spec: &ScheduleSpec) -> Result<Vec<Option<String>>, ScheduleError> {
@@ -203,74 +298,104 @@ impl Scheduler {
         Ok(None)
     }
 
+    /// Dispatch the tick's scopes that are not yet dispatched, recording
+    /// each in the tick row as it goes when there are several (so that a
+    /// scheduler taking the tick over continues from there).
     async fn fire(
         &self,
         s: &Prepared,
         at: DateTime<Utc>,
         catch_up: bool,
+        so_far: Dispatched,
     ) -> Result<(TickDecision, Vec<Uuid>, Value), ScheduleError> {
         let spec = &s.spec;
         let scopes = self.scopes(spec).await?;
-        let (mut fired, mut refused, mut skipped) = (0, 0, 0);
-        let mut run_ids = vec![];
-        let mut per_scope = serde_json::Map::new();
+        let Dispatched { mut run_ids, mut per_scope, resumed } = so_far;
         for env in &scopes {
-            let scope = Scope { workspace_id: spec.workspace.clone(), environment_id: env.clone(), ..Scope::default() };
             let key = env.clone().unwrap_or_else(|| spec.workspace.clone());
-            if spec.overlap == OverlapPolicy::Skip
-                && let Some(active) = self.overlapping(&spec.operation, &scope).await?
-            {
-                skipped += 1;
-                run_ids.push(active);
-                per_scope.insert(key, json!({ "decision": "skipped_overlap", "active_run": active }));
-                continue;
+            if per_scope.contains_key(&key) {
+                continue; // dispatched before this scheduler took the tick over
             }
-            let req = DispatchRequest {
-                operation: spec.operation.clone(),
-                scope,
-                initiator: Initiator::schedule(spec.actor.clone()),
-                source: SourceSurface::Scheduler,
-                context: json!({
-                    "schedule": spec.name,
-                    "scheduled_for": at,
-                    "catch_up": catch_up,
-                    "scheduler": self.name,
-                    "correlation_id": Uuid::now_v7(),
-                }),
-                params: spec.params.clone(),
-            };
-            match self.dispatcher.dispatch(req).await? {
-                DispatchOutcome::Dispatched { run, deduplicated: false, .. } => {
-                    fired += 1;
-                    run_ids.push(run.id);
-                    per_scope.insert(key, json!({ "decision": "fired", "run": run.id }));
-                }
-                DispatchOutcome::Dispatched { run, deduplicated: true, .. } => {
-                    skipped += 1;
-                    run_ids.push(run.id);
-                    per_scope.insert(key, json!({ "decision": "skipped_overlap", "active_run": run.id }));
-                }
-                DispatchOutcome::Refused { reason, run, .. } => {
-                    refused += 1;
-                    let id = run.map(|r| r.id);
-                    run_ids.extend(id);
-                    per_scope.insert(key, json!({ "decision": "refused", "reason": reason, "run": id }));
+            let scope = Scope { workspace_id: spec.workspace.clone(), environment_id: env.clone(), ..Scope::default() };
+            let already = if resumed { self.dispatched_for_tick(spec, at, &scope).await? } else { None };
+            if let Some(run) = already {
+                let refused = run.outcome == RunOutcome::Blocked && run.started_at.is_none();
+                let decision = if refused { "refused" } else { "fired" };
+                run_ids.push(run.id);
+                per_scope.insert(key, json!({ "decision": decision, "run": run.id }));
+            } else {
+                let (run_id, entry) = self.fire_scope(spec, at, catch_up, scope).await?;
+                run_ids.extend(run_id);
+                per_scope.insert(key, entry);
+            }
+            if scopes.len() > 1 {
+                let details = json!({ "scopes": per_scope, "catch_up": catch_up });
+                let now = self.clock.now();
+                if !self.access.progress_tick(&spec.name, at, &self.name, &run_ids, &details, now).await? {
+                    return Err(ScheduleError::TickTakenOver { schedule: spec.name.clone(), scheduled_for: at });
                 }
             }
         }
+        let so_far = Dispatched { run_ids, per_scope, resumed };
+        let (fired, refused) = (so_far.count("fired"), so_far.count("refused"));
+        let Dispatched { run_ids, per_scope, .. } = so_far;
         let decision = if fired > 0 || scopes.is_empty() {
             TickDecision::Fired
         } else if refused > 0 {
             TickDecision::Refused
         } else {
-            debug_assert!(skipped > 0);
             TickDecision::SkippedOverlap
         };
         let mut details = json!({ "scopes": per_scope, "catch_up": catch_up });
+        if resumed {
+            details["taken_over"] = json!(true);
+        }
         if scopes.is_empty() {
             details["note"] = json!("the workspace has no operable environment");
         }
         Ok((decision, run_ids, details))
+    }
+
+    /// Dispatch one scope of a tick: the run it produced (or the active one
+    /// it overlapped) and the scope's entry in the tick's details.
+    async fn fire_scope(
+        &self,
+        spec: &ScheduleSpec,
+        at: DateTime<Utc>,
+        catch_up: bool,
+        scope: Scope,
+    ) -> Result<(Option<Uuid>, Value), ScheduleError> {
+        if spec.overlap == OverlapPolicy::Skip
+            && let Some(active) = self.overlapping(&spec.operation, &scope).await?
+        {
+            return Ok((Some(active), json!({ "decision": "skipped_overlap", "active_run": active })));
+        }
+        let req = DispatchRequest {
+            operation: spec.operation.clone(),
+            scope,
+            initiator: Initiator::schedule(spec.actor.clone()),
+            source: SourceSurface::Scheduler,
+            context: json!({
+                "schedule": spec.name,
+                "scheduled_for": at,
+                "catch_up": catch_up,
+                "scheduler": self.name,
+                "correlation_id": Uuid::now_v7(),
+            }),
+            params: spec.params.clone(),
+        };
+        Ok(match self.dispatcher.dispatch(req).await? {
+            DispatchOutcome::Dispatched { run, deduplicated: false, .. } => {
+                (Some(run.id), json!({ "decision": "fired", "run": run.id }))
+            }
+            DispatchOutcome::Dispatched { run, deduplicated: true, .. } => {
+                (Some(run.id), json!({ "decision": "skipped_overlap", "active_run": run.id }))
+            }
+            DispatchOutcome::Refused { reason, run, .. } => {
+                let id = run.map(|r| r.id);
+                (id, json!({ "decision": "refused", "reason": reason, "run": id }))
+            }
+        })
     }
 }
 

@@ -211,6 +211,13 @@ pub struct AccessFileError {
     pub message: String,
 }
 
+/// The actor id the CLI acts and audits as when a command is run without
+/// `--as` (`user:local-admin`): whoever can open the store file holds every
+/// capability anyway. No access file may define an actor of this name, so an
+/// audit row naming it was written by the CLI's local administrator alone
+/// (and no API token can be made for it).
+pub const LOCAL_ADMIN: &str = "local-admin";
+
 fn check_id(what: &str, id: &str) -> Result<(), String> {
     if id.trim().is_empty() {
         return Err(format!("{what}: id must not be empty"));
@@ -250,6 +257,11 @@ impl AccessFile {
         let mut actors = BTreeSet::new();
         for (i, a) in self.actors.iter().enumerate() {
             check_id(&format!("actors[{i}]"), &a.id)?;
+            if a.id == LOCAL_ADMIN {
+                return Err(format!(
+                    "actors[{i}]: '{LOCAL_ADMIN}' is reserved for the CLI's local administrator (commands run without --as)"
+                ));
+            }
             if !actors.insert(a.id.as_str()) {
                 return Err(format!("actors[{i}]: actor '{}' is listed twice", a.id));
             }
@@ -562,6 +574,32 @@ pub trait AccessStore: Send + Sync + std::fmt::Debug {
         decided_by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// Record what a tick's holder has dispatched so far (the tick stays
+    /// `claimed`; its claim time is renewed). False if `decided_by` no longer
+    /// holds the tick (another scheduler re-drove it, or it was decided).
+    async fn progress_tick(
+        &self,
+        schedule: &str,
+        scheduled_for: DateTime<Utc>,
+        decided_by: &str,
+        run_ids: &[Uuid],
+        details: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Take over the ticks of `schedule` that are still `claimed` but were
+    /// abandoned: claimed (or last progressed) before `claimed_before`, or
+    /// held by `decided_by` itself (whose earlier pass stopped mid-tick).
+    /// Returns them, as recorded so far, oldest first, now held by
+    /// `decided_by`.
+    async fn reclaim_abandoned_ticks(
+        &self,
+        schedule: &str,
+        claimed_before: DateTime<Utc>,
+        decided_by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TickRecord>, StoreError>;
 
     /// Record what became of a claimed tick.
     async fn decide_tick(

@@ -217,6 +217,10 @@ pub struct ReconcileFilter {
     pub operation: Option<String>,
     /// Only this workspace.
     pub workspace_id: Option<String>,
+    /// Only these workspaces: the reach of the caller (an operator's
+    /// reconcile without a workspace covers the workspaces where it holds
+    /// `runs.reconcile`, never every run); `Some(empty)` reconciles nothing.
+    pub within: Option<Vec<String>>,
 }
 
 /// What the reconciler did (or, dry, would do) to one run.
@@ -353,6 +357,19 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// One part of a dedup key, written so that no two scopes share a key:
+/// the separator and the escape character are percent-encoded, and an id
+/// that is literally `-` is told apart from a part that is absent (`-`).
+/// Ids without `|`, `%` or a lone `-` keep the key they always had.
+fn key_part(v: Option<&str>) -> std::borrow::Cow<'_, str> {
+    match v {
+        None => "-".into(),
+        Some("-") => "%2D".into(),
+        Some(v) if v.contains(['|', '%']) => v.replace('%', "%25").replace('|', "%7C").into(),
+        Some(v) => v.into(),
+    }
+}
+
 fn check_id(field: &str, v: &str) -> Result<(), ServiceError> {
     if v.trim().is_empty() {
         return Err(ServiceError::InvalidInput(format!("{field} must not be empty")));
@@ -421,11 +438,12 @@ impl OperationRunService {
         Ok(match self.spec(operation)?.dedup {
             DedupPolicy::None => None,
             DedupPolicy::OnePerScope => Some(format!(
-                "{operation}|{}|{}|{}|{}",
-                scope.workspace_id,
-                scope.environment_id.as_deref().unwrap_or("-"),
-                scope.target_type.as_deref().unwrap_or("-"),
-                scope.target_id.as_deref().unwrap_or("-"),
+                "{}|{}|{}|{}|{}",
+                key_part(Some(operation)),
+                key_part(Some(&scope.workspace_id)),
+                key_part(scope.environment_id.as_deref()),
+                key_part(scope.target_type.as_deref()),
+                key_part(scope.target_id.as_deref()),
             )),
         })
     }
@@ -1098,6 +1116,7 @@ impl OperationRunService {
                     cutoff,
                     operation: filter.operation.clone(),
                     workspace_id: filter.workspace_id.clone(),
+                    within: filter.within.clone(),
                     after,
                     limit: self.config.reconcile_page,
                 })
@@ -1149,6 +1168,7 @@ impl OperationRunService {
                     cutoff,
                     operation: filter.operation.clone(),
                     workspace_id: filter.workspace_id.clone(),
+                    within: filter.within.clone(),
                     after,
                     limit: self.config.reconcile_page,
                 })

@@ -3,14 +3,19 @@
 //! Compiled only with the `testing` feature.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::access::AccessStore;
-use crate::audit::AuditEntry;
-use crate::store::{Database, Inserted, PgRunStore, SqliteRunStore};
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::store::{
+    Change, Database, Guard, Inserted, PgRunStore, RunFilter, SqliteRunStore, StaleQuery, StaleRun, StoreError, Update,
+    Written,
+};
 use crate::{
     Catalog, Clock, Initiator, ManualClock, OperationRun, OperationRunService, RunOutcome, RunStatus, RunStore,
     ServiceConfig, SourceSurface, SummaryCounts,
@@ -279,5 +284,114 @@ pub async fn insert(store: &dyn RunStore, run: OperationRun) -> OperationRun {
     match store.insert_run(&run, &[audit]).await.expect("factory insert") {
         Inserted::New(r) => r,
         Inserted::Existing(r) => panic!("factory run collided with active run {}", r.id),
+    }
+}
+
+/// A real store with store blips injected: it refuses chosen writes with a
+/// database error, as a lost connection would, and passes everything else
+/// through. It counts the refusals.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn RunStore>,
+    finishes_to_fail: AtomicUsize,
+    inserts_seen: AtomicUsize,
+    failing_insert: Option<usize>,
+    refused: AtomicUsize,
+}
+
+impl FaultyStore {
+    /// Wrap `inner`, refusing nothing yet.
+    pub fn new(inner: Arc<dyn RunStore>) -> Self {
+        Self { inner, finishes_to_fail: 0.into(), inserts_seen: 0.into(), failing_insert: None, refused: 0.into() }
+    }
+
+    /// Refuse the first `n` finish writes (batched writes that complete a run).
+    pub fn failing_finishes(self, n: usize) -> Self {
+        Self { finishes_to_fail: n.into(), ..self }
+    }
+
+    /// Refuse the `nth` single-run insert (a dispatch; 1 is the first).
+    pub fn failing_insert(self, nth: usize) -> Self {
+        Self { failing_insert: Some(nth), ..self }
+    }
+
+    /// How many writes were refused so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(SeqCst)
+    }
+
+    fn blip(&self) -> StoreError {
+        self.refused.fetch_add(1, SeqCst);
+        StoreError::Database(sqlx::Error::PoolTimedOut)
+    }
+}
+
+#[async_trait::async_trait]
+impl RunStore for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.inner.migrate().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn insert_run(&self, run: &OperationRun, audit: &[AuditEntry]) -> Result<Inserted, StoreError> {
+        if Some(self.inserts_seen.fetch_add(1, SeqCst) + 1) == self.failing_insert {
+            return Err(self.blip());
+        }
+        self.inner.insert_run(run, audit).await
+    }
+    async fn insert_runs(&self, runs: &[(OperationRun, AuditEntry)]) -> Result<Vec<Inserted>, StoreError> {
+        self.inner.insert_runs(runs).await
+    }
+    async fn update_batch(&self, updates: &[Update], now: DateTime<Utc>) -> Result<Vec<Vec<OperationRun>>, StoreError> {
+        let finishes = updates.iter().any(|u| u.change.status == Some(RunStatus::Completed));
+        if finishes && self.finishes_to_fail.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(self.blip());
+        }
+        self.inner.update_batch(updates, now).await
+    }
+    async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<OperationRun>, StoreError> {
+        self.inner.get_runs(ids).await
+    }
+    async fn update_runs(
+        &self,
+        ids: &[Uuid],
+        guard: &Guard,
+        change: &Change,
+        now: DateTime<Utc>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Vec<OperationRun>, StoreError> {
+        self.inner.update_runs(ids, guard, change, now, audit).await
+    }
+    async fn update_runs_brief(
+        &self,
+        ids: &[Uuid],
+        guard: &Guard,
+        change: &Change,
+        now: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Written>, StoreError> {
+        self.inner.update_runs_brief(ids, guard, change, now, audit).await
+    }
+    async fn get_run(&self, id: Uuid) -> Result<Option<OperationRun>, StoreError> {
+        self.inner.get_run(id).await
+    }
+    async fn active_run_for_key(&self, dedup_key: &str) -> Result<Option<OperationRun>, StoreError> {
+        self.inner.active_run_for_key(dedup_key).await
+    }
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, StoreError> {
+        self.inner.list_runs(filter).await
+    }
+    async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<StaleRun>, StoreError> {
+        self.inner.find_stale(query).await
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.inner.append_audit(entry).await
+    }
+    async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.audit_for_run(run_id).await
     }
 }

@@ -386,6 +386,35 @@ async fn a_superseded_attempt_of_the_same_worker_writes_nothing(b: Backend) {
     assert_eq!(done.summary_counts, counts(&[("total", 2)]));
 }
 
+/// Dedup keys are unambiguous: ids that contain the key's separator, or
+/// that are literally its placeholder for an absent part, do not make two
+/// scopes share one active run.
+async fn scopes_whose_ids_contain_the_key_separator_do_not_share_a_dedup_key(b: Backend) {
+    let e = env(b).await;
+    let scoped = |pair: u8, ws: &str, env: &str, target_type: Option<&str>| DispatchRequest {
+        scope: Scope {
+            workspace_id: ws.into(),
+            environment_id: Some(env.into()),
+            target_type: target_type.map(Into::into),
+            target_id: Some(format!("t{pair}")),
+        },
+        ..sync_req("unused")
+    };
+    let pairs = [
+        (scoped(1, "a|b", "c", None), scoped(1, "a", "b|c", None)),
+        (scoped(2, "a", "b%7Cc", None), scoped(2, "a", "b|c", None)),
+        (scoped(3, "a", "c", Some("-")), scoped(3, "a", "c", None)),
+    ];
+    for (one, other) in pairs {
+        let first = e.svc.dispatch(one.clone()).await.unwrap();
+        let second = e.svc.dispatch(other.clone()).await.unwrap();
+        assert!(!first.deduplicated && !second.deduplicated, "{:?} and {:?} share a key", one.scope, other.scope);
+        assert_ne!(first.run.dedup_key, second.run.dedup_key);
+        // The same scope again still deduplicates.
+        assert!(e.svc.dispatch(one).await.unwrap().deduplicated);
+    }
+}
+
 // ---------------------------------------------------------------- complete, block, cancel
 
 async fn complete_ends_the_run_with_outcome_counts_and_sanitized_failures(b: Backend) {
@@ -1072,6 +1101,7 @@ conformance!(
     heartbeat_and_progress_by_the_lease_owner_renew_the_lease_and_add_up_counts,
     anyone_but_the_lease_owner_gets_lease_lost,
     a_superseded_attempt_of_the_same_worker_writes_nothing,
+    scopes_whose_ids_contain_the_key_separator_do_not_share_a_dedup_key,
     a_worker_whose_run_was_requeued_has_lost_its_lease,
     complete_ends_the_run_with_outcome_counts_and_sanitized_failures,
     complete_refuses_a_pending_outcome_and_a_failure_without_reason,

@@ -36,6 +36,26 @@ macro_rules! impl_access_store {
                 Ok(q.build().execute(&mut *tx).await?.rows_affected() as usize)
             }
 
+            /// A tick row as read back.
+            fn tick_record(r: &<$db as sqlx::Database>::Row, schedule: &str) -> Result<TickRecord, StoreError> {
+                let decision: String = r.try_get("decision")?;
+                let ids: Json<Vec<Uuid>> = r.try_get("run_ids")?;
+                let details: Json<serde_json::Value> = r.try_get("details")?;
+                Ok(TickRecord {
+                    schedule: r.try_get("schedule")?,
+                    scheduled_for: r.try_get("scheduled_for")?,
+                    decision: decision.parse().map_err(|e: crate::lifecycle::ParseEnumError| StoreError::Corrupt {
+                        id: format!("tick:{schedule}"),
+                        field: "decision",
+                        problem: e.to_string(),
+                    })?,
+                    run_ids: ids.0,
+                    details: details.0,
+                    decided_by: r.try_get("decided_by")?,
+                    decided_at: r.try_get("decided_at")?,
+                })
+            }
+
             #[async_trait]
             impl AccessStore for $store {
                 async fn apply_access(&self, file: &AccessFile) -> Result<ApplyReport, StoreError> {
@@ -327,6 +347,54 @@ macro_rules! impl_access_store {
                     Ok(())
                 }
 
+                async fn progress_tick(
+                    &self,
+                    schedule: &str,
+                    scheduled_for: DateTime<Utc>,
+                    decided_by: &str,
+                    run_ids: &[Uuid],
+                    details: &serde_json::Value,
+                    now: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let ids: Vec<String> = run_ids.iter().map(Uuid::to_string).collect();
+                    let done = sqlx::query(
+                        "UPDATE schedule_ticks SET run_ids = $4, details = $5, decided_at = $6 \
+                         WHERE schedule = $1 AND scheduled_for = $2 AND decided_by = $3 AND decision = 'claimed'",
+                    )
+                    .bind(schedule)
+                    .bind(scheduled_for)
+                    .bind(decided_by)
+                    .bind(Json(serde_json::json!(ids)))
+                    .bind(Json(details.clone()))
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn reclaim_abandoned_ticks(
+                    &self,
+                    schedule: &str,
+                    claimed_before: DateTime<Utc>,
+                    decided_by: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<Vec<TickRecord>, StoreError> {
+                    let rows = sqlx::query(
+                        "UPDATE schedule_ticks SET decided_by = $3, decided_at = $4 \
+                         WHERE schedule = $1 AND decision = 'claimed' AND (decided_at < $2 OR decided_by = $3) \
+                         RETURNING schedule, scheduled_for, decision, run_ids, details, decided_by, decided_at",
+                    )
+                    .bind(schedule)
+                    .bind(claimed_before)
+                    .bind(decided_by)
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut ticks = rows.iter().map(|r| tick_record(r, schedule)).collect::<Result<Vec<_>, _>>()?;
+                    ticks.sort_by_key(|t| t.scheduled_for);
+                    Ok(ticks)
+                }
+
                 async fn last_tick(&self, schedule: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
                     let row = sqlx::query(
                         "SELECT scheduled_for FROM schedule_ticks WHERE schedule = $1 \
@@ -347,28 +415,7 @@ macro_rules! impl_access_store {
                     .bind(i64::from(limit.min(crate::store::MAX_PAGE)))
                     .fetch_all(&self.pool)
                     .await?;
-                    rows.iter()
-                        .map(|r| {
-                            let decision: String = r.try_get("decision")?;
-                            let ids: Json<Vec<Uuid>> = r.try_get("run_ids")?;
-                            let details: Json<serde_json::Value> = r.try_get("details")?;
-                            Ok(TickRecord {
-                                schedule: r.try_get("schedule")?,
-                                scheduled_for: r.try_get("scheduled_for")?,
-                                decision: decision.parse().map_err(|e: crate::lifecycle::ParseEnumError| {
-                                    StoreError::Corrupt {
-                                        id: format!("tick:{schedule}"),
-                                        field: "decision",
-                                        problem: e.to_string(),
-                                    }
-                                })?,
-                                run_ids: ids.0,
-                                details: details.0,
-                                decided_by: r.try_get("decided_by")?,
-                                decided_at: r.try_get("decided_at")?,
-                            })
-                        })
-                        .collect()
+                    rows.iter().map(|r| tick_record(r, schedule)).collect()
                 }
             }
         }

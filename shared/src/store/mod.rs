@@ -220,6 +220,8 @@ pub struct StaleQuery {
     pub operation: Option<String>,
     /// Only this workspace.
     pub workspace_id: Option<String>,
+    /// Only these workspaces (`Some(empty)`: none).
+    pub within: Option<Vec<String>>,
     /// Cursor: ids after this one (ascending).
     pub after: Option<Uuid>,
     /// Page size.

@@ -669,6 +669,18 @@ macro_rules! impl_run_store {
                 if let Some(v) = &s.workspace_id {
                     q.push(" AND workspace_id = ").push_bind(v.clone());
                 }
+                match s.within.as_deref() {
+                    None => {}
+                    Some([]) => return Ok(Vec::new()),
+                    Some(within) => {
+                        q.push(" AND workspace_id IN (");
+                        let mut sep = q.separated(", ");
+                        for ws in within {
+                            sep.push_bind(ws.clone());
+                        }
+                        sep.push_unseparated(")");
+                    }
+                }
                 if let Some(v) = s.after {
                     q.push(" AND id > ").push_bind(v);
                 }
