@@ -23,12 +23,15 @@ pub enum CliError {
     Refused(String),
     /// Anything else (store unreachable, …): exit 1.
     Runtime(String),
+    /// The reader of stdout went away (`| head`): exit 0, nothing said.
+    StdoutClosed,
 }
 
 impl CliError {
     pub fn message(&self) -> &str {
         match self {
             CliError::Usage(m) | CliError::Refused(m) | CliError::Runtime(m) => m,
+            CliError::StdoutClosed => "",
         }
     }
 
@@ -37,6 +40,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Refused(_) => 3,
             CliError::Runtime(_) => 1,
+            CliError::StdoutClosed => 0,
         }
     }
 }

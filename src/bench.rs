@@ -252,13 +252,14 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         report["baseline_jobs_per_second"] = json!(base);
         report["truth_cost_ratio"] = json!(base / rate);
     }
-    print_report(&report, args.json);
+    // A failed check outranks a reader that went away.
+    let printed = print_report(&report, args.json);
     if !ok {
         return Err(CliError::Runtime(format!(
             "check failed: {seen} runs in the store, {succeeded} succeeded on the first attempt, {executions} executions (want {n} each)"
         )));
     }
-    Ok(())
+    printed
 }
 
 /// What the store says of the bench's runs afterwards.
@@ -397,20 +398,20 @@ async fn bench_truth_only(
         "peak_rss_mib": peak_rss_mib(),
         "check": {"runs_in_store": seen, "succeeded_first_attempt": succeeded},
     });
-    print_report(&report, args.json);
+    let printed = print_report(&report, args.json);
     if seen != n || succeeded != n {
         return Err(CliError::Runtime(format!(
             "check failed: {seen} runs in the store, {succeeded} succeeded on the first attempt (want {n} each)"
         )));
     }
-    Ok(())
+    printed
 }
 
-fn print_report(report: &Value, json_out: bool) {
+fn print_report(report: &Value, json_out: bool) -> CliResult<()> {
     if json_out {
-        println!("{}", serde_json::to_string(report).unwrap_or_default());
+        outln!("{}", serde_json::to_string(report).unwrap_or_default())
     } else {
-        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(report).unwrap_or_default())
     }
 }
 
@@ -533,11 +534,11 @@ async fn bench_reconcile(
         "runs_reconciled_per_second": n as f64 / secs,
         "check": {"requeued": requeued, "queued_on_attempt_2": queued, "jobs_pushed": depth, "lost_races": report.lost_races},
     });
-    print_report(&report_json, json_out);
+    let printed = print_report(&report_json, json_out);
     if requeued != n || queued != n || depth != Some(n) {
         return Err(rt(format!(
             "check failed: {requeued} requeued, {queued} queued on attempt 2, {depth:?} jobs pushed (want {n} each)"
         )));
     }
-    Ok(())
+    printed
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use oprun_scheduler::{
     ActionError, DispatchError, DispatchOutcome, Dispatcher, Operator, Scheduler, reconcile_and_push, run_loops,
 };
+use oprun_shared::access::LOCAL_ADMIN;
 use oprun_shared::{
     DispatchRequest, Initiator, JobQueue, OperationRun, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
     Scope, ServiceError, SourceSurface, TransitionError, Viewer, run_detail,
@@ -31,7 +32,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
         Command::Migrate => {
             let app = App::open(path).await?;
-            println!("migrated {}", oprun_shared::redact::redact_url(&app.config.store.url));
+            outln!("migrated {}", oprun_shared::redact::redact_url(&app.config.store.url))?;
             Ok(())
         }
         Command::Access(AccessCommand::Apply { file }) => access_apply(path, &file).await,
@@ -83,7 +84,7 @@ async fn access_apply(path: Option<&std::path::Path>, file: &std::path::Path) ->
     let app = App::open(path).await?;
     let access = app.parse_access(&text, &file.display().to_string())?;
     let report = app.db.access.apply_access(&access).await.map_err(store_err)?;
-    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default())?;
     Ok(())
 }
 
@@ -125,15 +126,15 @@ async fn dispatch(path: Option<&std::path::Path>, args: DispatchArgs) -> CliResu
         DispatchError::Store(m) => CliError::Runtime(m),
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default())?;
     }
     match outcome {
         DispatchOutcome::Dispatched { run, deduplicated, push_failed } => {
             if !args.json {
                 let note = if deduplicated { " (an active run of this scope already existed)" } else { "" };
-                println!("{} {} {}{note}", run.id, run.status, run.operation);
+                outln!("{} {} {}{note}", run.id, run.status, run.operation)?;
                 if push_failed {
-                    println!("warning: the job was not pushed; the reconciler will push it");
+                    outln!("warning: the job was not pushed; the reconciler will push it")?;
                 }
             }
             Ok(())
@@ -176,23 +177,29 @@ async fn runs_list(path: Option<&std::path::Path>, args: ListArgs) -> CliResult<
     let runs = app.service.list(&filter).await.map_err(store_err)?;
     let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&views).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&views).unwrap_or_default())?;
         return Ok(());
     }
     if views.is_empty() {
-        println!("no runs");
+        outln!("no runs")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  CREATED",
-        "ID", "OPERATION", "STATUS", "OUTCOME", "REASON", "SCOPE", "INITIATOR"
-    );
+        "ID",
+        "OPERATION",
+        "STATUS",
+        "OUTCOME",
+        "REASON",
+        "SCOPE",
+        "INITIATOR"
+    )?;
     for v in &views {
         let scope = match &v.environment_id {
             Some(e) => format!("{}/{e}", v.workspace_id),
             None => v.workspace_id.clone(),
         };
-        println!(
+        outln!(
             "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  {}",
             v.id,
             v.operation,
@@ -202,7 +209,7 @@ async fn runs_list(path: Option<&std::path::Path>, args: ListArgs) -> CliResult<
             scope,
             format!("{}:{}", v.initiator.kind, v.initiator.id),
             v.created_at.format("%Y-%m-%d %H:%M:%S")
-        );
+        )?;
     }
     Ok(())
 }
@@ -230,85 +237,85 @@ async fn runs_show(path: Option<&std::path::Path>, args: ShowArgs) -> CliResult<
     let is_visible = |ws: &str| visible.as_ref().is_none_or(|v| v.contains(ws));
     let detail = run_detail(&app.service, &run, &viewer, &is_visible).await.map_err(store_err)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&detail).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&detail).unwrap_or_default())?;
         return Ok(());
     }
-    print_detail(&run, &detail);
-    Ok(())
+    print_detail(&run, &detail)
 }
 
-/// The local CLI user without `--as`: holds every capability (it can open
-/// the store file anyway).
+/// The local CLI user without `--as` ([`LOCAL_ADMIN`], a user): holds every
+/// capability (it can open the store file anyway) and is audited as itself.
 fn local_admin(app: &App) -> Viewer {
-    Viewer::new("local-admin", oprun_shared::access::grantable_capabilities(&app.catalog))
+    Viewer::new(LOCAL_ADMIN, oprun_shared::access::grantable_capabilities(&app.catalog))
 }
 
-fn print_detail(run: &OperationRun, d: &oprun_shared::RunDetail) {
+fn print_detail(run: &OperationRun, d: &oprun_shared::RunDetail) -> CliResult<()> {
     let g = &d.guidance;
-    println!("run        {}", run.id);
-    println!("operation  {}", run.operation);
-    println!("status     {} / {}", run.status, run.outcome);
+    outln!("run        {}", run.id)?;
+    outln!("operation  {}", run.operation)?;
+    outln!("status     {} / {}", run.status, run.outcome)?;
     if let Some(r) = &run.reason_code {
-        println!("reason     {r}");
+        outln!("reason     {r}")?;
     }
     let scope = match &run.environment_id {
         Some(e) => format!("{} / {e}", run.workspace_id),
         None => run.workspace_id.clone(),
     };
-    println!("scope      {scope}");
-    println!("initiator  {}:{} via {}", run.initiator.kind, run.initiator.id, run.source_surface);
-    println!("attempt    {} of {}", run.attempt, run.max_attempts);
+    outln!("scope      {scope}")?;
+    outln!("initiator  {}:{} via {}", run.initiator.kind, run.initiator.id, run.source_surface)?;
+    outln!("attempt    {} of {}", run.attempt, run.max_attempts)?;
     if let Some(r) = run.retry_of {
-        println!("retry of   {r}");
+        outln!("retry of   {r}")?;
     }
-    println!("counts     {}", run.summary_counts.to_json());
-    println!("created    {}", run.created_at);
+    outln!("counts     {}", run.summary_counts.to_json())?;
+    outln!("created    {}", run.created_at)?;
     if let Some(t) = run.started_at {
-        println!("started    {t}");
+        outln!("started    {t}")?;
     }
     if let Some(t) = run.completed_at {
-        println!("completed  {t}");
+        outln!("completed  {t}")?;
     }
     for f in &run.failure_summary {
-        println!("failure    {}: {}", f.reason_code, f.message);
+        outln!("failure    {}: {}", f.reason_code, f.message)?;
     }
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "guidance   [{}] {}",
         serde_json::to_value(g.severity).unwrap_or_default().as_str().unwrap_or("-"),
         g.title
-    );
-    println!("  why      {}", g.reason);
-    println!("  impact   {}", g.impact);
-    println!("  next     {} ({})", g.primary_action.label, g.primary_action.key);
+    )?;
+    outln!("  why      {}", g.reason)?;
+    outln!("  impact   {}", g.impact)?;
+    outln!("  next     {} ({})", g.primary_action.label, g.primary_action.key)?;
     for a in &g.secondary_actions {
-        println!("  also     {} ({})", a.label, a.key);
+        outln!("  also     {} ({})", a.label, a.key)?;
     }
+    Ok(())
 }
 
 async fn reconcile(path: Option<&std::path::Path>, args: ReconcileArgs) -> CliResult<()> {
     let app = App::open(path).await?;
     let operator = operator(&app).await?;
-    let filter = ReconcileFilter { operation: args.operation, workspace_id: args.workspace };
+    let filter = ReconcileFilter { operation: args.operation, workspace_id: args.workspace, within: None };
     let report = match &args.actor {
         Some(actor) => {
             let actor = known_actor(&app, actor).await?;
             operator.reconcile(&actor, &filter, args.dry_run).await.map_err(action_err)?
         }
-        None => reconcile_and_push(operator.dispatcher(), &Initiator::user("local-admin"), &filter, args.dry_run)
+        None => reconcile_and_push(operator.dispatcher(), &Initiator::user(LOCAL_ADMIN), &filter, args.dry_run)
             .await
             .map_err(store_err)?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default())?;
         return Ok(());
     }
     let verb = if report.dry_run { "would" } else { "did" };
     if report.actions.is_empty() {
-        println!("nothing stale");
+        outln!("nothing stale")?;
     }
     for a in &report.actions {
-        println!("{verb} {:?}: {} {} ({})", a.kind, a.run_id, a.operation, a.why);
+        outln!("{verb} {:?}: {} {} ({})", a.kind, a.run_id, a.operation, a.why)?;
     }
     Ok(())
 }
@@ -344,20 +351,20 @@ async fn runs_act(path: Option<&std::path::Path>, args: ActArgs, retry: bool) ->
     if retry {
         let r = operator.retry(&actor, id).await.map_err(action_err)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default())?;
         } else {
             let note = if r.deduplicated { " (an active retry already existed)" } else { "" };
-            println!("{} {} retry of {id}{note}", r.run.id, r.run.status);
+            outln!("{} {} retry of {id}{note}", r.run.id, r.run.status)?;
         }
     } else {
         let c = operator.cancel(&actor, id).await.map_err(action_err)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&c).unwrap_or_default())?;
         } else {
             match c {
-                oprun_shared::Cancelled::Cancelled(run) => println!("{} cancelled", run.id),
+                oprun_shared::Cancelled::Cancelled(run) => outln!("{} cancelled", run.id)?,
                 oprun_shared::Cancelled::Requested(run) => {
-                    println!("{} cancel requested: its worker stops it at the next page", run.id)
+                    outln!("{} cancel requested: its worker stops it at the next page", run.id)?
                 }
             }
         }
@@ -375,20 +382,20 @@ async fn token_create(
     known_actor(&app, actor).await?;
     let (token, id, hash) = oprun_scheduler::api::new_token();
     let now = chrono::Utc::now();
-    let expires_at = oprun_scheduler::api::expiry(now, expires_in);
+    let expires_at = oprun_scheduler::api::expiry(now, expires_in).map_err(CliError::Usage)?;
     app.db.access.create_token(&id, &hash, actor, now, expires_at).await.map_err(store_err)?;
     if json {
         let v = serde_json::json!({ "id": id, "actor": actor, "token": token, "expires_at": expires_at });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
     } else {
-        println!("token id  {id}");
-        println!("actor     {actor}");
-        println!(
+        outln!("token id  {id}")?;
+        outln!("actor     {actor}")?;
+        outln!(
             "expires   {}",
             expires_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never (revoke with `oprun token revoke`)".into())
-        );
-        println!("token     {token}");
-        println!("(shown once: only its hash is stored)");
+        )?;
+        outln!("token     {token}")?;
+        outln!("(shown once: only its hash is stored)")?;
     }
     Ok(())
 }
@@ -396,7 +403,7 @@ async fn token_create(
 async fn token_revoke(path: Option<&std::path::Path>, id: &str) -> CliResult<()> {
     let app = App::open(path).await?;
     if app.db.access.revoke_token(id, chrono::Utc::now()).await.map_err(store_err)? {
-        println!("revoked {id}");
+        outln!("revoked {id}")?;
         Ok(())
     } else {
         Err(CliError::Usage(format!("no live token with id '{id}'")))
@@ -447,9 +454,10 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
             app.db.access.clone(),
             Arc::new(oprun_shared::SystemClock),
             process_name("scheduler"),
-            (app.config.scheduler.tick * 5).max(Duration::from_secs(5)),
+            app.config.scheduler.tick.saturating_mul(5).max(Duration::from_secs(5)),
         )
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .abandoned_tick_after(app.config.scheduler.abandoned_tick_after);
         let actor = Initiator::service(app.config.scheduler.reconciler_actor.clone());
         let (tick, every) = (app.config.scheduler.tick, app.config.scheduler.reconcile_interval);
         let rx = stop_rx.clone();

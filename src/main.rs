@@ -2,6 +2,8 @@
 //! worker in one process), `worker`, `scheduler`, `migrate`, `access apply`,
 //! `dispatch`, `runs list|show`, `reconcile`. Thin wiring over the crates.
 
+#[macro_use]
+mod output;
 mod app;
 mod bench;
 mod commands;
@@ -96,8 +98,8 @@ enum TokenCommand {
         /// The actor the token acts as.
         #[arg(long)]
         actor: String,
-        /// Lifetime, e.g. `30d`, `12h` (default: until revoked).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Lifetime, e.g. `30d`, `12h`, at most `10y` (default: until revoked).
+        #[arg(long, value_parser = parse_token_lifetime)]
         expires_in: Option<std::time::Duration>,
         /// Print JSON.
         #[arg(long)]
@@ -137,7 +139,11 @@ struct DispatchArgs {
     /// A target id inside the scope.
     #[arg(long, requires = "target_type")]
     target_id: Option<String>,
-    /// The actor the run is started as.
+    /// The actor the run is started as (required). The run is authorized
+    /// against the access truth now and again when it executes, so it needs
+    /// an actor there: the CLI's local administrator (`user:local-admin`,
+    /// what `runs list`, `runs show` and `reconcile` act as without --as) is
+    /// none.
     #[arg(long = "as", value_name = "ACTOR")]
     actor: String,
     /// Parameters, a JSON object.
@@ -164,7 +170,9 @@ enum RunsCommand {
 struct ActArgs {
     /// The run id.
     id: String,
-    /// The operator acting (authorized against current access truth).
+    /// The operator acting (required: authorized against current access
+    /// truth, where the CLI's local administrator, `user:local-admin`, is no
+    /// actor).
     #[arg(long = "as", value_name = "ACTOR")]
     actor: String,
     /// Print JSON.
@@ -186,7 +194,9 @@ struct ListArgs {
     /// One workspace.
     #[arg(long)]
     workspace: Option<String>,
-    /// Only what this actor may see (default: everything, as the local admin).
+    /// Only what this actor may see. Without --as: every run, as the store's
+    /// local administrator (`user:local-admin`: whoever can open the store
+    /// holds every capability).
     #[arg(long = "as", value_name = "ACTOR")]
     actor: Option<String>,
     /// At most this many (1–1000).
@@ -201,7 +211,8 @@ struct ListArgs {
 struct ShowArgs {
     /// The run id.
     id: String,
-    /// Show it as this actor sees it (default: the local admin).
+    /// Show it as this actor sees it. Without --as: as the store's local
+    /// administrator (`user:local-admin`), with every capability.
     #[arg(long = "as", value_name = "ACTOR")]
     actor: Option<String>,
     /// Print JSON.
@@ -220,12 +231,27 @@ struct ReconcileArgs {
     /// Only this workspace.
     #[arg(long)]
     workspace: Option<String>,
-    /// The on-call actor (needs `runs.reconcile`); default: the local admin.
+    /// The on-call actor (needs `runs.reconcile`). Without --as the
+    /// reconcile acts as the store's local administrator and its audit rows
+    /// name `user:local-admin`.
     #[arg(long = "as", value_name = "ACTOR")]
     actor: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A `--expires-in` value: a duration longer than zero and at most
+/// [`oprun_scheduler::api::MAX_TOKEN_LIFETIME`] (10y).
+fn parse_token_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30d, 12h)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    if d > oprun_scheduler::api::MAX_TOKEN_LIFETIME {
+        return Err("must be at most 10y (leave --expires-in out for a token that lives until revoked)".into());
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -242,10 +268,21 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away: end quietly, as `head` expects.
+        Ok(()) | Err(app::CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", e.message());
             ExitCode::from(e.code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

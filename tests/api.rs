@@ -115,6 +115,7 @@ async fn every_endpoint_checks_authority(stack: Stack) {
         ("POST", format!("/v1/runs/{c}/cancel"), Some("{}")),
         ("POST", "/v1/reconcile".into(), Some(r#"{"dry_run": true}"#)),
         ("GET", "/v1/schedules".into(), None),
+        ("GET", "/metrics".into(), None),
     ];
     for (m, p, b) in &endpoints {
         for token in [None, Some("garbage"), Some("oprun_nope_nope"), Some(revoked.as_str()), Some(expired.as_str())] {
@@ -190,6 +191,11 @@ async fn bad_input_is_always_a_json_4xx(stack: Stack) {
         ("POST", format!("/v1/runs/{}/retry", run.id), Some(r#"{"x": 1}"#.into()), StatusCode::UNPROCESSABLE_ENTITY),
         ("POST", "/v1/runs/%00/cancel".into(), Some("{}".into()), StatusCode::UNPROCESSABLE_ENTITY),
         ("GET", "/v1/nothing-here".into(), None, StatusCode::NOT_FOUND),
+        // A path segment that is not UTF-8 once percent-decoded.
+        ("GET", "/v1/runs/%FF".into(), None, StatusCode::UNPROCESSABLE_ENTITY),
+        ("GET", "/v1/runs/%C3%28/audit".into(), None, StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/v1/runs/%FF/retry".into(), Some("{}".into()), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/v1/runs/abc%FE%FF/cancel".into(), Some("{}".into()), StatusCode::UNPROCESSABLE_ENTITY),
     ];
     for (m, p, b, want) in cases {
         let (status, v) = a.call(m, &p, Some(&ops), b.as_deref()).await;
@@ -197,6 +203,60 @@ async fn bad_input_is_always_a_json_4xx(stack: Stack) {
         assert!(!error_code(&v).is_empty());
     }
     assert_eq!(a.e.service.get(run.id).await.unwrap().status, RunStatus::Queued, "nothing changed");
+}
+
+/// The access truth plus a monitoring actor holding `metrics.view` in the
+/// given workspaces.
+fn with_monitoring(workspaces: &[&str]) -> String {
+    let mut text = ACCESS.replacen("[roles]\n", "[roles]\nmonitoring = [\"metrics.view\"]\n", 1);
+    text.push_str("\n[[actors]]\nid = \"svc-prometheus\"\nkind = \"service\"\n");
+    for ws in workspaces {
+        text.push_str(&format!(
+            "[[memberships]]\nactor = \"svc-prometheus\"\nworkspace = \"{ws}\"\nrole = \"monitoring\"\n"
+        ));
+    }
+    text
+}
+
+async fn metrics_need_a_token_that_may_view_metrics_in_every_active_workspace(stack: Stack) {
+    let a = api(stack).await;
+    let scrape = |token: Option<String>| {
+        let mut req = a.http.get(format!("{}/metrics", a.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+            (status, ctype, resp.text().await.unwrap())
+        }
+    };
+    // No token, a bad one: 401 with the JSON error body, and no metric in it.
+    for token in [None, Some("oprun_nope_nope".to_string())] {
+        let (status, _, body) = scrape(token.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        assert_eq!(error_code(&v), "unauthorized");
+        assert!(!body.contains("oprun_"), "{body}");
+    }
+    // A tenant operator's token: the labels name other tenants' schedules, so 403.
+    let (ops, _) = a.token("ops-user-1", None).await;
+    let (status, _, body) = scrape(Some(ops)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(!body.contains("oprun_") && !body.contains("fabrikam"), "{body}");
+    // metrics.view in one of the two active workspaces is not enough either.
+    a.e.db.access.apply_access(&access(&with_monitoring(&["contoso"]))).await.unwrap();
+    let (prom, _) = a.token("svc-prometheus", None).await;
+    let (status, _, body) = scrape(Some(prom.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(!body.contains("fabrikam"), "the refusal names no workspace: {body}");
+    // In every active workspace: the exposition.
+    a.e.db.access.apply_access(&access(&with_monitoring(&["contoso", "fabrikam"]))).await.unwrap();
+    let (status, ctype, body) = scrape(Some(prom)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ctype.as_deref(), Some("text/plain; version=0.0.4"));
+    assert!(body.contains("oprun_queue_depth"), "{body}");
 }
 
 async fn blocked_then_fixed_then_retried_succeeds_with_the_chain_audited(stack: Stack) {
@@ -233,7 +293,10 @@ async fn blocked_then_fixed_then_retried_succeeds_with_the_chain_audited(stack: 
     }
     let done = a.e.until_completed(new_id, 30).await;
     worker.stop().await;
-    let metrics = a.http.get(format!("{}/metrics", a.base)).send().await.unwrap().text().await.unwrap();
+    a.e.db.access.apply_access(&access(&with_monitoring(&["contoso", "fabrikam"]))).await.unwrap();
+    let (prom, _) = a.token("svc-prometheus", None).await;
+    let metrics =
+        a.http.get(format!("{}/metrics", a.base)).bearer_auth(prom).send().await.unwrap().text().await.unwrap();
     for line in [
         "oprun_runs_dispatched_total",
         "oprun_runs_finished_total",
@@ -354,21 +417,55 @@ async fn the_openapi_document_names_every_route() {
     for (path, item) in paths {
         let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
         for method in item.as_object().unwrap().keys() {
-            if path == "/metrics" {
-                let resp = a.http.get(format!("{}{path}", a.base)).send().await.unwrap();
-                assert_eq!(resp.status(), StatusCode::OK);
-                continue;
-            }
             let (_, v) = a.call(&method.to_uppercase(), &concrete, None, Some("{}")).await;
             assert_ne!(v["error"]["message"], "no such endpoint", "{method} {path}");
         }
     }
 }
 
+/// The access truth plus `admin-1`, who holds `access.manage` in contoso.
+fn with_workspace_admin() -> String {
+    let mut text = ACCESS.replacen("[roles]\n", "[roles]\nadmin = [\"runs.view\", \"access.manage\"]\n", 1);
+    text.push_str("\n[[actors]]\nid = \"admin-1\"\nkind = \"user\"\n");
+    text.push_str("[[memberships]]\nactor = \"admin-1\"\nworkspace = \"contoso\"\nrole = \"admin\"\n");
+    text
+}
+
+/// A checkpoint can hold provider paging links: `GET /v1/runs/{id}` shows it
+/// only to a viewer holding `access.manage` in the run's workspace; everyone
+/// else sees whether there is one.
+async fn a_run_s_checkpoint_is_shown_only_to_workspace_admins(stack: Stack) {
+    let a = api(stack).await;
+    a.e.db.access.apply_access(&access(&with_workspace_admin())).await.unwrap();
+    let run = a.dispatch("ops-user-1", "contoso", "contoso-prod", "test.fanout", json!({})).await;
+    let bare = a.dispatch("ops-user-1", "contoso", "contoso-prod", "test.fanout", json!({})).await;
+    let claimed = a.e.service.claim(run.id, "w1").await.unwrap();
+    let lease = oprun_shared::Lease::of(&claimed).unwrap();
+    let checkpoint = json!({ "next": "https://graph.test/v1.0/devices?page=2&$skiptoken=c2tpcA" });
+    let counts = oprun_shared::SummaryCounts::new();
+    a.e.service.progress(&lease, "test.fanout", counts, Some(checkpoint.clone())).await.unwrap();
+    for (actor, shown) in [("viewer-1", false), ("ops-user-1", false), ("admin-1", true)] {
+        let (token, _) = a.token(actor, None).await;
+        let (status, v) = a.call("GET", &format!("/v1/runs/{}", run.id), Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{actor}: {v}");
+        assert_eq!(v["has_checkpoint"], true, "{actor}: {v}");
+        if shown {
+            assert_eq!(v["checkpoint"], checkpoint, "{actor}");
+        } else {
+            assert_eq!(v["checkpoint"], Value::Null, "{actor}");
+            assert!(!v.to_string().contains("skiptoken"), "{actor} sees the checkpoint: {v}");
+        }
+        let (_, v) = a.call("GET", &format!("/v1/runs/{}", bare.id), Some(&token), None).await;
+        assert_eq!((&v["has_checkpoint"], &v["checkpoint"]), (&json!(false), &Value::Null), "{actor}: {v}");
+    }
+}
+
 both_stacks!(
     every_endpoint_checks_authority,
     bad_input_is_always_a_json_4xx,
+    metrics_need_a_token_that_may_view_metrics_in_every_active_workspace,
     blocked_then_fixed_then_retried_succeeds_with_the_chain_audited,
     cancel_and_reconcile_through_the_api,
     schedules_show_recent_decisions_in_visible_workspaces_only,
+    a_run_s_checkpoint_is_shown_only_to_workspace_admins,
 );

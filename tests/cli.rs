@@ -320,3 +320,229 @@ fn bench_truth_only_writes_and_checks_every_run_without_the_queue() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--truth-only cannot be combined"));
 }
+
+/// Run the binary with the read end of its stdout already closed (what
+/// `| head -3` does once it has its lines).
+fn oprun_closed_stdout(dir: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("OPRUN_CONFIG")
+        .env_remove("OPRUN_DATABASE_URL")
+        .env_remove("OPRUN_QUEUE_URL")
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run oprun");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for oprun");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// One SQL count on the embedded store of `dir`.
+fn count(dir: &Path, sql: &str) -> i64 {
+    let url = format!("sqlite://{}", dir.join("oprun.db").display());
+    let sql = sql.to_string();
+    tokio::runtime::Runtime::new().unwrap().block_on(async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut conn).await.unwrap()
+    })
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_every_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    let scope = ["--workspace", "contoso", "--environment", "contoso-prod", "--as", "ops-user-1"];
+    let dispatch = [&["dispatch", "demo.inventory_sync"][..], &scope].concat();
+    let quiet = |args: &[&str]| {
+        let out = oprun_closed_stdout(p, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    };
+    for args in [
+        &["access", "apply", access][..],
+        &["runs", "list"],
+        &dispatch,
+        &[&dispatch[..], &["--json"]].concat(),
+        &["runs", "list"],
+        &["runs", "list", "--json"],
+        &["reconcile", "--dry-run"],
+        &["token", "create", "--actor", "ops-user-1"],
+        &["migrate"],
+    ] {
+        quiet(args);
+    }
+    // The commands still did their work: the run was dispatched (the second
+    // dispatch found it active), the token written.
+    let listed = runs(p);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(count(p, "SELECT COUNT(*) FROM api_tokens"), 1);
+    let id = listed[0]["id"].as_str().unwrap();
+    quiet(&["runs", "show", id]);
+    quiet(&["runs", "show", id, "--json"]);
+    quiet(&["runs", "cancel", id, "--as", "ops-user-1"]);
+}
+
+#[test]
+fn huge_durations_are_a_usage_error_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    // --expires-in: too long to store (chrono overflow: the token never
+    // expired), too long to add to now (a panic), zero, or past the cap.
+    for lifetime in ["100000000000y", "1000000y", "11y", "0s"] {
+        let out = oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", lifetime]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{lifetime}: {err}");
+        assert!(err.contains("--expires-in") && !err.contains("panicked"), "{lifetime}: {err}");
+    }
+    assert_eq!(count(p, "SELECT COUNT(*) FROM api_tokens"), 0, "no token was written");
+    let ok = json(&oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", "10y", "--json"]));
+    let at: chrono::DateTime<chrono::Utc> = ok["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(at > chrono::Utc::now() + chrono::Duration::days(3650), "{ok}");
+    // Config durations.
+    let op = "capabilities = [\"inventory.sync\"]\n[operations.sync]\nkind = \"demo\"\ncapability = \"inventory.sync\"\n\
+              scope = \"environment\"\n";
+    for (text, field) in [
+        ("[scheduler]\ntick = \"100000000000y\"\n", "scheduler.tick"),
+        ("[scheduler]\nreconcile_interval = \"1000000y\"\n", "scheduler.reconcile_interval"),
+        ("[scheduler]\nlease_grace = \"1000000y\"\n", "scheduler.lease_grace"),
+        ("[queue]\nheartbeat = \"100000000000y\"\n", "queue.heartbeat"),
+        ("[queue]\npoll_interval = \"1000000y\"\n", "queue.poll_interval"),
+        ("[worker]\nshutdown_grace = \"1000000y\"\n", "worker.shutdown_grace"),
+        (&format!("{op}lease = \"100000000000y\"\n"), "lease"),
+        (&format!("{op}queued_stale_after = \"1000000y\"\n"), "queued_stale_after"),
+        (
+            "[providers.graph]\nbase_url = \"http://127.0.0.1:9\"\ntoken_env = \"X\"\nretry_after_cap = \"1000000y\"\n",
+            "providers.graph.retry_after_cap",
+        ),
+        (
+            "[providers.graph]\nbase_url = \"http://127.0.0.1:9\"\ntoken_env = \"X\"\nrequest_timeout = \"1000000y\"\n",
+            "providers.graph.request_timeout",
+        ),
+        (
+            "capabilities = [\"inventory.sync\"]\n[operations.sync]\nkind = \"demo\"\ncapability = \"inventory.sync\"\n\
+             scope = \"workspace\"\n[[schedules]]\nname = \"s\"\ncron = \"* * * * *\"\noperation = \"sync\"\n\
+             workspace = \"contoso\"\nactor = \"svc-scheduler\"\nmisfire_window = \"1000000y\"\n",
+            "misfire_window",
+        ),
+    ] {
+        let cfg = p.join("huge.toml");
+        std::fs::write(&cfg, format!("{text}\n[store]\nurl = \"sqlite://{}/huge.db\"\n", p.display())).unwrap();
+        let out = oprun(p, &["--config", cfg.to_str().unwrap(), "runs", "list"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{field}: {err}");
+        assert!(err.contains(field) && err.contains("at most"), "{field}: {err}");
+    }
+}
+
+#[test]
+fn without_as_the_cli_acts_and_audits_as_the_local_administrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    // --help says who acts without --as.
+    for args in [&["reconcile", "--help"][..], &["runs", "list", "--help"], &["runs", "show", "--help"]] {
+        let help = oprun(p, args);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(text.contains("local administrator") && text.contains("user:local-admin"), "{args:?}: {text}");
+    }
+    // Starting and changing runs always names an actor of the access truth:
+    // it is authorized now and again when the run executes.
+    for args in [
+        &["dispatch", "demo.inventory_sync", "--workspace", "contoso", "--environment", "contoso-prod"][..],
+        &["runs", "retry", "01a20f3e-0000-7000-8000-000000000000"],
+        &["runs", "cancel", "01a20f3e-0000-7000-8000-000000000000"],
+    ] {
+        let out = oprun(p, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--as"), "{args:?}");
+        let help = String::from_utf8_lossy(&oprun(p, &[args[0], args[1], "--help"]).stdout).to_string();
+        assert!(help.contains("local administrator"), "{args:?} --help says why --as is needed: {help}");
+    }
+    assert!(runs(p).is_empty());
+    // A queued run nobody claimed for an hour: the reconcile without --as
+    // fails it, audited as the local administrator.
+    let scope = ["--workspace", "contoso", "--environment", "contoso-prod", "--as", "ops-user-1", "--json"];
+    let out = oprun(p, &[&["dispatch", "demo.inventory_sync"][..], &scope].concat());
+    let id = json(&out)["run"]["id"].as_str().unwrap().to_string();
+    let url = format!("sqlite://{}", p.join("oprun.db").display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        sqlx::query("UPDATE operation_runs SET queued_at = $1, created_at = $1")
+            .bind(hour_ago)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let report = json(&oprun(p, &["reconcile", "--json"]));
+    assert_eq!(report["actions"][0]["run_id"], id.as_str(), "{report}");
+    assert_eq!(report["actions"].as_array().unwrap().len(), 1, "{report}");
+    let by_admin = count(
+        p,
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'run.expire' AND reason_code = 'run.never_started' \
+         AND actor_kind = 'user' AND actor_id = 'local-admin'",
+    );
+    assert_eq!(by_admin, 1, "the reconcile's audit row names the local administrator");
+    // No access file may define an actor of that name: the audit rows
+    // naming it are the CLI's alone (and no token can be made for it).
+    let reserved = p.join("reserved.toml");
+    let text = std::fs::read_to_string(access).unwrap();
+    std::fs::write(&reserved, text.replacen("id = \"viewer-1\"", "id = \"local-admin\"", 1)).unwrap();
+    let out = oprun(p, &["access", "apply", reserved.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("local-admin") && err.contains("reserved"), "{err}");
+    assert_eq!(oprun(p, &["token", "create", "--actor", "local-admin"]).status.code(), Some(2));
+}
+
+#[test]
+fn runs_show_gives_the_checkpoint_only_to_a_workspace_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    let scope = ["--workspace", "contoso", "--environment", "contoso-prod", "--as", "ops-user-1", "--json"];
+    let id = json(&oprun(p, &[&["dispatch", "demo.inventory_sync"][..], &scope].concat()))["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let checkpoint = serde_json::json!({ "next": "https://graph.test/v1.0/devices?page=2&$skiptoken=c2tpcA" });
+    let url = format!("sqlite://{}", p.join("oprun.db").display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let written = sqlx::query("UPDATE operation_runs SET checkpoint = $1 WHERE id = $2")
+            .bind(checkpoint.to_string())
+            .bind(id.parse::<uuid::Uuid>().unwrap())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(written.rows_affected(), 1);
+    });
+    // The operator and the viewer hold no access.manage in contoso: they see
+    // that there is a checkpoint, not what it holds.
+    for actor in ["viewer-1", "ops-user-1"] {
+        let out = oprun(p, &["runs", "show", &id, "--as", actor, "--json"]);
+        let v = json(&out);
+        assert_eq!((&v["has_checkpoint"], &v["checkpoint"]), (&Value::Bool(true), &Value::Null), "{actor}: {v}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("skiptoken"), "{actor}: {v}");
+    }
+    // The local administrator (no --as) holds every capability.
+    let v = json(&oprun(p, &["runs", "show", &id, "--json"]));
+    assert_eq!((&v["has_checkpoint"], &v["checkpoint"]), (&Value::Bool(true), &checkpoint), "{v}");
+}

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use oprun_shared::config::ScheduleSpec;
 use oprun_shared::{
-    AccessStore, Clock, Initiator, JobQueue, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
+    AccessStore, Clock, Initiator, JobQueue, METRICS_VIEW, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -131,6 +131,16 @@ async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Initiator> {
     Ok(if kind.as_deref() == Some("service") { Initiator::service(actor) } else { Initiator::user(actor) })
 }
 
+/// The run id of a `/v1/runs/{id}…` path. A segment that does not decode
+/// (not UTF-8 once percent-decoded) is the same JSON 422 as any other bad id,
+/// not axum's plain-text rejection.
+fn path_run_id(path: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
+    match path {
+        Ok(Path(raw)) => run_id(&raw),
+        Err(r) => Err(ApiError::invalid(format!("the run id in the path: {} (a run id is a UUID)", r.body_text()))),
+    }
+}
+
 fn run_id(raw: &str) -> ApiResult<Uuid> {
     raw.parse().map_err(|_| ApiError::invalid(format!("'{}' is not a run id (a UUID)", raw.escape_debug())))
 }
@@ -243,9 +253,13 @@ async fn list_runs(
 /// One run with its guidance for the caller.
 #[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "run id")), responses(
     (status = 200, description = "the run and its guidance"), (status = 404, description = "no such run in the caller's scope")))]
-async fn show_run(State(state): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn show_run(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
-    let detail = state.operator.show(&actor.id, run_id(&id)?).await?;
+    let detail = state.operator.show(&actor.id, path_run_id(id)?).await?;
     Ok(Json(serde_json::to_value(detail).unwrap_or_default()))
 }
 
@@ -255,10 +269,10 @@ async fn show_run(State(state): State<ApiState>, headers: HeaderMap, Path(id): P
 async fn run_audit(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
-    let events = state.operator.audit(&actor.id, run_id(&id)?).await?;
+    let events = state.operator.audit(&actor.id, path_run_id(id)?).await?;
     Ok(Json(json!({ "events": events })))
 }
 
@@ -274,11 +288,11 @@ struct NoBody {}
 async fn retry_run(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let actor = caller(&state, &headers).await?;
-    let id = run_id(&id)?;
+    let id = path_run_id(id)?;
     let _: NoBody = body_json(body)?;
     let r = state.operator.retry(&actor, id).await?;
     let status = if r.deduplicated { StatusCode::OK } else { StatusCode::CREATED };
@@ -292,11 +306,11 @@ async fn retry_run(
 async fn cancel_run(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
-    let id = run_id(&id)?;
+    let id = path_run_id(id)?;
     let _: NoBody = body_json(body)?;
     let (result, run) = match state.operator.cancel(&actor, id).await? {
         oprun_shared::Cancelled::Cancelled(run) => ("cancelled", run),
@@ -328,7 +342,7 @@ async fn reconcile(
 ) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
     let b: ReconcileBody = body_json(body)?;
-    let filter = ReconcileFilter { operation: b.operation, workspace_id: b.workspace };
+    let filter = ReconcileFilter { operation: b.operation, workspace_id: b.workspace, within: None };
     let report = state.operator.reconcile(&actor, &filter, b.dry_run).await?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
@@ -386,20 +400,46 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format"), (status = 503, description = "metrics are off")))]
-async fn prometheus(State(state): State<ApiState>) -> Response {
+/// Whether `actor` may read `/metrics`: its labels name schedules and
+/// operations of every workspace, so the scraper needs `metrics.view` in
+/// every active workspace (and there must be one: with none, a token of
+/// nobody in particular does not pass for everyone). The refusal names no
+/// workspace.
+async fn may_view_metrics(state: &ApiState, actor: &Initiator) -> ApiResult<()> {
+    let held = state.access.workspaces_with(&actor.id, METRICS_VIEW).await.map_err(ApiError::unavailable)?;
+    let active = state.access.active_workspaces().await.map_err(ApiError::unavailable)?;
+    if held.is_empty() || active.iter().any(|w| !held.contains(w)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "metrics name every workspace's schedules and operations: the caller needs {METRICS_VIEW} in every active workspace"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Prometheus metrics (text exposition format). Needs a bearer token whose
+/// actor holds `metrics.view` in every active workspace.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format"),
+    (status = 401, description = "no valid token"), (status = 403, description = "no metrics.view in every active workspace"),
+    (status = 503, description = "metrics are off")))]
+async fn prometheus(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+    let actor = caller(&state, &headers).await?;
+    may_view_metrics(&state, &actor).await?;
     if state.metrics.is_some()
         && let Ok(Some(depth)) = state.queue.depth().await
     {
         metrics::gauge!("oprun_queue_depth").set(depth as f64);
     }
     match &state.metrics {
-        Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics_off", "metrics are not enabled in this process")
-                .into_response()
-        }
+        Some(h) => Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_off",
+            "metrics are not enabled in this process",
+        )),
     }
 }
 
@@ -444,7 +484,16 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// A token's expiry from a `--expires-in` duration.
-pub fn expiry(now: DateTime<Utc>, expires_in: Option<std::time::Duration>) -> Option<DateTime<Utc>> {
-    expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| now + d)
+/// The longest token lifetime, `10y` (humantime's years of 365.25 days). A
+/// token that should outlive it is one that is never rotated: make it without
+/// `--expires-in` (until revoked) and say so.
+pub const MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 31_557_600);
+
+/// A token's expiry from a `--expires-in` duration; an error rather than a
+/// wrapped or missing expiry when it cannot be represented.
+pub fn expiry(now: DateTime<Utc>, expires_in: Option<std::time::Duration>) -> Result<Option<DateTime<Utc>>, String> {
+    let Some(d) = expires_in else { return Ok(None) };
+    let too_long = || format!("--expires-in: {} s is too far in the future", d.as_secs());
+    let d = chrono::Duration::from_std(d).map_err(|_| too_long())?;
+    now.checked_add_signed(d).map(Some).ok_or_else(too_long)
 }

@@ -168,6 +168,9 @@ impl Catalog {
                 if d.is_zero() {
                     return Err(invalid(field, "must be longer than zero".into()));
                 }
+                if let Some(problem) = crate::config::duration_too_long(d) {
+                    return Err(invalid(field, problem));
+                }
             }
             if op.lease <= op.heartbeat {
                 return Err(invalid(

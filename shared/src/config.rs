@@ -23,6 +23,28 @@ pub const CONFIG_VAR: &str = "OPRUN_CONFIG";
 /// The embedded default: one SQLite file beside where oprun runs.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://oprun.db";
 
+/// The longest any duration setting may be (operation leases and stale
+/// thresholds included): 365 days. Nothing here is sensibly longer, and it
+/// keeps every `now + d` and `d * n` the services compute far from overflow
+/// (a `100000000000y` tick used to panic at start-up).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What is wrong with a duration setting longer than [`MAX_DURATION`].
+pub fn duration_too_long(d: Duration) -> Option<String> {
+    (d > MAX_DURATION).then(|| {
+        format!(
+            "{} is too long: at most {} days",
+            humantime_serde::re::humantime::format_duration(d),
+            MAX_DURATION.as_secs() / 86_400
+        )
+    })
+}
+
+/// Refuse a duration setting longer than [`MAX_DURATION`], naming `field`.
+pub fn check_duration(field: &str, d: Duration) -> Result<(), String> {
+    duration_too_long(d).map_or(Ok(()), |problem| Err(format!("{field}: {problem}")))
+}
+
 /// A configuration that cannot be used. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{source_name}: {message}")]
@@ -126,6 +148,11 @@ pub struct SchedulerConfig {
     pub lease_grace: Duration,
     /// The actor the automatic reconciler audits as.
     pub reconciler_actor: String,
+    /// A tick still undecided this long after its claim (or its holder's
+    /// last progress) was abandoned by a scheduler that died mid-tick;
+    /// another scheduler takes it over and finishes it.
+    #[serde(with = "humantime_serde")]
+    pub abandoned_tick_after: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -135,6 +162,7 @@ impl Default for SchedulerConfig {
             reconcile_interval: Duration::from_secs(30),
             lease_grace: Duration::from_secs(10),
             reconciler_actor: "oprun-reconciler".into(),
+            abandoned_tick_after: Duration::from_secs(120),
         }
     }
 }
@@ -441,10 +469,34 @@ impl Config {
             ("queue.heartbeat", self.queue.heartbeat),
             ("scheduler.tick", self.scheduler.tick),
             ("scheduler.reconcile_interval", self.scheduler.reconcile_interval),
+            ("scheduler.abandoned_tick_after", self.scheduler.abandoned_tick_after),
         ] {
             if d.is_zero() {
                 return Err(format!("{field}: must be longer than zero"));
             }
+        }
+        for (field, d) in [
+            ("queue.poll_interval", self.queue.poll_interval),
+            ("queue.heartbeat", self.queue.heartbeat),
+            ("worker.shutdown_grace", self.worker.shutdown_grace),
+            ("scheduler.tick", self.scheduler.tick),
+            ("scheduler.reconcile_interval", self.scheduler.reconcile_interval),
+            ("scheduler.lease_grace", self.scheduler.lease_grace),
+            ("scheduler.abandoned_tick_after", self.scheduler.abandoned_tick_after),
+        ] {
+            check_duration(field, d)?;
+        }
+        for (name, p) in &self.providers {
+            for (f, d) in [
+                ("connect_timeout", p.connect_timeout),
+                ("request_timeout", p.request_timeout),
+                ("retry_after_cap", p.retry_after_cap),
+            ] {
+                check_duration(&format!("providers.{name}.{f}"), d)?;
+            }
+        }
+        for (i, s) in self.schedules.iter().enumerate() {
+            check_duration(&format!("schedules[{i}] ({}).misfire_window", s.name), s.misfire_window)?;
         }
         if self.queue.missed_heartbeats == 0 {
             return Err("queue.missed_heartbeats: must be at least 1".into());
@@ -566,6 +618,13 @@ mod tests {
         }
         let c = Config::from_toml(&format!("{provider}max_response_bytes = 4096\n"), "f.toml").unwrap();
         assert_eq!(c.providers["graph"].max_response_bytes, 4096);
+    }
+
+    #[test]
+    fn durations_longer_than_the_maximum_are_refused_naming_the_field() {
+        assert!(Config::from_toml("[scheduler]\ntick = \"365d\"\n", "t").is_ok());
+        let e = Config::from_toml("[scheduler]\ntick = \"366d\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("scheduler.tick: 1year") && e.to_string().contains("at most 365 days"), "{e}");
     }
 
     #[test]

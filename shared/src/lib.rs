@@ -38,4 +38,4 @@ pub use service::{
 };
 pub use store::{Database, RunFilter, RunStore, StaleRun, StoreError, Update, Written};
 pub use view::{RunDetail, RunView, run_detail};
-pub use viewer::{ACCESS_MANAGE, RUNS_CANCEL, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, Viewer};
+pub use viewer::{ACCESS_MANAGE, METRICS_VIEW, RUNS_CANCEL, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, Viewer};

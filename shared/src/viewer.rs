@@ -13,10 +13,14 @@ pub const RUNS_CANCEL: &str = "runs.cancel";
 pub const RUNS_RECONCILE: &str = "runs.reconcile";
 /// Capability to change who may do what in a workspace (a workspace admin).
 pub const ACCESS_MANAGE: &str = "access.manage";
+/// Capability to read `/metrics`. Its labels name every workspace's
+/// schedules and operations, so a scrape needs it in every active workspace.
+pub const METRICS_VIEW: &str = "metrics.view";
 
 /// The capabilities oprun itself defines; operation capabilities come from
 /// the operation catalog.
-pub const BUILTIN_CAPABILITIES: &[&str] = &[RUNS_VIEW, RUNS_RETRY, RUNS_CANCEL, RUNS_RECONCILE, ACCESS_MANAGE];
+pub const BUILTIN_CAPABILITIES: &[&str] =
+    &[RUNS_VIEW, RUNS_RETRY, RUNS_CANCEL, RUNS_RECONCILE, ACCESS_MANAGE, METRICS_VIEW];
 
 /// A viewer of one run: an actor and the capabilities it holds *now* in the
 /// run's workspace. Guidance and translations never offer what the viewer
