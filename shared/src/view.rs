@@ -10,10 +10,18 @@ use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface};
 use crate::run::{FailureEntry, Initiator, OperationRun};
 use crate::service::{OperationRunService, ServiceError};
 use crate::store::RunFilter;
-use crate::viewer::Viewer;
+use crate::viewer::{ACCESS_MANAGE, Viewer};
 
 /// The longest retry chain followed for guidance.
 pub const MAX_RETRY_CHAIN: usize = 20;
+
+/// The capability that shows a run's checkpoint: `access.manage`, the
+/// workspace admin's. A checkpoint is the handler's own resume state and can
+/// hold what a provider sent (a paging link, stored without its secrets but
+/// still the provider's locator); no operator action needs it (retry, cancel
+/// and guidance work from the record), so only those trusted with the
+/// workspace's access see it. Everyone else sees whether there is one.
+pub const CHECKPOINT_CAPABILITY: &str = ACCESS_MANAGE;
 
 /// A run as listed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -98,7 +106,10 @@ pub struct RunDetail {
     pub context: serde_json::Value,
     /// The parameters.
     pub params: serde_json::Value,
-    /// Where a resumed attempt continues.
+    /// Whether the run has a checkpoint (a resumed attempt continues there).
+    pub has_checkpoint: bool,
+    /// The checkpoint, for a viewer holding [`CHECKPOINT_CAPABILITY`] in the
+    /// run's workspace; `null` for others.
     pub checkpoint: Option<serde_json::Value>,
     /// Lease holder while running.
     pub lease_owner: Option<String>,
@@ -144,7 +155,8 @@ pub async fn run_detail(
         run: RunView::from(run),
         context: run.context.clone(),
         params: run.params.clone(),
-        checkpoint: run.checkpoint.clone(),
+        has_checkpoint: run.checkpoint.is_some(),
+        checkpoint: run.checkpoint.clone().filter(|_| viewer.can(CHECKPOINT_CAPABILITY)),
         lease_owner: run.lease_owner.clone(),
         lease_expires_at: run.lease_expires_at,
         guidance: guidance(run, viewer, &ctx),
