@@ -289,6 +289,120 @@ async fn an_operator_reconcile_stays_within_the_workspaces_it_may_reconcile(stac
     assert_eq!(status(fabrikam).await, oprun_shared::RunStatus::Running);
 }
 
+/// The newest tick of `fan` still `claimed` with some runs, not in `seen`.
+async fn first_claimed_with_runs(
+    access: &dyn oprun_shared::AccessStore,
+    seen: &[DateTime<Utc>],
+) -> Option<DateTime<Utc>> {
+    let ticks = access.ticks("fan", 20).await.unwrap();
+    ticks
+        .into_iter()
+        .find(|t| t.decision == TickDecision::Claimed && !t.run_ids.is_empty() && !seen.contains(&t.scheduled_for))
+        .map(|t| t.scheduled_for)
+}
+
+/// `oprun scheduler` processes SIGKILLed while they are dispatching a
+/// tick's fan-out (the kill waits until the tick row says `claimed` and
+/// some of its runs exist): after each kill the next scheduler takes the
+/// abandoned tick over, so in the end every tick has a decision, the
+/// taken-over ticks have one run in each environment, and no environment
+/// was dispatched twice for one tick. Postgres (the production store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_undecided() {
+    const ENVS: usize = 150;
+    let mut access_text = common::ACCESS.to_string();
+    for i in 0..ENVS {
+        access_text.push_str(&format!(
+            "[[environments]]\nid = \"fan-{i:03}\"\nworkspace = \"contoso\"\n\
+             [[provider_connections]]\nenvironment = \"fan-{i:03}\"\nprovider = \"graph\"\n"
+        ));
+    }
+    let e = Env::new(Stack::PostgresRedis).await;
+    e.db.access.apply_access(&common::access(&access_text)).await.unwrap();
+    let operable = e.db.access.operable_environments("contoso").await.unwrap().len();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("oprun.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[scheduler]\ntick = \"100ms\"\nreconcile_interval = \"1h\"\nabandoned_tick_after = \"2s\"\n\
+             [[schedules]]\nname = \"fan\"\ncron = \"* * * * * *\"\noperation = \"test.fanout\"\n\
+             workspace = \"contoso\"\nenvironments = \"all\"\nactor = \"svc-scheduler\"\noverlap = \"allow\"\n",
+            common::binary_config(&e, dir.path(), "http://127.0.0.1:9")
+        ),
+    )
+    .unwrap();
+    let log = common::process_log(&dir.path().join("scheduler.log"), "scheduler-kill");
+    let access = e.db.access.clone();
+    let claimed_with_runs = |seen: Vec<DateTime<Utc>>| {
+        let access = access.clone();
+        async move { first_claimed_with_runs(&*access, &seen).await }
+    };
+    let mut killed_mid_tick = Vec::new();
+    for kill in 0..3 {
+        let mut child = common::spawn_oprun("scheduler", &cfg, &log, "info");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let at = loop {
+            if let Some(at) = claimed_with_runs(killed_mid_tick.clone()).await {
+                break at;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "scheduler {kill} exited on its own; see {}", log.display());
+            assert!(std::time::Instant::now() < deadline, "no tick was ever seen mid-dispatch; see {}", log.display());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        child.kill().unwrap(); // SIGKILL, mid-tick
+        child.wait().unwrap();
+        killed_mid_tick.push(at);
+    }
+    // A survivor finishes what the dead left, then stops when asked.
+    let mut survivor = common::spawn_oprun("scheduler", &cfg, &log, "info");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ticks = e.db.access.ticks("fan", 1000).await.unwrap();
+        let left: Vec<_> = ticks
+            .iter()
+            .filter(|t| t.decision == TickDecision::Claimed && killed_mid_tick.contains(&t.scheduled_for))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "ticks still undecided: {left:?}; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = survivor.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = survivor.wait().unwrap();
+    assert!(status.success(), "the survivor stops cleanly on SIGTERM: {status}");
+
+    let ticks = e.db.access.ticks("fan", 1000).await.unwrap();
+    let undecided: Vec<_> = ticks.iter().filter(|t| t.decision == TickDecision::Claimed).collect();
+    assert!(undecided.is_empty(), "every tick has a decision: {undecided:?}");
+    let mut per_tick_env: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    let mut filter = RunFilter { operation: Some("test.fanout".into()), limit: 1000, ..Default::default() };
+    loop {
+        let page = e.service.list(&filter).await.unwrap();
+        for r in &page {
+            let at = r.context["scheduled_for"].as_str().unwrap_or_default().to_string();
+            *per_tick_env.entry((at, r.environment_id.clone().unwrap_or_default())).or_default() += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => filter.before = Some(last.id),
+            _ => break,
+        }
+    }
+    let twice: Vec<_> = per_tick_env.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "no environment dispatched twice for one tick: {twice:?}");
+    for at in &killed_mid_tick {
+        let tick = ticks.iter().find(|t| t.scheduled_for == *at).unwrap();
+        assert_eq!(tick.decision, TickDecision::Fired, "{tick:?}");
+        assert_eq!(tick.details["taken_over"], serde_json::json!(true), "{tick:?}");
+        assert_eq!(tick.run_ids.len(), operable, "one run per operable environment: {tick:?}");
+        let key = serde_json::to_value(at).unwrap().as_str().unwrap().to_string();
+        let runs = per_tick_env.iter().filter(|((t, _), _)| *t == key).count();
+        assert_eq!(runs, operable, "the killed tick {at} has a run in every environment");
+    }
+}
+
 /// The schedule and the reconciler run side by side: a reconcile pass that
 /// waits (here on a row lock another transaction holds on a stale run) does
 /// not hold the ticks back. On one loop taking turns, the schedule stopped

@@ -30,9 +30,10 @@ use crate::dispatch::{DispatchError, DispatchOutcome, Dispatcher};
 /// schedule after a long outage catches up over several passes).
 pub const MAX_TICKS_PER_PASS: usize = 1000;
 
-/// A tick still `claimed` this long after its claim (or its holder's last
-/// progress write) was abandoned by a scheduler that died mid-tick: another
-/// scheduler takes it over and drives it to a decision.
+/// By default, a tick still `claimed` this long after its claim (or its
+/// holder's last progress write) was abandoned by a scheduler that died
+/// mid-tick: another scheduler takes it over and drives it to a decision
+/// (`scheduler.abandoned_tick_after`).
 pub const ABANDONED_TICK_AFTER: Duration = Duration::from_secs(120);
 
 /// A schedule whose cron expression and time zone parsed.
@@ -74,7 +75,7 @@ pub enum ScheduleError {
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
     /// Another scheduler took over a tick this one was still driving (it
-    /// was slower than [`ABANDONED_TICK_AFTER`]); that one decides it.
+    /// was slower than its abandonment timeout); that one decides it.
     #[error("schedules.{schedule}: the tick of {scheduled_for} was taken over by another scheduler")]
     TickTakenOver {
         /// The schedule.
@@ -115,6 +116,7 @@ pub struct Scheduler {
     name: String,
     started_at: DateTime<Utc>,
     on_time: chrono::Duration,
+    abandoned_after: chrono::Duration,
 }
 
 impl Scheduler {
@@ -138,7 +140,25 @@ impl Scheduler {
         }
         let started_at = clock.now();
         let on_time = chrono::Duration::from_std(on_time).unwrap_or(chrono::Duration::seconds(30));
-        Ok(Self { schedules: prepared, dispatcher, access, clock, name: name.into(), started_at, on_time })
+        let abandoned_after = chrono::Duration::from_std(ABANDONED_TICK_AFTER).unwrap_or_default();
+        Ok(Self {
+            schedules: prepared,
+            dispatcher,
+            access,
+            clock,
+            name: name.into(),
+            started_at,
+            on_time,
+            abandoned_after,
+        })
+    }
+
+    /// Take over ticks left undecided for `after` (default
+    /// [`ABANDONED_TICK_AFTER`]); a holder alive that long renews its claim
+    /// with every scope it dispatches.
+    pub fn abandoned_tick_after(mut self, after: Duration) -> Self {
+        self.abandoned_after = chrono::Duration::from_std(after).unwrap_or(self.abandoned_after);
+        self
     }
 
     /// Decide every tick due now, for every schedule.
@@ -176,7 +196,7 @@ impl Scheduler {
         // Ticks taken but never decided (a scheduler died, or a pass failed,
         // between claim and decision) are driven to a decision first: the
         // scopes they already dispatched are not dispatched again.
-        let abandoned_before = now - chrono::Duration::from_std(ABANDONED_TICK_AFTER).unwrap_or_default();
+        let abandoned_before = now - self.abandoned_after;
         for tick in self.access.reclaim_abandoned_ticks(name, abandoned_before, &self.name, now).await? {
             warn!(schedule = %name, scheduled_for = %tick.scheduled_for, was_dispatched = tick.run_ids.len(),
                 "taking over a tick left undecided mid-dispatch");
