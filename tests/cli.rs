@@ -410,7 +410,7 @@ fn huge_durations_are_a_usage_error_naming_the_field() {
     assert_eq!(count(p, "SELECT COUNT(*) FROM api_tokens"), 0, "no token was written");
     let ok = json(&oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", "10y", "--json"]));
     let at: chrono::DateTime<chrono::Utc> = ok["expires_at"].as_str().unwrap().parse().unwrap();
-    assert!(at > chrono::Utc::now() + chrono::Duration::days(3650), "{ok}");
+    assert!(at > chrono::Utc::now() + chrono::Duration::days(3650), "expires_at {at}");
     // Config durations.
     let op = "capabilities = [\"inventory.sync\"]\n[operations.sync]\nkind = \"demo\"\ncapability = \"inventory.sync\"\n\
               scope = \"environment\"\n";
