@@ -1,63 +1,160 @@
 #!/usr/bin/env bash
-# After the whole suite: search everything the tests left for a provider
-# token or an API token in clear.
+# After the whole suite: search everything the tests left for a secret in
+# clear.
 #
 #   scripts/scan-secrets.sh PG_BIN PG_PORT REDIS_PORT LOG_DIR JUNIT_XML
+#   scripts/scan-secrets.sh --files PATH...    (only these files, or every
+#                                               file under these directories)
 #
 # Searched: every row of every database on the test Postgres (pg_dumpall,
 # data only), the test Redis keyspace (an uncompressed RDB snapshot), every
 # process log the tests kept under LOG_DIR, and every test's captured output
 # (nextest's JUnit report, which stores passing tests' output too).
-# Searched for: the marker every provider token of the suite carries
-# (`oprun-canary`, tests/common) and the shape of an API token
-# (`oprun_<id>_<64 hex>`; only its SHA-256 may be stored). Prints what it
-# scanned; exits 1 naming each place a secret was found.
+# Searched for:
+# - the marker every provider token of the suite carries (`oprun-canary`,
+#   tests/common), also with its `-` percent-encoded and base64-encoded (a
+#   token sent as a Basic credential), in any of base64's three alignments;
+# - the shape of an API token (`oprun_<id>_<64 hex>`; only its SHA-256 may be
+#   stored);
+# - shapes no test output holds unless a secret leaked (the suite's own
+#   servers take no password, so none of them is legitimate): an AWS access
+#   key id (AKIA…/ASIA…), a signed URL's signature value (`sig=`,
+#   `X-Amz-Signature=`), a Basic credential, a URL password
+#   (`scheme://user:pw@`), a percent-encoded secret pair
+#   (`password%3D…`, `access%5Ftoken%3D…`; paging cursors excepted).
+#   Redacted values (`[REDACTED]`) do not match.
+# Prints what it scanned; exits 1 naming each place a secret was found (the
+# database and table, the test, or the file and line), the secret masked.
 set -euo pipefail
-pg_bin=$1 pg_port=$2 redis_port=$3 log_dir=$4 junit=$5
 log() { printf '[scan-secrets] %s\n' "$*" >&2; }
+
+# NAME<TAB>PATTERN<TAB>REQUIRE<TAB>ALLOW (grep -E; `-` for none): a match of
+# PATTERN is a finding when it also matches REQUIRE and does not match ALLOW.
+b64='[A-Za-z0-9+/]'
+patterns=(
+  $'provider token marker\toprun(-|%2[dD])canary[A-Za-z0-9_-]*\t-\t-'
+  $'provider token marker, base64\tb3BydW4tY2FuYXJ5|9wcnVuLWNhbmFye|vcHJ1bi1jYW5hcn\t-\t-'
+  $'API token\toprun(_|%5[fF])[0-9a-f]{8,}(_|%5[fF])[0-9a-f]{64}\t-\t-'
+  $'AWS access key id\t(^|[^A-Za-z0-9])(AKIA|ASIA)[0-9A-Z]{16}([^A-Za-z0-9]|$)\t-\t-'
+  $'signed URL signature\t(^|[^A-Za-z0-9_-])([sS]ig|[sS]ignature|X-Amz-Signature)=[A-Za-z0-9%+/=._~-]{6,}\t-\t-'
+  # Base64 of at least 8 characters, with a digit, + or / or padding ("Basic
+  # settings" is prose).
+  "Basic credential"$'\t'"[Bb]asic +($b64{4}){2,}($b64{2}==|$b64{3}=)?"$'\t'"[0-9+/=]"$'\t-'
+  # The first character of the password is no `[` (of [REDACTED]).
+  $'URL password\t[A-Za-z][A-Za-z0-9+.-]*://[^:/@[:space:]"\'<>]*:[^[@[:space:]"\'<>/][^@[:space:]"\'<>/]*@\t-\t-'
+  # A value that is no %5B ([REDACTED]), %26 (&) or %20 (space); paging
+  # cursors (skip%5Ftoken, %24skiptoken, nextPageToken) are not secrets.
+  $'percent-encoded secret pair\t[A-Za-z0-9_%-]*([Pp]ass(wor)?d|[Ss]ecret|[Tt]oken|[Aa]pi(%5[fF]|_)?[Kk]ey)%3[dDaA]([^%&[:space:]"]|%([013-46-9A-Fa-f][0-9A-Fa-f]|2[1-57-9A-Fa-f]|5[0-9AC-Fac-f]))[^&[:space:]"]*\t-\t([Pp]age|[Nn]ext|[Ss]kip|[Dd]elta|[Cc]ontinuation|[Ss]ync)(%5[fF]|_)?[Tt]oken%3'
+)
 
 work=$(mktemp -d /tmp/oprun-scan.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-
-provider_re='oprun-canary'
-api_re='oprun_[0-9a-f]{8,}_[0-9a-f]{64}'
 found=0
-scan() { # scan NAME FILE
-  local name=$1 file=$2 hits
-  for re in "$provider_re" "$api_re"; do
-    hits=$(grep -a -c -E -- "$re" "$file" || true)
-    if [ "$hits" != 0 ]; then
-      found=1
-      log "FOUND: $hits lines of $name match /$re/; where (the secret itself masked):"
-      grep -a -o -E -- ".{0,60}$re.{0,20}" "$file" | head -n 3 | sed -E "s/$re/<SECRET>/g; s/^/    /" >&2
+
+# Where line LINE of FILE is, for KIND: pg (database and table), junit (the
+# test), redis (the snapshot's line), else the file and line.
+where() { # where KIND FILE LINE
+  local kind=$1 file=$2 line=$3
+  case $kind in
+    pg) awk -v n="$line" '
+          /^\\connect / { db = $2 }
+          /^COPY / { t = $2 }
+          /^\\\.$/ { t = "" }
+          NR == n { printf "database %s, %s", db, (t == "" ? "outside a table" : "table " t); exit }' "$file" ;;
+    junit) awk -v n="$line" '
+          function attr(s, a) { return match(s, " " a "=\"[^\"]*\"") ? substr(s, RSTART + length(a) + 3, RLENGTH - length(a) - 4) : "?" }
+          /<testcase / { s = substr($0, index($0, "<testcase ")); tc = attr(s, "classname") " " attr(s, "name") }
+          NR == n { printf "test %s", (tc == "" ? "(none)" : tc); exit }' "$file" ;;
+    redis) printf 'snapshot line %s (an RDB file: the key precedes its value)' "$line" ;;
+    *) printf '%s line %s' "$file" "$line" ;;
+  esac
+}
+
+scan() { # scan KIND NAME FILE
+  local kind=$1 name=$2 file=$3 entry pname re require allow hits
+  for entry in "${patterns[@]}"; do
+    IFS=$'\t' read -r pname re require allow <<<"$entry"
+    # Matches, one per line as LINE:TEXT; REQUIRE and ALLOW look at TEXT.
+    grep -a -n -o -E -- "$re" "$file" >"$work/hits" || true
+    if [ "$require" != - ]; then
+      grep -a -E -- "^[0-9]+:.*($require)" "$work/hits" >"$work/kept" || true
+      mv "$work/kept" "$work/hits"
     fi
+    if [ "$allow" != - ]; then
+      grep -a -v -E -- "^[0-9]+:.*($allow)" "$work/hits" >"$work/kept" || true
+      mv "$work/kept" "$work/hits"
+    fi
+    hits=$(wc -l <"$work/hits")
+    [ "$hits" != 0 ] || continue
+    found=1
+    log "FOUND in $name: $hits matches of: $pname; where (the secret itself masked):"
+    head -n 3 "$work/hits" | while IFS= read -r hit; do
+      n=${hit%%:*} text=${hit#*:}
+      line=$(sed -n "${n}p" "$file" | tr -d '\000')
+      before=${line%%"$text"*} after=${line#*"$text"}
+      [ ${#before} -le 60 ] || before=${before: -60}
+      printf '    %s: %s\n' "$(where "$kind" "$file" "$n")" "$(printf '%s<SECRET>%s' "$before" "${after:0:20}" | mask)" >&2
+    done
   done
 }
 
-# Postgres: every database the tests created.
-# (Its warnings about restoring circular foreign keys do not apply: nothing
-# is restored.)
-"$pg_bin/pg_dumpall" -h 127.0.0.1 -p "$pg_port" -U oprun --data-only >"$work/pg.sql" 2>"$work/pg.err" \
-  || { cat "$work/pg.err" >&2; log "FAILED: pg_dumpall"; exit 1; }
-dbs=$(grep -c '^\\connect' "$work/pg.sql" || true)
-[ "$dbs" -gt 0 ] || { log "FAILED: pg_dumpall shows no database"; exit 1; }
-scan "the Postgres dump" "$work/pg.sql"
+# Stdin with every match of every pattern masked (a context shows no other
+# secret either).
+mask() {
+  local entry pname re rest script=()
+  for entry in "${patterns[@]}"; do
+    IFS=$'\t' read -r pname re rest <<<"$entry"
+    script+=(-e "s"$'\001'"$re"$'\001'"<SECRET>"$'\001'"g")
+  done
+  sed -E "${script[@]}" | LC_ALL=C tr -c '[:print:]\n' '.' | cut -c1-160
+}
 
-# Redis: a snapshot without LZF compression, so every value is plain bytes.
-redis-cli -p "$redis_port" config set rdbcompression no >/dev/null
-redis-cli -p "$redis_port" --rdb "$work/redis.rdb" >/dev/null 2>&1
-keys=$(redis-cli -p "$redis_port" dbsize)
-scan "the Redis snapshot" "$work/redis.rdb"
+if [ "${1:-}" = --files ]; then
+  shift
+  [ $# -gt 0 ] || { log "usage: scan-secrets.sh --files PATH..."; exit 2; }
+  files=0
+  while IFS= read -r -d '' f; do
+    files=$((files + 1))
+    case $f in *.xml) kind=junit ;; *.sql) kind=pg ;; *) kind=file ;; esac
+    scan "$kind" "$f" "$f"
+  done < <(find "$@" -type f -print0)
+  log "scanned $files files"
+else
+  [ $# -eq 5 ] || { log "usage: scan-secrets.sh PG_BIN PG_PORT REDIS_PORT LOG_DIR JUNIT_XML | --files PATH..."; exit 2; }
+  pg_bin=$1 pg_port=$2 redis_port=$3 log_dir=$4 junit=$5
 
-# Logs.
-cat "$log_dir"/*.log >"$work/logs" 2>/dev/null || true
-[ -f "$junit" ] && cat "$junit" >>"$work/logs"
-lines=$(wc -l <"$work/logs")
-scan "the test logs" "$work/logs"
+  # Postgres: every database the tests created.
+  # (Its warnings about restoring circular foreign keys do not apply: nothing
+  # is restored.)
+  "$pg_bin/pg_dumpall" -h 127.0.0.1 -p "$pg_port" -U oprun --data-only >"$work/pg.sql" 2>"$work/pg.err" \
+    || { cat "$work/pg.err" >&2; log "FAILED: pg_dumpall"; exit 1; }
+  dbs=$(grep -c '^\\connect' "$work/pg.sql" || true)
+  [ "$dbs" -gt 0 ] || { log "FAILED: pg_dumpall shows no database"; exit 1; }
+  scan pg "the Postgres dump" "$work/pg.sql"
 
-log "scanned $dbs databases ($(wc -l <"$work/pg.sql") lines), Redis ($keys keys, $(wc -c <"$work/redis.rdb") bytes), $lines log lines"
+  # Redis: a snapshot without LZF compression, so every value is plain bytes.
+  redis-cli -p "$redis_port" config set rdbcompression no >/dev/null
+  redis-cli -p "$redis_port" --rdb "$work/redis.rdb" >/dev/null 2>&1
+  keys=$(redis-cli -p "$redis_port" dbsize)
+  scan redis "the Redis snapshot" "$work/redis.rdb"
+
+  # Logs, one file at a time (a finding names its file), then the captured
+  # test output.
+  lines=0
+  for f in "$log_dir"/*.log; do
+    [ -f "$f" ] || continue
+    lines=$((lines + $(wc -l <"$f")))
+    scan file "the process log $(basename "$f")" "$f"
+  done
+  if [ -f "$junit" ]; then
+    lines=$((lines + $(wc -l <"$junit")))
+    scan junit "the captured test output ($junit)" "$junit"
+  fi
+
+  log "scanned $dbs databases ($(wc -l <"$work/pg.sql") lines), Redis ($keys keys, $(wc -c <"$work/redis.rdb") bytes), $lines log lines"
+fi
 if [ "$found" != 0 ]; then
   log "FAILED: a secret is stored or logged in clear"
   exit 1
 fi
-log "no provider token and no API token in clear"
+log "no secret in clear"
