@@ -5,6 +5,9 @@
 #   scripts/scan-secrets.sh PG_BIN PG_PORT REDIS_PORT LOG_DIR JUNIT_XML
 #   scripts/scan-secrets.sh --files PATH...    (only these files, or every
 #                                               file under these directories)
+#   scripts/scan-secrets.sh --self-test        (each shape planted alone is
+#                                               found and masked; legitimate
+#                                               output passes)
 #
 # Searched: every row of every database on the test Postgres (pg_dumpall,
 # data only), the test Redis keyspace (an uncompressed RDB snapshot), every
@@ -108,6 +111,43 @@ mask() {
   done
   sed -E "${script[@]}" | LC_ALL=C tr -c '[:print:]\n' '.' | cut -c1-160
 }
+
+if [ "${1:-}" = --self-test ]; then
+  # Each shape planted alone must fail the scan under its own name; text the
+  # suite legitimately writes (redacted values, paging cursors, local URLs)
+  # must pass.
+  b=$(printf 'user:tok-oprun-canary-x' | base64 | tr -d '\n')
+  # NAME<TAB>TEXT<TAB>THE SECRET IN IT
+  planted=(
+    $'provider token marker\tbad token tok-oprun-canary-leak\toprun-canary-leak'
+    "provider token marker, base64"$'\t'"header $b"$'\t'"$b"
+    $'API token\ttoken oprun_0190b2c4_'"$(printf '%064d' 7)"$'\t'"$(printf '%064d' 7)"
+    $'AWS access key id\tkey AKIAIOSFODNN7EXAMPLE used\tAKIAIOSFODNN7EXAMPLE'
+    $'signed URL signature\tGET /c?sv=2022&sig=sv-sas-signature-value-3Fq9&se=x\tsv-sas-signature-value-3Fq9'
+    $'signed URL signature\tX-Amz-Signature=aws-signature-value-7c1e\taws-signature-value-7c1e'
+    $'Basic credential\tAuthorization: Basic YWRhOnMzY3IzdA==\tYWRhOnMzY3IzdA=='
+    $'URL password\tstore postgres://app:hunter2@db:5432/oprun\thunter2'
+    $'percent-encoded secret pair\tstate=access%5Ftoken%3Dabc123&x=1\tabc123'
+  )
+  clean='store postgres://oprun@127.0.0.1:55432/db queue redis://127.0.0.1:56379/ sig=[REDACTED]
+Authorization: [REDACTED] password=[REDACTED] postgres://app:[REDACTED]@db/x X-Amz-Signature=[REDACTED]
+GET http://127.0.0.1:43210/v1.0/users/ada@contoso.com?%24skiptoken%3Dcursor-2&page%5Ftoken%3Dp-3 nextPageToken%3Dxyz
+Basic settings apply; basic auth is not supported; access%5Ftoken%3D%5BREDACTED%5D design=blue signature verified
+run 0190b2c4-7e1a-7c3d-9f2e-4b5a6c7d8e9f sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08'
+  failed=0
+  for entry in "${planted[@]}"; do
+    IFS=$'\t' read -r pname text secret <<<"$entry"
+    printf '%s\n' "$text" >"$work/planted.log"
+    out=$("$0" --files "$work/planted.log" 2>&1) && { log "SELF-TEST FAILED: a $pname passed: $text"; failed=1; continue; }
+    grep -q -F "matches of: $pname;" <<<"$out" || { log "SELF-TEST FAILED: a $pname was not named: $out"; failed=1; }
+    ! grep -q -F -- "$secret" <<<"$out" || { log "SELF-TEST FAILED: a $pname was shown unmasked: $out"; failed=1; }
+  done
+  printf '%s\n' "$clean" >"$work/clean.log"
+  out=$("$0" --files "$work/clean.log" 2>&1) || { log "SELF-TEST FAILED: legitimate output failed the scan: $out"; failed=1; }
+  [ "$failed" = 0 ] || exit 1
+  log "self-test: ${#planted[@]} planted secrets found and masked, legitimate output passes"
+  exit 0
+fi
 
 if [ "${1:-}" = --files ]; then
   shift

@@ -105,6 +105,7 @@ else
   cargo test --workspace --all-features --no-fail-fast "$@"
 fi
 log "secret scan"
+scripts/scan-secrets.sh --self-test
 scripts/scan-secrets.sh "$pg_bin" "$pg_port" "$redis_port" "$OPRUN_TEST_LOG_DIR" "$junit"
 fuzz_seconds=${OPRUN_FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" != 0 ]; then
