@@ -44,6 +44,11 @@ struct Fix {
     /// A delay for the first hit of a key only (ms).
     stall_once: Mutex<HashMap<String, u64>>,
     base: Mutex<String>,
+    /// The JSON bodies `POST /call/…` received, in order.
+    call_bodies: Mutex<Vec<Value>>,
+    /// Requests in flight and the most seen at once, by environment (the
+    /// path's `{env}` segment).
+    env_inflight: Mutex<HashMap<String, (usize, usize)>>,
 }
 
 /// The next link is an absolute URL on the server's origin.
@@ -73,9 +78,17 @@ async fn collection(State(fix): State<Arc<Fix>>, Query(q): Query<PageQuery>, uri
     *fix.hits.lock().unwrap().entry(key.clone()).or_default() += 1;
     let now = fix.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     fix.peak.fetch_max(now, Ordering::SeqCst);
+    let env = path.rsplit('/').next().unwrap_or_default().to_string();
+    {
+        let mut by_env = fix.env_inflight.lock().unwrap();
+        let (current, peak) = by_env.entry(env.clone()).or_default();
+        *current += 1;
+        *peak = (*peak).max(*current);
+    }
     let stall = fix.stall_once.lock().unwrap().remove(&key).unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(fix.delay_ms.load(Ordering::SeqCst) as u64 + stall)).await;
     fix.inflight.fetch_sub(1, Ordering::SeqCst);
+    fix.env_inflight.lock().unwrap().get_mut(&env).expect("counted above").0 -= 1;
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TOKEN}")) {
         return (StatusCode::UNAUTHORIZED, "no token").into_response();
     }
@@ -131,6 +144,7 @@ async fn call(State(fix): State<Arc<Fix>>, Path(env): Path<String>, uri: Uri, bo
     fix.seen.lock().unwrap().push(format!("POST {}", uri.path()));
     *fix.hits.lock().unwrap().entry(format!("/call/{env}")).or_default() += 1;
     let key = format!("/call/{env}");
+    fix.call_bodies.lock().unwrap().push(serde_json::from_str(&body).unwrap_or(Value::Null));
     if let Some((status, _, b)) = fix.script.lock().unwrap().get_mut(&key).and_then(VecDeque::pop_front) {
         return (StatusCode::from_u16(status).unwrap(), b).into_response();
     }
@@ -172,9 +186,11 @@ fn providers_at(base_url: &str, retry_budget: u32, concurrency: usize, extra: &s
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("graph.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    // `extra` may set its own request_timeout.
+    let timeout = if extra.contains("request_timeout") { "" } else { "request_timeout = \"5s\"\n" };
     let config_toml = format!(
         "[providers.graph]\nbase_url = \"{base_url}\"\ntoken_file = \"{}\"\nretry_budget = {retry_budget}\n\
-         retry_after_cap = \"5s\"\nconcurrency = {concurrency}\nrequest_timeout = \"5s\"\n{extra}\n",
+         retry_after_cap = \"5s\"\nconcurrency = {concurrency}\n{timeout}{extra}\n",
         token_file.display()
     );
     let config = Config::from_toml(&format!("{}\n{config_toml}", common::CATALOG), "provider test").unwrap();
@@ -268,6 +284,7 @@ async fn permanent_failures_are_classified_without_retry(stack: Stack) {
         (401, RunOutcome::Failed, "provider.auth_failed"),
         (404, RunOutcome::Failed, "provider.not_found"),
         (409, RunOutcome::Failed, "provider.conflict"),
+        (412, RunOutcome::Failed, "provider.conflict"),
         (418, RunOutcome::Failed, "provider.bad_response"),
     ] {
         let e = Env::new(stack).await;
@@ -367,10 +384,14 @@ async fn http_call_sends_the_params_and_classifies_the_answer(stack: Stack) {
     let done = run_one(&e, &p, "test.call").await;
     assert_eq!(done.outcome, RunOutcome::Succeeded, "{done:?}");
     assert_eq!(p.hits("/call/contoso-prod"), 1);
+    assert_eq!(done.params, json!({"note": "hello"}), "{done:?}");
+    assert_eq!(*p.fix.call_bodies.lock().unwrap(), [done.params.clone()], "the provider received the run's params");
     p.script("/call/contoso-prod", vec![(409, vec![], "version mismatch".into())]);
     let e = Env::new(stack).await;
     let done = run_one(&e, &p, "test.call").await;
     assert_eq!(done.reason_code.as_deref(), Some("provider.conflict"));
+    assert_eq!(p.fix.call_bodies.lock().unwrap().len(), 2);
+    assert_eq!(p.fix.call_bodies.lock().unwrap()[1], done.params, "the refused call carried the params too");
 }
 
 async fn a_killed_worker_resumes_the_collection_from_its_checkpoint(stack: Stack) {
@@ -650,6 +671,163 @@ async fn a_next_link_with_an_absolute_path_is_resolved_against_the_origin(stack:
     assert_eq!(p.seen(), ["GET /v1.0/coll/contoso-prod"], "the other origin got no request");
 }
 
+const PAGE_1: &str = "/coll/contoso-prod?page=1";
+
+/// The operator's next step for a failed run.
+async fn primary_action(e: &Env, run: &OperationRun) -> String {
+    let op = oprun_scheduler::Operator::new(e.dispatcher.clone());
+    op.show("ops-user-1", run.id).await.unwrap().guidance.primary_action.key
+}
+
+/// A Retry-After longer than `retry_after_cap` (5 s here), in seconds or as
+/// a date, is not waited out: the attempt fails at once `provider.throttled`
+/// (retryable), with no retry and no wait recorded.
+async fn a_retry_after_over_the_cap_fails_the_attempt_without_waiting(stack: Stack) {
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc2822();
+    for after in ["3600".to_string(), in_an_hour] {
+        let e = Env::new(stack).await;
+        let p = provider(3, 4).await;
+        p.script(PAGE_1, vec![(429, vec![("retry-after", after.clone())], "slow down".into())]);
+        let done = run_one(&e, &p, "test.collect").await;
+        assert_eq!(
+            (done.outcome, done.reason_code.as_deref()),
+            (RunOutcome::Failed, Some("provider.throttled")),
+            "Retry-After {after}: {done:?}"
+        );
+        let message = &done.failure_summary[0].message;
+        assert!(message.contains("429") && message.contains("exceeds the cap"), "{message}");
+        assert_eq!(p.hits(PAGE_1), 1, "Retry-After {after}: not retried");
+        let c = &done.summary_counts;
+        assert_eq!(
+            (c.get("retries"), c.get("throttle_waits"), c.get("throttle_wait_ms"), c.get("pages")),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(primary_action(&e, &done).await, "retry");
+    }
+}
+
+/// 502 and 504 are transient like 503: retried within the budget (counted
+/// in `retries`, not as throttling), then `provider.unavailable`, retryable.
+async fn bad_gateway_and_gateway_timeout_are_retried_within_the_budget_then_unavailable(stack: Stack) {
+    for status in [502u16, 504] {
+        let e = Env::new(stack).await;
+        let p = provider(2, 4).await;
+        p.script(PAGE_1, vec![(status, vec![], "upstream trouble".into()); 2]);
+        let done = run_one(&e, &p, "test.collect").await;
+        assert_eq!(done.outcome, RunOutcome::Succeeded, "{status}: {done:?}");
+        let c = &done.summary_counts;
+        assert_eq!((c.get("retries"), c.get("throttle_waits"), c.get("pages")), (2, 0, 3), "{status}");
+        assert_eq!(p.hits(PAGE_1), 3, "{status}: first try + 2 retries");
+        // Beyond the budget.
+        let e = Env::new(stack).await;
+        let p = provider(2, 4).await;
+        p.script(PAGE_1, vec![(status, vec![], "upstream trouble".into()); 3]);
+        let done = run_one(&e, &p, "test.collect").await;
+        assert_eq!(
+            (done.outcome, done.reason_code.as_deref()),
+            (RunOutcome::Failed, Some("provider.unavailable")),
+            "{status}: {done:?}"
+        );
+        assert_eq!((p.hits(PAGE_1), done.summary_counts.get("retries")), (3, 2), "{status}");
+        let message = &done.failure_summary[0].message;
+        assert!(message.contains(&status.to_string()) && message.contains("retry budget of 2 exhausted"), "{message}");
+        assert_eq!(primary_action(&e, &done).await, "retry");
+    }
+}
+
+/// A request over `request_timeout` is transient: retried (here the second
+/// try answers in time), and a provider that never answers in time ends the
+/// run `provider.timeout` once the budget is spent.
+async fn a_request_timeout_is_retried_within_the_budget_then_provider_timeout(stack: Stack) {
+    let e = Env::new(stack).await;
+    let p = provider_with(2, 4, "", "request_timeout = \"300ms\"").await;
+    p.fix.stall_once.lock().unwrap().insert(PAGE_1.into(), 3000);
+    let done = run_one(&e, &p, "test.collect").await;
+    assert_eq!(done.outcome, RunOutcome::Succeeded, "{done:?}");
+    assert_eq!((done.summary_counts.get("retries"), done.summary_counts.get("pages")), (1, 3));
+    assert_eq!(p.hits(PAGE_1), 2, "the timed-out request was sent again");
+    // Every try too slow.
+    let e = Env::new(stack).await;
+    let p = provider_with(2, 4, "", "request_timeout = \"300ms\"").await;
+    p.fix.delay_ms.store(3000, Ordering::SeqCst);
+    let done = run_one(&e, &p, "test.collect").await;
+    assert_eq!((done.outcome, done.reason_code.as_deref()), (RunOutcome::Failed, Some("provider.timeout")), "{done:?}");
+    assert_eq!((p.hits(PAGE_1), done.summary_counts.get("retries")), (3, 2));
+    let message = &done.failure_summary[0].message;
+    assert!(message.contains("did not answer in time") && message.contains("retry budget of 2 exhausted"), "{message}");
+    assert_eq!(primary_action(&e, &done).await, "retry");
+}
+
+/// Nothing listens at `base_url`: each refused connection is retried within
+/// the budget, then the run fails `provider.unavailable`, retryable.
+async fn a_refused_connection_is_retried_within_the_budget_then_unavailable(stack: Stack) {
+    let e = Env::new(stack).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }; // closed again: connections to it are refused
+    let (providers, _dir) = providers_at(&format!("http://127.0.0.1:{port}"), 2, 4, "");
+    let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
+    let worker = e.start_worker(e.http_runner("w1", &providers));
+    let done = e.until_completed(run.id, 60).await;
+    worker.stop().await;
+    assert_eq!(
+        (done.outcome, done.reason_code.as_deref()),
+        (RunOutcome::Failed, Some("provider.unavailable")),
+        "{done:?}"
+    );
+    assert_eq!(done.summary_counts.get("retries"), 2, "{done:?}");
+    let message = &done.failure_summary[0].message;
+    assert!(message.contains("could not be reached") && message.contains("retry budget of 2 exhausted"), "{message}");
+    assert_eq!(primary_action(&e, &done).await, "retry");
+}
+
+/// `concurrency_per_environment = 2` under a provider limit of 8: one worker
+/// with 16 slots and 24 runs in two environments never has more than 2
+/// requests in flight for one environment, while the two environments run
+/// side by side (the limit is per environment, not a smaller global one).
+async fn concurrency_per_environment_caps_each_environment_within_a_worker(stack: Stack) {
+    let e = Env::new(stack).await;
+    let p = provider_with(3, 8, "", "concurrency_per_environment = 2").await;
+    p.fix.pages.store(1, Ordering::SeqCst);
+    p.fix.delay_ms.store(100, Ordering::SeqCst);
+    let mut ids = vec![];
+    for _ in 0..12 {
+        for env in ["contoso-prod", "contoso-dev"] {
+            ids.push(dispatch(&e, "test.collect", env, json!({})).await.id);
+        }
+    }
+    let worker = e.start_worker_with(e.http_runner("w1", &p.providers), 16);
+    for id in &ids {
+        assert_eq!(e.until_completed(*id, 120).await.outcome, RunOutcome::Succeeded);
+    }
+    worker.stop().await;
+    let by_env = p.fix.env_inflight.lock().unwrap().clone();
+    for env in ["contoso-prod", "contoso-dev"] {
+        let peak = by_env.get(env).map(|(_, peak)| *peak);
+        assert_eq!(peak, Some(2), "{env}: most requests at once (the limit is 2): {by_env:?}");
+    }
+    let peak = p.fix.peak.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&peak), "both environments were served at once: peak {peak}, {by_env:?}");
+}
+
+/// A failure message keeps at most a 200-character excerpt of the body (199
+/// characters and an ellipsis), however long the body.
+async fn a_failure_message_keeps_at_most_a_200_character_excerpt_of_the_body(stack: Stack) {
+    let e = Env::new(stack).await;
+    let p = provider(3, 4).await;
+    let body: String = (0..100).map(|i| format!("part{i:03} ")).collect();
+    assert_eq!(body.len(), 800);
+    p.script(PAGE_1, vec![(400, vec![], body.clone())]);
+    let done = run_one(&e, &p, "test.collect").await;
+    assert_eq!(done.reason_code.as_deref(), Some("provider.bad_response"), "{done:?}");
+    let message = &done.failure_summary[0].message;
+    let (head, excerpt) = message.split_once(": ").unwrap_or_else(|| panic!("{message}"));
+    assert_eq!(head, "provider 'graph' answered 400 Bad Request", "{message}");
+    assert_eq!(excerpt.chars().count(), 200, "{message}");
+    assert_eq!(excerpt.strip_suffix('…'), Some(&body[..199]), "{message}");
+}
+
 both_stacks!(
     a_dot_segment_id_is_refused_before_any_request,
     an_oversized_response_body_is_a_bad_response,
@@ -665,4 +843,10 @@ both_stacks!(
     the_provider_concurrency_limit_holds_under_fifty_runs,
     http_call_sends_the_params_and_classifies_the_answer,
     a_killed_worker_resumes_the_collection_from_its_checkpoint,
+    a_retry_after_over_the_cap_fails_the_attempt_without_waiting,
+    bad_gateway_and_gateway_timeout_are_retried_within_the_budget_then_unavailable,
+    a_request_timeout_is_retried_within_the_budget_then_provider_timeout,
+    a_refused_connection_is_retried_within_the_budget_then_unavailable,
+    concurrency_per_environment_caps_each_environment_within_a_worker,
+    a_failure_message_keeps_at_most_a_200_character_excerpt_of_the_body,
 );
