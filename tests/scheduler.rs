@@ -87,10 +87,12 @@ async fn a_restart_after_missed_ticks_follows_the_misfire_policy(stack: Stack) {
     }
 }
 
+/// `test.fanout` has `dedup = "none"`: only the overlap policy (not a dedup
+/// key) can keep a second run of the busy scope from being dispatched.
 async fn a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap(stack: Stack) {
     let e = Env::new(stack).await;
     let s = ScheduleSpec {
-        operation: "test.count".into(),
+        operation: "test.fanout".into(),
         environment: Some("contoso-prod".into()),
         environments: None,
         ..spec("overlap = \"skip\"")
@@ -104,6 +106,24 @@ async fn a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap(stack: St
     let second = sched.run_once().await.unwrap();
     assert_eq!(second[0].decision, TickDecision::SkippedOverlap);
     assert_eq!(second[0].run_ids, first[0].run_ids, "the tick names the active run it deferred to");
+    let tick = e.db.access.ticks("five", 1).await.unwrap().remove(0);
+    assert_eq!(
+        tick.details["scopes"]["contoso-prod"]["active_run"],
+        serde_json::json!(first[0].run_ids[0]),
+        "{tick:?}"
+    );
+    let filter = RunFilter { operation: Some("test.fanout".into()), limit: 100, ..Default::default() };
+    assert_eq!(e.service.list(&filter).await.unwrap().len(), 1, "no second run while the first is active");
+
+    // The same schedule with `overlap = "allow"` dispatches a second run of
+    // the busy scope: the operation itself does not deduplicate.
+    let allow = ScheduleSpec { name: "five-allow".into(), overlap: oprun_shared::config::OverlapPolicy::Allow, ..s };
+    clock.set(t("2026-11-02T09:09:58Z"));
+    let sched = scheduler(&e, "s", &allow, clock.clone()).await;
+    clock.set(t("2026-11-02T09:10:01Z"));
+    let third = sched.run_once().await.unwrap();
+    assert_eq!(third[0].decision, TickDecision::Fired, "{third:?}");
+    assert_ne!(third[0].run_ids, first[0].run_ids, "{third:?}");
 }
 
 /// A scheduler over `store` (a store with injected faults, say).
@@ -430,7 +450,7 @@ async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back()
     let stale = dead.dispatch(req).await.unwrap().run.id;
     dead.claim(stale, "dead-worker").await.unwrap();
     // Another transaction holds the stale run's row: the reconciler's write waits.
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&e.db.url).await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&e.db.url).await.unwrap();
     let mut holder = pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM operation_runs WHERE id = $1 FOR UPDATE")
         .bind(stale)
@@ -460,13 +480,41 @@ async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back()
             let _ = stop_rx.await;
         },
     ));
-    tokio::time::sleep(Duration::from_millis(4500)).await;
-    let ticks = e.db.access.ticks("every-second", 100).await.unwrap();
-    let decisions: Vec<TickDecision> = ticks.iter().map(|t| t.decision).collect();
-    assert!(
-        decisions.len() >= 3 && decisions.iter().all(|d| *d == TickDecision::Fired),
-        "ticks fired while the reconcile pass waited: {decisions:?}"
-    );
+    // The reconcile pass is waiting on the held row ...
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *holder).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))")
+                .bind(holder_pid)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reconcile pass never reached the locked run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting_since = Utc::now();
+    // ... and ticks keep firing meanwhile: 3 due after it began to wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let decisions = loop {
+        let ticks = e.db.access.ticks("every-second", 100).await.unwrap();
+        let decided: Vec<_> = ticks.iter().filter(|t| t.decision != TickDecision::Claimed).collect();
+        let bad: Vec<_> = decided.iter().filter(|t| t.decision != TickDecision::Fired).collect();
+        assert!(bad.is_empty(), "every tick fired while the reconcile pass waited: {bad:?}");
+        let fired_since = decided.iter().filter(|t| t.scheduled_for > waiting_since).count();
+        if fired_since >= 3 {
+            break decided.iter().map(|t| t.decision).collect::<Vec<TickDecision>>();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {fired_since} ticks fired in 10 s while the reconcile pass waited: {ticks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(decisions.len() >= 3, "{decisions:?}");
     let still = e.service.get(stale).await.unwrap();
     assert_eq!(still.status, oprun_shared::RunStatus::Running, "the reconcile pass is still waiting");
 
