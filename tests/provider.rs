@@ -385,7 +385,11 @@ async fn http_call_sends_the_params_and_classifies_the_answer(stack: Stack) {
     assert_eq!(done.outcome, RunOutcome::Succeeded, "{done:?}");
     assert_eq!(p.hits("/call/contoso-prod"), 1);
     assert_eq!(done.params, json!({"note": "hello"}), "{done:?}");
-    assert_eq!(*p.fix.call_bodies.lock().unwrap(), [done.params.clone()], "the provider received the run's params");
+    assert_eq!(
+        *p.fix.call_bodies.lock().unwrap(),
+        std::slice::from_ref(&done.params),
+        "the provider received the run's params"
+    );
     p.script("/call/contoso-prod", vec![(409, vec![], "version mismatch".into())]);
     let e = Env::new(stack).await;
     let done = run_one(&e, &p, "test.call").await;

@@ -26,20 +26,24 @@
 //!   claim and finish writes are polled on the worker task.
 //! - The payload is taken as `serde_json::Value` and parsed by the handler, so
 //!   a payload of the wrong shape is acknowledged and counted, never a decode
-//!   error that stops the worker.
+//!   error that stops the worker. Stored bytes that are not JSON at all are
+//!   decoded by [`PayloadCodec`] into a value the handler refuses the same
+//!   way: apalis's own JSON codec fails the fetch, which stops the worker
+//!   and leaves the job in its in-flight set, delivered again (and stopping
+//!   the next worker) after a restart.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BackendExt, BoxDynError, Data, TaskSink, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{BackendExt, BoxDynError, Codec, Data, TaskSink, WorkerBuilder, WorkerBuilderExt};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
 use async_trait::async_trait;
 use futures::{Stream, TryStreamExt};
 use oprun_shared::config::{QueueBackend, QueueConfig};
 use oprun_shared::{JobPayload, JobQueue, QueueError, redact};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::SqlitePool;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -393,6 +397,27 @@ fn redis_waker(url: String, channel: String, every: Duration) -> std::pin::Pin<B
 /// The shortest time between two wakes of one worker by pushes.
 const WAKE_GAP: Duration = Duration::from_millis(10);
 
+/// The codec workers decode stored payloads with: JSON as apalis writes it,
+/// and bytes that are not JSON into `{"undecodable_payload": {"bytes": N,
+/// "error": …}}` (the length and the parser's message, never the bytes),
+/// which no run id parses from, so the handler acknowledges and counts it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PayloadCodec;
+
+impl Codec<Value> for PayloadCodec {
+    type Error = serde_json::Error;
+    type Compact = Vec<u8>;
+
+    fn encode(&self, val: &Value) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(val)
+    }
+
+    fn decode(&self, val: &Vec<u8>) -> Result<Value, Self::Error> {
+        Ok(serde_json::from_slice(val)
+            .unwrap_or_else(|e| json!({ "undecodable_payload": { "bytes": val.len(), "error": e.to_string() } })))
+    }
+}
+
 /// The handler as worker data (a concrete type keeps apalis's bounds simple).
 #[derive(Clone)]
 struct Shared(Arc<dyn JobHandler>);
@@ -468,7 +493,7 @@ pub async fn run_worker(
                     None => ticker(poll),
                 };
                 WorkerBuilder::new(name)
-                    .backend(s.poll_with_stream(wake))
+                    .backend(s.with_codec(PayloadCodec).poll_with_stream(wake))
                     .data(handler.clone())
                     .concurrency(concurrency)
                     .build(handle)
@@ -477,7 +502,7 @@ pub async fn run_worker(
             }
             Queue::Sqlite(s, _) => {
                 WorkerBuilder::new(name)
-                    .backend(s.poll_with_stream(ticker(poll)))
+                    .backend(s.with_codec(PayloadCodec).poll_with_stream(ticker(poll)))
                     .data(handler.clone())
                     .concurrency(concurrency)
                     .build(handle)
@@ -492,4 +517,23 @@ pub async fn run_worker(
     }
     info!(worker = %name, "worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_bytes_that_are_not_json_decode_into_a_payload_naming_no_run() {
+        let codec = PayloadCodec;
+        let id = Uuid::now_v7();
+        let job = codec.encode(&json!({ "run_id": id })).unwrap();
+        assert_eq!(codec.decode(&job).unwrap(), json!({ "run_id": id }));
+        for raw in [&b"not json"[..], &[0xff, 0xfe, 0x00][..], &b""[..], &b"{\"run_id\": \"0"[..]] {
+            let v = codec.decode(&raw.to_vec()).unwrap();
+            assert_eq!(v["undecodable_payload"]["bytes"], raw.len(), "{v}");
+            assert!(serde_json::from_value::<JobPayload>(v.clone()).is_err(), "{v}");
+            assert!(!v.to_string().contains("not json"), "the bytes are not kept: {v}");
+        }
+    }
 }
