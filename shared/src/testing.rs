@@ -26,6 +26,30 @@ pub const POSTGRES_URL_VAR: &str = "OPRUN_TEST_POSTGRES_URL";
 /// The variable naming the Redis server the tests use.
 pub const REDIS_URL_VAR: &str = "OPRUN_TEST_REDIS_URL";
 
+/// The variable naming the directory the test command (`scripts/test.sh`)
+/// keeps what the tests leave in, and scans for a secret in clear afterwards.
+pub const LOG_DIR_VAR: &str = "OPRUN_TEST_LOG_DIR";
+
+/// A fresh directory for what a test leaves: under `OPRUN_TEST_LOG_DIR/KIND`
+/// when the variable is set, kept after the test so the closing secret scan
+/// reads it (the test command removes the whole directory afterwards); else a
+/// temp dir removed on drop.
+pub fn kept_dir(kind: &str) -> tempfile::TempDir {
+    match std::env::var_os(LOG_DIR_VAR) {
+        Some(root) if !root.is_empty() => {
+            let parent = std::path::PathBuf::from(root).join(kind);
+            std::fs::create_dir_all(&parent)
+                .unwrap_or_else(|e| panic!("create {}: {e} ({LOG_DIR_VAR})", parent.display()));
+            tempfile::Builder::new()
+                .prefix("test-")
+                .disable_cleanup(true)
+                .tempdir_in(&parent)
+                .unwrap_or_else(|e| panic!("a directory under {}: {e}", parent.display()))
+        }
+        _ => tempfile::tempdir().expect("temp dir"),
+    }
+}
+
 /// A server URL from the environment. Missing is a test failure, never a
 /// skip: the README's test command (`scripts/test.sh`) starts the servers.
 pub fn require_env(var: &str) -> String {
@@ -43,7 +67,8 @@ pub fn require_env(var: &str) -> String {
 pub enum Backend {
     /// A fresh database on the test Postgres server.
     Postgres,
-    /// A fresh SQLite file in a temp dir.
+    /// A fresh SQLite file, kept under `OPRUN_TEST_LOG_DIR/sqlite` for the
+    /// closing secret scan when the variable is set ([`kept_dir`]).
     Sqlite,
 }
 
@@ -79,9 +104,9 @@ impl TestStore {
         Self { store: store.clone(), access: store, database, url, _dir: None }
     }
 
-    /// A fresh SQLite file.
+    /// A fresh SQLite file ([`kept_dir`]: left for the closing secret scan).
     pub async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = kept_dir("sqlite");
         let url = format!("sqlite://{}", dir.path().join("oprun.db").display());
         let store = Arc::new(SqliteRunStore::connect(&url, 8).await.expect("open the test SQLite file"));
         store.migrate().await.expect("migrate the test SQLite file");

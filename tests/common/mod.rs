@@ -264,6 +264,7 @@ pub struct Env {
 
 impl Env {
     pub async fn new(stack: Stack) -> Self {
+        init_logs();
         let db = TestStore::new(match stack {
             Stack::PostgresRedis => testing::Backend::Postgres,
             Stack::Sqlite => testing::Backend::Sqlite,
@@ -392,21 +393,56 @@ macro_rules! both_stacks {
     };
 }
 
-/// Capture every log line of this test process (tests run one per process
-/// under nextest) into a buffer.
-pub fn capture_logs() -> Arc<std::sync::Mutex<String>> {
-    static BUF: std::sync::OnceLock<Arc<std::sync::Mutex<String>>> = std::sync::OnceLock::new();
-    BUF.get_or_init(|| {
+/// What the in-process servers (API, worker, scheduler) log in a test, unless
+/// `RUST_LOG` says otherwise: the binary's default with this workspace's
+/// crates at debug.
+pub const TEST_LOG_FILTER: &str =
+    "info,sqlx=warn,oprun=debug,oprun_shared=debug,oprun_worker=debug,oprun_scheduler=debug";
+
+/// This test process's log subscriber: every line (filtered by
+/// [`TEST_LOG_FILTER`]) to the test's captured stdout, which nextest keeps in
+/// its JUnit report for the closing secret scan (scripts/scan-secrets.sh);
+/// and, once [`capture_logs`] is called, every debug line into its buffer.
+struct TestLogs {
+    buf: Arc<std::sync::Mutex<String>>,
+    capturing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn test_logs() -> &'static TestLogs {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter, dynamic_filter_fn};
+    use tracing_subscriber::prelude::*;
+    static LOGS: std::sync::OnceLock<TestLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
         let buf = Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
+        let capturing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(TEST_LOG_FILTER));
+        let to_stdout = tracing_subscriber::fmt::layer().with_ansi(false).with_test_writer().with_filter(filter);
+        let (sink, on) = (buf.clone(), capturing.clone());
+        let when_capturing =
+            dynamic_filter_fn(move |m, _| on.load(Ordering::SeqCst) && *m.level() <= tracing::Level::DEBUG)
+                .with_max_level_hint(LevelFilter::DEBUG);
+        let to_buf = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(move || LogSink(sink.clone()))
-            .try_init();
-        buf
+            .with_filter(when_capturing);
+        let _ = tracing_subscriber::registry().with(to_stdout).with(to_buf).try_init();
+        TestLogs { buf, capturing }
     })
-    .clone()
+}
+
+/// Send this test process's log lines to its captured output (every [`Env`]
+/// does; idempotent).
+pub fn init_logs() {
+    test_logs();
+}
+
+/// Capture every log line of this test process (tests run one per process
+/// under nextest) into a buffer, from now on; they still reach the test's
+/// output too.
+pub fn capture_logs() -> Arc<std::sync::Mutex<String>> {
+    let logs = test_logs();
+    logs.capturing.store(true, Ordering::SeqCst);
+    logs.buf.clone()
 }
 
 struct LogSink(Arc<std::sync::Mutex<String>>);
@@ -557,6 +593,7 @@ pub fn redis_queue_config(url: &str) -> QueueConfig {
 impl Env {
     /// An env on the store `db` with the queue `queue_config` (test access applied).
     pub async fn with_parts(stack: Stack, db: TestStore, queue_config: QueueConfig) -> Self {
+        init_logs();
         db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
         let queue = Arc::new(Queue::open(&queue_config, db.database.sqlite.clone()).await.expect("open the queue"));
         let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
