@@ -165,16 +165,20 @@ async fn a_panicking_operation_fails_its_run_and_the_worker_goes_on(stack: Stack
         DispatchRequest { params: json!({"panic": true}), ..req("test.count", "ops-user-1", Some("contoso-prod")) },
     )
     .await;
-    let good = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-dev"))).await;
     let runner = e.runner("w1");
     let stats = runner.stats().clone();
     let worker = e.start_worker(runner);
     let bad = e.until_completed(bad.id, 30).await;
-    let good = e.until_completed(good.id, 30).await;
-    worker.stop().await;
+    Env::until(|| stats.snapshot().panics == 1, 30, "the panic counted").await;
     assert_eq!((bad.outcome, bad.reason_code.as_deref()), (RunOutcome::Failed, Some("run.handler_panicked")));
+    // Only now is the next run dispatched: the worker takes new work after the panic.
+    let good = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-dev"))).await;
+    let good = e.until_completed(good.id, 30).await;
+    assert!(worker.is_running(), "the worker is still up");
+    worker.stop().await;
     assert_eq!(good.outcome, RunOutcome::Succeeded);
     assert_eq!(stats.snapshot().panics, 1);
+    assert_eq!(e.calls(), 2, "the panicking run and the next one");
 }
 
 async fn a_cancel_request_is_honoured_between_pages(stack: Stack) {
@@ -229,6 +233,18 @@ actor = "svc-scheduler"
         (RunOutcome::Blocked, Some("execution.environment_not_operable"))
     );
     assert_eq!(run.initiator.id, "svc-scheduler");
+    let ticks = e.db.access.ticks("lab", 10).await.unwrap();
+    assert_eq!(ticks.len(), 1, "{ticks:?}");
+    let tick = &ticks[0];
+    assert_eq!(tick.scheduled_for, "2026-11-02T09:01:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+    assert_eq!((tick.decision, tick.decided_by.as_str()), (TickDecision::Refused, "s"), "{tick:?}");
+    assert_eq!(tick.run_ids, vec![run.id], "the tick names the blocked run: {tick:?}");
+    assert_eq!(
+        tick.details["scopes"]["contoso-lab"],
+        json!({ "decision": "refused", "reason": "execution.environment_not_operable", "run": run.id }),
+        "{tick:?}"
+    );
+    assert_eq!(tick.details["catch_up"], json!(false), "{tick:?}");
     let _ = clock.now();
 }
 
@@ -254,8 +270,20 @@ async fn garbage_and_unknown_payloads_are_acknowledged_counted_and_the_worker_go
     let worker = e.start_worker(runner);
     let done = e.until_completed(run.id, 30).await;
     Env::until(|| stats.snapshot().received >= 10, 30, "every delivery").await;
-    // Acknowledged, not retried: a while later nothing more has arrived.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Acknowledged, not retried: the queue holds all ten as done, none
+    // scheduled for a retry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (done, waiting) = queue_done_and_waiting(&e).await;
+        if done == 10 && waiting == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{done} deliveries acknowledged, {waiting} waiting in the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     worker.stop().await;
     assert_eq!(done.outcome, RunOutcome::Succeeded);
     let s = stats.snapshot();
@@ -340,8 +368,13 @@ async fn an_idle_redis_worker_wakes_on_a_push_without_waiting_for_its_tick() {
     let runner = e.runner("w1");
     let stats = runner.stats().clone();
     let worker = e.start_worker(runner);
-    // Let the worker register and come back empty from its first fetch.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The worker is idle: it waits on the wake-up channel (subscribed).
+    let channel = format!("{}:signal:oprun-wake", e.queue_config.namespace);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while redis_int(&url, &["PUBSUB", "NUMSUB", &channel]).await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never subscribed to {channel}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(stats.snapshot().received, 0, "nothing was pushed yet");
     let run = dispatched(&e, req("test.count", "ops-user-1", Some("contoso-prod"))).await;
     // Fails (panics) if the run is not completed within 20 s: a third of the tick.
@@ -349,6 +382,62 @@ async fn an_idle_redis_worker_wakes_on_a_push_without_waiting_for_its_tick() {
     worker.stop().await;
     assert_eq!(done.outcome, RunOutcome::Succeeded);
     assert_eq!(e.calls(), 1);
+}
+
+/// Jobs the queue holds as acknowledged (done), and jobs it still holds to
+/// deliver (waiting, scheduled for a retry, in flight or failed).
+async fn queue_done_and_waiting(e: &Env) -> (i64, i64) {
+    match e.stack {
+        Stack::PostgresRedis => {
+            let (url, ns) = (e.queue_config.url.as_deref().unwrap(), &e.queue_config.namespace);
+            let done = redis_int(url, &["SCARD", &format!("{ns}:done")]).await;
+            let mut waiting = redis_int(url, &["LLEN", &format!("{ns}:active")]).await;
+            for set in ["scheduled", "failed", "dead"] {
+                let cmd = if set == "scheduled" { "ZCARD" } else { "SCARD" };
+                waiting += redis_int(url, &[cmd, &format!("{ns}:{set}")]).await;
+            }
+            (done, waiting)
+        }
+        Stack::Sqlite => {
+            let pool = e.db.database.sqlite.clone().expect("a SQLite pool");
+            let by: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM Jobs GROUP BY status")
+                .fetch_all(&pool)
+                .await
+                .expect("count the queue's jobs");
+            let done = by.iter().filter(|(s, _)| s == "Done").map(|(_, n)| n).sum();
+            let waiting = by.iter().filter(|(s, _)| s != "Done").map(|(_, n)| n).sum();
+            (done, waiting)
+        }
+    }
+}
+
+/// The last integer of the Redis server's reply to `args` (RESP over a
+/// plain socket: the test crate has no Redis client of its own).
+async fn redis_int(url: &str, args: &[&str]) -> i64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("redis://").split('/').next().unwrap_or_default();
+    let mut s =
+        tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect to Redis at {addr}: {e}"));
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("a Redis reply").unwrap();
+        assert!(n > 0 && reply.len() < 64 * 1024, "a short Redis reply: {:?}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(!text.starts_with('-'), "Redis error: {text}");
+        // An integer reply, alone or as the last element of an array.
+        if let Some(last) = text.strip_suffix("\r\n").and_then(|t| t.rsplit("\r\n").next())
+            && let Some(n) = last.strip_prefix(':')
+        {
+            return n.parse().expect("an integer reply");
+        }
+    }
 }
 
 /// Every connection of the SQLite pool plans apalis's ack by the primary key
