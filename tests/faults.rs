@@ -611,7 +611,37 @@ async fn redis_restarted_without_persistence_loses_no_run() {
 // 3. Postgres restarted while a worker runs
 // ---------------------------------------------------------------------------
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The directory of the Postgres binaries: `OPRUN_TEST_PG_BIN` (the test
+/// command exports the ones it found, whatever the major). Under CI a missing
+/// variable fails the test; elsewhere the newest /usr/lib/postgresql/*/bin.
+fn pg_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("OPRUN_TEST_PG_BIN").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(
+        !ci,
+        "OPRUN_TEST_PG_BIN is not set (CI={:?}): run the tests with scripts/test.sh, which exports the \
+        directory of the Postgres binaries it found",
+        std::env::var("CI").unwrap_or_default()
+    );
+    let major = |p: &PathBuf| -> Vec<u32> {
+        let name = p.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        name.split('.').map(|n| n.parse().unwrap_or(0)).collect()
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort_by_key(major);
+    found.pop().expect(
+        "OPRUN_TEST_PG_BIN is not set and no /usr/lib/postgresql/*/bin/initdb exists: install Postgres \
+        or run the tests with scripts/test.sh",
+    )
+}
 const PG_PAGES: u64 = 6;
 const PG_RUNS: usize = 48;
 
@@ -630,10 +660,10 @@ struct PrivatePostgres {
 
 impl PrivatePostgres {
     fn command(&self, program: &str) -> Command {
-        let path = format!("{PG_BIN}/{program}");
+        let path = pg_bin().join(program);
         if self.as_root {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", &path]);
+            c.args(["-u", "postgres", "--"]).arg(path);
             c
         } else {
             Command::new(path)
@@ -699,7 +729,7 @@ impl PrivatePostgres {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = Command::new(format!("{PG_BIN}/pg_isready"))
+            let ready = Command::new(pg_bin().join("pg_isready"))
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
                 .status()
                 .is_ok_and(|s| s.success());
