@@ -48,7 +48,7 @@ async fn api_with(stack: Stack, schedules: Vec<oprun_shared::config::ScheduleSpe
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    // Every request is bounded: a hung handler fails the test, not the run.
+    // Every request is bounded: a hung handler fails the test instead of hanging it.
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("the test HTTP client");
     Api { base, http, e }
 }
