@@ -673,7 +673,8 @@ async fn metrics_count_what_the_run_path_did(stack: Stack) {
     assert_eq!(restarted.run_once().await.unwrap().len(), 6);
 
     let text = a.scrape(&prom).await;
-    let want: Vec<(&str, Vec<(&str, &str)>, f64)> = vec![
+    type Labels = Vec<(&'static str, &'static str)>;
+    let want: Vec<(&str, Labels, f64)> = vec![
         ("oprun_runs_dispatched_total", vec![("operation", "test.count"), ("source", "api")], 3.0),
         ("oprun_runs_dispatched_total", vec![("operation", "test.call"), ("source", "api")], 1.0),
         ("oprun_runs_dispatched_total", vec![("operation", "test.slow"), ("source", "api")], 2.0),
