@@ -101,23 +101,52 @@ impl Processes {
         }
     }
 
-    /// SIGTERM, then wait (SIGKILL after 20 s).
-    fn stop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    /// SIGTERM, then wait: each must exit 0 within 20 s (one still running
+    /// then is SIGKILLed and fails the test, as does a non-zero exit).
+    fn stop(&mut self, logs: &FsPath) {
+        for (name, child) in &mut self.0 {
+            let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            assert!(sent.is_ok_and(|s| s.success()), "SIGTERM to {name}");
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        for (_, child) in &mut self.0 {
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
+        let mut failed = Vec::new();
+        for (name, child) in &mut self.0 {
+            loop {
+                match child.try_wait().unwrap() {
+                    Some(status) if status.success() => break,
+                    Some(status) => {
+                        failed.push(format!("{name} exited with {status} after SIGTERM"));
+                        break;
+                    }
+                    None if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        failed.push(format!("{name} still running 20 s after SIGTERM (SIGKILLed)"));
+                        break;
+                    }
+                    None => std::thread::sleep(Duration::from_millis(50)),
                 }
-                std::thread::sleep(Duration::from_millis(50));
             }
         }
         self.0.clear();
+        if !failed.is_empty() {
+            let text = std::fs::read_to_string(logs).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            panic!("{}:\n{}", failed.join("; "), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    }
+
+    /// The pid of the process with index `i` (a scheduler's name, which
+    /// its ticks record, is `scheduler-HOST-PID-RANDOM`).
+    fn pid(&self, i: usize) -> u32 {
+        self.0[i].1.id()
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT the process with index `i`.
+    fn signal(&self, i: usize, sig: &str) {
+        let (name, child) = &self.0[i];
+        let sent = Command::new("kill").args([sig, &child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "{sig} to {name}");
     }
 }
 
@@ -210,11 +239,35 @@ async fn load_of_n_runs_through_two_workers_and_two_schedulers_loses_nothing_and
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let wall = started.elapsed();
-    // Let the schedulers fire a few more ticks while nothing else runs, then
-    // stop everything gracefully and let the last tick runs finish first.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Each scheduler in turn is paused (SIGSTOP) until a tick due after the
+    // pause has fired: the other one fires it, so both take part whatever
+    // the phase of their passes (with the same 250 ms pass period, one of
+    // them could otherwise reach every second first).
+    for paused in [0, 1] {
+        schedulers.signal(paused, "-STOP");
+        let from = chrono::Utc::now();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let fired = sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM schedule_ticks WHERE schedule = 'load-tick' AND decision = 'fired' \
+                 AND scheduled_for > $1",
+            )
+            .bind(from)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if fired >= 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no tick fired in 20 s while scheduler {} was paused", paused + 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        schedulers.signal(paused, "-CONT");
+    }
+    let scheduler_pids = [schedulers.pid(0), schedulers.pid(1)];
+    // Then stop everything gracefully and let the last tick runs finish first.
     let stop_at = Instant::now();
-    schedulers.stop();
+    schedulers.stop(&log);
     // Tick runs dispatched before the schedulers stopped finish on the workers.
     loop {
         let active = scalar(&pool, "SELECT count(*) FROM operation_runs WHERE status <> 'completed'").await;
@@ -224,7 +277,7 @@ async fn load_of_n_runs_through_two_workers_and_two_schedulers_loses_nothing_and
         assert!(stop_at.elapsed() < Duration::from_secs(60), "{active} runs still active after the schedulers stopped");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    workers.stop();
+    workers.stop(&log);
 
     // Exactly N load runs, every one succeeded on its first attempt, with
     // one claim and one completion in its audit trail.
@@ -266,16 +319,27 @@ async fn load_of_n_runs_through_two_workers_and_two_schedulers_loses_nothing_and
 
     // The schedule, evaluated by both schedulers every 250 ms: each second
     // fired once (the primary key makes a second insert impossible; this
-    // checks both schedulers took part and nothing was refused), each tick's
-    // run ran once.
-    let ticks = sqlx::query("SELECT decision, decided_by, jsonb_array_length(run_ids) AS runs FROM schedule_ticks WHERE schedule = 'load-tick'")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    // checks both schedulers took part, no second was left out and nothing
+    // was refused), each tick's run ran once.
+    let ticks = sqlx::query(
+        "SELECT scheduled_for, decision, decided_by, jsonb_array_length(run_ids) AS runs FROM schedule_ticks \
+         WHERE schedule = 'load-tick' ORDER BY scheduled_for",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let fired: Vec<_> = ticks.iter().filter(|t| t.get::<String, _>("decision") == "fired").collect();
     let deciders: std::collections::BTreeSet<String> = ticks.iter().map(|t| t.get::<String, _>("decided_by")).collect();
     let other: Vec<String> = ticks.iter().map(|t| t.get::<String, _>("decision")).filter(|d| d != "fired").collect();
     assert!(other.is_empty(), "every tick fired (none skipped or refused): {other:?}");
+    for pid in scheduler_pids {
+        let mark = format!("-{pid}-");
+        assert!(deciders.iter().any(|d| d.contains(&mark)), "scheduler pid {pid} decided no tick: {deciders:?}");
+    }
+    assert_eq!(deciders.len(), 2, "the two schedulers decided every tick: {deciders:?}");
+    let at: Vec<chrono::DateTime<chrono::Utc>> = ticks.iter().map(|t| t.get("scheduled_for")).collect();
+    let gaps: Vec<_> = at.windows(2).filter(|w| w[1] - w[0] != chrono::Duration::seconds(1)).take(10).collect();
+    assert!(gaps.is_empty(), "every second from {:?} to {:?} has its tick; not after: {gaps:?}", at.first(), at.last());
     assert!(fired.len() >= 2, "the schedule fired during the load ({} ticks)", fired.len());
     assert!(fired.iter().all(|t| t.get::<i32, _>("runs") == 1), "one run per fired tick");
     let tick_runs =
