@@ -717,18 +717,23 @@ async fn metrics_count_what_the_run_path_did(stack: Stack) {
 /// Make the env's store unreachable: the Postgres database is dropped (its
 /// connections terminated); the SQLite store's pool is closed.
 async fn lose_the_store(e: &Env) {
-    match e.stack {
-        Stack::PostgresRedis => {
+    lose(&e.db).await;
+}
+
+/// Make `db` unreachable (see [`lose_the_store`]).
+async fn lose(db: &oprun_shared::testing::TestStore) {
+    match &db.database.sqlite {
+        None => {
             use sqlx::Connection;
             let admin = oprun_shared::testing::require_env(oprun_shared::testing::POSTGRES_URL_VAR);
-            let name = e.db.url.rsplit('/').next().unwrap().to_string();
+            let name = db.url.rsplit('/').next().unwrap().to_string();
             let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)")))
                 .execute(&mut conn)
                 .await
                 .unwrap();
         }
-        Stack::Sqlite => e.db.database.sqlite.as_ref().expect("the SQLite pool").close().await,
+        Some(pool) => pool.close().await,
     }
 }
 
@@ -764,6 +769,54 @@ async fn an_unreachable_store_is_a_503_and_readyz_says_so(stack: Stack) {
         assert_eq!(ready["queue"], true, "Redis still answers: {ready}");
     }
     assert_eq!(a.call("GET", "/healthz", None, None).await.0, StatusCode::OK, "the process itself is alive");
+}
+
+/// Only the run store fails while the token still checks out (a query
+/// failing mid-request): the operator actions' store errors are the same
+/// JSON 503, and `/readyz` names the store (the queue still answers).
+async fn a_run_store_failing_behind_a_valid_token_is_a_503(stack: Stack) {
+    let a = api(stack).await;
+    let (ops, _) = a.token("ops-user-1", None).await;
+    let dead = oprun_shared::testing::TestStore::new(match stack {
+        Stack::PostgresRedis => oprun_shared::testing::Backend::Postgres,
+        Stack::Sqlite => oprun_shared::testing::Backend::Sqlite,
+    })
+    .await;
+    lose(&dead).await;
+    let service = Env::service_with(dead.store.clone(), Arc::new(SystemClock));
+    let state = ApiState {
+        operator: Operator::new(oprun_scheduler::Dispatcher::new(
+            service,
+            a.e.authorizer.clone(),
+            a.e.queue.clone() as Arc<dyn JobQueue>,
+        )),
+        access: a.e.db.access.clone(),
+        queue: a.e.queue.clone() as Arc<dyn JobQueue>,
+        schedules: Arc::new(vec![]),
+        clock: Arc::new(SystemClock),
+        metrics: None,
+    };
+    let (router, _) = api::router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let b = Api { base, http: a.http.clone(), e: a.e };
+    let id = uuid::Uuid::now_v7();
+    for (m, p, body) in [
+        ("GET", "/v1/runs".to_string(), None),
+        ("GET", format!("/v1/runs/{id}"), None),
+        ("GET", format!("/v1/runs/{id}/audit"), None),
+        ("POST", format!("/v1/runs/{id}/retry"), Some("{}")),
+        ("POST", format!("/v1/runs/{id}/cancel"), Some("{}")),
+        ("POST", "/v1/reconcile".to_string(), Some("{}")),
+        ("POST", "/v1/reconcile".to_string(), Some(r#"{"dry_run": true}"#)),
+    ] {
+        let (status, v) = b.call(m, &p, Some(&ops), body).await;
+        assert_eq!((status, error_code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{m} {p}: {v}");
+        assert_eq!(v["error"]["message"], "the run store is unavailable; try again", "{m} {p}: no cause shown");
+    }
+    let (status, ready) = b.call("GET", "/readyz", None, None).await;
+    assert_eq!((status, ready), (StatusCode::SERVICE_UNAVAILABLE, json!({"store": false, "queue": true})));
 }
 
 // ---- Operator reconcile over the API --------------------------------------
@@ -929,6 +982,7 @@ both_stacks!(
     a_run_s_checkpoint_is_shown_only_to_workspace_admins,
     metrics_count_what_the_run_path_did,
     an_unreachable_store_is_a_503_and_readyz_says_so,
+    a_run_store_failing_behind_a_valid_token_is_a_503,
     an_operator_reconcile_without_a_workspace_touches_only_its_workspaces,
     an_access_apply_failing_half_way_leaves_the_tables_as_they_were,
 );
