@@ -233,6 +233,79 @@ fn at_kill(run: &OperationRun) -> AtKill {
     }
 }
 
+/// The states every campaign must have killed a worker in at least once
+/// (the README names them).
+const KILL_STATES: [AtKill; 4] =
+    [AtKill::Queued, AtKill::RunningNoPage, AtKill::RunningMidCollection, AtKill::RunningAllPagesCheckpointed];
+
+/// The rows of the campaign in a running state `state`, as SQL.
+fn running_in(state: AtKill) -> &'static str {
+    match state {
+        AtKill::RunningNoPage => "status = 'running' AND (checkpoint IS NULL OR checkpoint = 'null'::jsonb)",
+        AtKill::RunningMidCollection => {
+            "status = 'running' AND checkpoint IS NOT NULL AND checkpoint <> 'null'::jsonb \
+             AND (checkpoint ->> 'done') IS DISTINCT FROM 'true'"
+        }
+        AtKill::RunningAllPagesCheckpointed => "status = 'running' AND (checkpoint ->> 'done') = 'true'",
+        AtKill::Queued | AtKill::Completed => unreachable!("not a state a run is held in"),
+    }
+}
+
+/// A run held in one of the running states `wanted` (the first found,
+/// polled until `until`): a transaction holding its row, so that the
+/// worker's next write to it (its next checkpoint, or its completion)
+/// waits and the run is still in that state when the worker is killed.
+/// The window between a run's last checkpoint and its completion is a few
+/// milliseconds: kills at random times alone hit it in some campaigns only.
+async fn hold_a_run_in(
+    pool: &sqlx::PgPool,
+    wanted: &[AtKill],
+    until: Instant,
+) -> Option<(sqlx::Transaction<'static, sqlx::Postgres>, AtKill, Uuid)> {
+    while Instant::now() < until {
+        for state in wanted {
+            let mut tx = pool.begin().await.expect("begin");
+            let sql = format!(
+                "SELECT id FROM operation_runs WHERE operation = 'test.collect_campaign' AND {} \
+                 LIMIT 1 FOR UPDATE SKIP LOCKED",
+                running_in(*state)
+            );
+            let held: Option<Uuid> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *tx).await.expect("hold a run");
+            if let Some(id) = held {
+                return Some((tx, *state, id));
+            }
+            tx.rollback().await.expect("rollback");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+/// End the statements the killed worker left waiting on `holder`'s lock
+/// (a dead client's statement runs on when the lock is released, until its
+/// backend notices the closed socket): what the worker was writing is lost,
+/// as if the kill had come before it was sent.
+async fn end_statements_waiting_on(pool: &sqlx::PgPool, holder: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))")
+                .bind(holder)
+                .fetch_all(pool)
+                .await
+                .expect("list the waiting backends");
+        if waiting.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backends {waiting:?} still wait on the held run");
+        for pid in waiting {
+            sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(pool).await.expect("terminate");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What the campaign saw of one run.
 #[derive(Debug)]
 struct RunReport {
@@ -328,8 +401,12 @@ async fn sigkill_campaign_at_random_points_loses_no_run_and_refetches_no_checkpo
 
     // Kill loop: start a worker, let it work 150–900 ms, SIGKILL it, note
     // where every run stood, reconcile as on-call past lease + grace (only
-    // now, with no worker alive, so no live lease is taken away).
+    // now, with no worker alive, so no live lease is taken away). While a
+    // running state of KILL_STATES has not been seen at a kill yet, the kill
+    // waits (up to 2 s) until a run is in it and holds that run's row over
+    // the kill.
     let deadline = started + campaign_deadline(campaign_runs);
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(3).connect(&e.db.url).await.unwrap();
     let mut kills = 0usize;
     let mut states: BTreeMap<AtKill, usize> = BTreeMap::new();
     let mut requeued = 0usize;
@@ -344,6 +421,13 @@ async fn sigkill_campaign_at_random_points_loses_no_run_and_refetches_no_checkpo
         let work = rng.range(150, 900);
         kill_times.push(work);
         tokio::time::sleep(Duration::from_millis(work)).await;
+        let unseen: Vec<AtKill> =
+            KILL_STATES.into_iter().filter(|k| *k != AtKill::Queued && !states.contains_key(k)).collect();
+        let held = if unseen.is_empty() {
+            None
+        } else {
+            hold_a_run_in(&pool, &unseen, Instant::now() + Duration::from_secs(2)).await
+        };
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the worker process exited on its own ({status}):\n{}", log_tail(&log));
         }
@@ -354,9 +438,26 @@ async fn sigkill_campaign_at_random_points_loses_no_run_and_refetches_no_checkpo
         // (a later read can only show more progress than the kill saw,
         // which only widens the allowance below, never narrows it).
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let held = match held {
+            Some((mut tx, state, id)) => {
+                let holder: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *tx).await.unwrap();
+                end_statements_waiting_on(&pool, holder).await;
+                Some((tx, state, id))
+            }
+            None => None,
+        };
         let mut this_kill: BTreeMap<AtKill, usize> = BTreeMap::new();
         for run in runs(&e, &ids).await {
+            if let Some((_, state, id)) = &held
+                && run.id == *id
+            {
+                assert_eq!(at_kill(&run), *state, "the held run is still where it was held: {run:?}");
+            }
             *this_kill.entry(at_kill(&run)).or_default() += 1;
+        }
+        if let Some((tx, state, _)) = held {
+            tx.rollback().await.unwrap();
+            println!("kill {kills}: a run was held {state:?} over it");
         }
         println!("kill {kills} after {work} ms: {this_kill:?}");
         for (state, n) in this_kill {
@@ -372,6 +473,8 @@ async fn sigkill_campaign_at_random_points_loses_no_run_and_refetches_no_checkpo
         requeued += report.count(ReconcileKind::Requeued);
     }
     let kill_phase = started.elapsed();
+    let missed: Vec<AtKill> = KILL_STATES.into_iter().filter(|k| !states.contains_key(k)).collect();
+    assert!(missed.is_empty(), "no kill found a run {missed:?} (seed {seed}); runs per state at the kills: {states:?}");
 
     // A last worker, never killed, finishes what is left (its queue
     // heartbeat also hands back jobs the killed workers had fetched).
