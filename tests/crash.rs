@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Env, Stack};
+use common::{Env, Reaped, Stack, exit_within};
 use oprun_shared::{
     DispatchRequest, Initiator, OperationRun, ReconcileKind, RunOutcome, RunStatus, Scope, SourceSurface,
 };
@@ -138,33 +138,6 @@ async fn sigterm_mid_run(
     let sent = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(sent.success(), "SIGTERM the worker");
     (child, tokio::time::Instant::now())
-}
-
-/// A child process killed when dropped still running (a failed assertion
-/// leaves no worker behind).
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Wait (at most `secs`) for the process to exit; its status.
-async fn exit_within(child: &mut Reaped, secs: u64) -> std::process::ExitStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            return status;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("the worker was still running {secs} s after SIGTERM (SIGKILLed)");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// SIGTERM with a run mid-collection and a grace (30 s) longer than the

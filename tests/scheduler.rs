@@ -360,22 +360,22 @@ async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_
     };
     let mut killed_mid_tick = Vec::new();
     for kill in 0..3 {
-        let mut child = common::spawn_oprun("scheduler", &cfg, &log, "info");
+        let mut child = common::Reaped(common::spawn_oprun("scheduler", &cfg, &log, "info"));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let at = loop {
             if let Some(at) = claimed_with_runs(killed_mid_tick.clone()).await {
                 break at;
             }
-            assert!(child.try_wait().unwrap().is_none(), "scheduler {kill} exited on its own; see {}", log.display());
+            assert!(child.0.try_wait().unwrap().is_none(), "scheduler {kill} exited on its own; see {}", log.display());
             assert!(std::time::Instant::now() < deadline, "no tick was ever seen mid-dispatch; see {}", log.display());
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        child.kill().unwrap(); // SIGKILL, mid-tick
-        child.wait().unwrap();
+        child.0.kill().unwrap(); // SIGKILL, mid-tick
+        child.0.wait().unwrap();
         killed_mid_tick.push(at);
     }
     // A survivor finishes what the dead left, then stops when asked.
-    let mut survivor = common::spawn_oprun("scheduler", &cfg, &log, "info");
+    let mut survivor = common::Reaped(common::spawn_oprun("scheduler", &cfg, &log, "info"));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let ticks = e.db.access.ticks("fan", 1000).await.unwrap();
@@ -389,9 +389,9 @@ async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_
         assert!(std::time::Instant::now() < deadline, "ticks still undecided: {left:?}; see {}", log.display());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pid = survivor.id().to_string();
+    let pid = survivor.0.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = survivor.wait().unwrap();
+    let status = common::exit_within(&mut survivor, 20).await;
     assert!(status.success(), "the survivor stops cleanly on SIGTERM: {status}");
 
     let ticks = e.db.access.ticks("fan", 1000).await.unwrap();

@@ -577,6 +577,34 @@ pub fn spawn_oprun(role: &str, cfg: &std::path::Path, log: &std::path::Path, rus
         .unwrap_or_else(|e| panic!("start oprun {role}: {e}"))
 }
 
+/// A child process killed when dropped still running (a failed assertion
+/// leaves no process behind).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Wait (at most `secs`) for the process to exit; its status. Still
+/// running then is a test failure (the process is SIGKILLed on drop).
+pub async fn exit_within(child: &mut Reaped, secs: u64) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("the process was still running {secs} s after SIGTERM (SIGKILLed)");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 // ---- Fault-injection support (tests/faults.rs) ----
 
 /// A Redis queue config on `url` in a fresh namespace.
