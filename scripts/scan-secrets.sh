@@ -11,8 +11,12 @@
 #
 # Searched: every row of every database on the test Postgres (pg_dumpall,
 # data only), the test Redis keyspace (an uncompressed RDB snapshot), every
-# process log the tests kept under LOG_DIR, and every test's captured output
-# (nextest's JUnit report, which stores passing tests' output too).
+# process log the tests kept under LOG_DIR (*.log), every SQLite store they
+# left there (*.db: each table's rows, a BLOB as its bytes, read with the WAL;
+# then the raw bytes of the file and its -wal, so freed pages and frames not
+# yet checkpointed count too), and every test's captured output (nextest's
+# JUnit report, which stores passing tests' output too, the in-process
+# servers' log lines among it; a missing report fails the scan).
 # Searched for:
 # - the marker every provider token of the suite carries (`oprun-canary`,
 #   tests/common), also with its `-` percent-encoded and base64-encoded (a
@@ -55,10 +59,14 @@ trap 'rm -rf "$work"' EXIT
 found=0
 
 # Where line LINE of FILE is, for KIND: pg (database and table), junit (the
-# test), redis (the snapshot's line), else the file and line.
+# test), redis (the snapshot's line), sqlite (the SQLite file and table, from
+# the last section header at or before LINE), else the file and line.
 where() { # where KIND FILE LINE
   local kind=$1 file=$2 line=$3
   case $kind in
+    sqlite) grep -a -n -F -- "$sqlite_mark" "$file" | awk -F '\t' -v n="$line" '
+          { split($1, a, ":"); if (a[1] + 0 > n + 0) exit; f = $2; what = $3 }
+          END { printf "SQLite file %s, %s", (f == "" ? "?" : f), (what == "" ? "?" : what) }' ;;
     pg) awk -v n="$line" '
           /^\\connect / { db = $2 }
           /^COPY / { t = $2 }
@@ -97,6 +105,45 @@ scan() { # scan KIND NAME FILE
       before=${line%%"$text"*} after=${line#*"$text"}
       [ ${#before} -le 60 ] || before=${before: -60}
       printf '    %s: %s\n' "$(where "$kind" "$file" "$n")" "$(printf '%s<SECRET>%s' "$before" "${after:0:20}" | mask)" >&2
+    done
+  done
+}
+
+# dump_sqlite OUT FILE...: into OUT, for each SQLite FILE, every table's rows
+# (list mode: a BLOB as its bytes), then the raw bytes of FILE and FILE-wal,
+# each part under a header line `SQLITE_MARK<TAB>FILE<TAB>WHAT`. A copy is
+# read (with its WAL), so the tests' files stay as they were. A file that
+# cannot be read fails the scan: it cannot be shown clean.
+sqlite_mark='-- oprun-scan: SQLite part'
+unreadable=0
+dump_sqlite() {
+  local out=$1 f copy t tables part
+  shift
+  : >"$out"
+  copy="$work/sqlite-copy.db"
+  for f in "$@"; do
+    rm -f "$copy" "$copy-wal" "$copy-shm"
+    cp "$f" "$copy"
+    [ ! -f "$f-wal" ] || cp "$f-wal" "$copy-wal"
+    if ! tables=$(sqlite3 -batch -noheader "$copy" \
+      "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name" 2>"$work/sqlite.err"); then
+      log "FAILED: cannot read the SQLite file $f: $(head -c 300 "$work/sqlite.err")"
+      unreadable=1
+      continue
+    fi
+    while IFS= read -r t; do
+      [ -n "$t" ] || continue
+      printf '.print "\\n%s\\t%s\\ttable %s"\nSELECT * FROM "%s";\n' \
+        "$sqlite_mark" "${f//\"/}" "${t//\"/}" "${t//\"/\"\"}"
+    done <<<"$tables" >"$work/sqlite.sql"
+    if ! sqlite3 -batch -list -noheader "$copy" <"$work/sqlite.sql" >>"$out" 2>"$work/sqlite.err"; then
+      log "FAILED: cannot read the rows of the SQLite file $f: $(head -c 300 "$work/sqlite.err")"
+      unreadable=1
+    fi
+    for part in "$f" "$f-wal"; do
+      [ -f "$part" ] || continue
+      printf '\n%s\t%s\traw bytes of %s (freed pages and WAL frames too)\n' "$sqlite_mark" "$f" "$(basename "$part")" >>"$out"
+      cat "$part" >>"$out"
     done
   done
 }
@@ -144,8 +191,53 @@ run 0190b2c4-7e1a-7c3d-9f2e-4b5a6c7d8e9f sha 9f86d081884c7d659a2feaa0c55ad015a3b
   done
   printf '%s\n' "$clean" >"$work/clean.log"
   out=$("$0" --files "$work/clean.log" 2>&1) || { log "SELF-TEST FAILED: legitimate output failed the scan: $out"; failed=1; }
+
+  # SQLite stores: a token in a TEXT row, in a BLOB (the SQLite queue's job
+  # payloads) and in a row only the WAL holds (a test process that exited with
+  # its pool open) is found, named by file and table, and masked; a store of
+  # legitimate rows passes.
+  # TABLE<TAB>SQL (SECRET for the secret; WAL: a row left in the WAL alone)
+  sqlite_planted=(
+    $'operation_runs\tCREATE TABLE operation_runs(id TEXT, failure_summary TEXT); INSERT INTO operation_runs VALUES (\'r1\', \'provider said: Bearer SECRET\');'
+    $'Jobs\tCREATE TABLE Jobs(id TEXT, job BLOB); INSERT INTO Jobs VALUES (\'j1\', CAST(\'{"token":"SECRET"}\' AS BLOB));'
+    $'audit_events\tWAL'
+  )
+  n=0
+  for entry in "${sqlite_planted[@]}"; do
+    IFS=$'\t' read -r table sql <<<"$entry"
+    n=$((n + 1))
+    secret="tok-oprun-canary-sqlite-$n"
+    mkdir -p "$work/sqlite-$n"
+    db="$work/sqlite-$n/oprun.db"
+    if [ "$sql" = WAL ]; then
+      python3 - "$db" "$table" "$secret" <<'PY'
+import os, sqlite3, sys
+db, table, secret = sys.argv[1:]
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("PRAGMA journal_mode=wal")
+c.execute("PRAGMA wal_autocheckpoint=0")
+c.execute(f"CREATE TABLE {table}(id TEXT, detail TEXT)")
+c.execute(f"INSERT INTO {table} VALUES ('a1', ?)", (secret,))
+os._exit(0)  # no close, so no checkpoint: the row is in the WAL alone
+PY
+      if grep -a -q -F -- "$secret" "$db" || ! grep -a -q -F -- "$secret" "$db-wal"; then
+        log "SELF-TEST FAILED: the WAL case is not set up (the row should be in $db-wal alone)"
+        failed=1
+      fi
+    else
+      sqlite3 "$db" "${sql//SECRET/$secret}"
+    fi
+    out=$("$0" --files "$work/sqlite-$n" 2>&1) && { log "SELF-TEST FAILED: a token in SQLite table $table passed"; failed=1; continue; }
+    grep -q -F "SQLite file $db, table $table:" <<<"$out" \
+      || { log "SELF-TEST FAILED: a token in SQLite table $table was not named by file and table: $out"; failed=1; }
+    ! grep -q -F -- "$secret" <<<"$out" || { log "SELF-TEST FAILED: a token in SQLite table $table was shown unmasked: $out"; failed=1; }
+  done
+  mkdir -p "$work/sqlite-clean"
+  sqlite3 "$work/sqlite-clean/oprun.db" "CREATE TABLE operation_runs(id TEXT, failure_summary TEXT, job BLOB);
+    INSERT INTO operation_runs VALUES ('r1', '${clean//\'/\'\'}', CAST('${clean//\'/\'\'}' AS BLOB));"
+  out=$("$0" --files "$work/sqlite-clean" 2>&1) || { log "SELF-TEST FAILED: a SQLite store of legitimate rows failed the scan: $out"; failed=1; }
   [ "$failed" = 0 ] || exit 1
-  log "self-test: ${#planted[@]} planted secrets found and masked, legitimate output passes"
+  log "self-test: ${#planted[@]} planted secrets and ${#sqlite_planted[@]} in SQLite stores found and masked, legitimate output passes"
   exit 0
 fi
 
@@ -153,12 +245,22 @@ if [ "${1:-}" = --files ]; then
   shift
   [ $# -gt 0 ] || { log "usage: scan-secrets.sh --files PATH..."; exit 2; }
   files=0
+  sqlite_files=()
   while IFS= read -r -d '' f; do
     files=$((files + 1))
+    case $f in
+      *.db) sqlite_files+=("$f"); continue ;;
+      # Read with its database (a WAL without one is scanned as bytes).
+      *.db-wal | *.db-shm) [ ! -f "${f%-*}" ] || continue ;;
+    esac
     case $f in *.xml) kind=junit ;; *.sql) kind=pg ;; *) kind=file ;; esac
     scan "$kind" "$f" "$f"
   done < <(find "$@" -type f -print0)
-  log "scanned $files files"
+  if [ ${#sqlite_files[@]} -gt 0 ]; then
+    dump_sqlite "$work/sqlite.txt" "${sqlite_files[@]}"
+    scan sqlite "the SQLite files" "$work/sqlite.txt"
+  fi
+  log "scanned $files files (${#sqlite_files[@]} SQLite)"
 else
   [ $# -eq 5 ] || { log "usage: scan-secrets.sh PG_BIN PG_PORT REDIS_PORT LOG_DIR JUNIT_XML | --files PATH..."; exit 2; }
   pg_bin=$1 pg_port=$2 redis_port=$3 log_dir=$4 junit=$5
@@ -178,20 +280,32 @@ else
   keys=$(redis-cli -p "$redis_port" dbsize)
   scan redis "the Redis snapshot" "$work/redis.rdb"
 
-  # Logs, one file at a time (a finding names its file), then the captured
-  # test output.
-  lines=0
-  for f in "$log_dir"/*.log; do
-    [ -f "$f" ] || continue
-    lines=$((lines + $(wc -l <"$f")))
-    scan file "the process log $(basename "$f")" "$f"
-  done
-  if [ -f "$junit" ]; then
-    lines=$((lines + $(wc -l <"$junit")))
-    scan junit "the captured test output ($junit)" "$junit"
+  # The SQLite stores the tests left (TestStore keeps them under
+  # LOG_DIR/sqlite).
+  : >"$work/sqlite.txt"
+  mapfile -d '' -t sqlite_files < <(find "$log_dir" -type f -name '*.db' -print0 | sort -z)
+  if [ ${#sqlite_files[@]} -gt 0 ]; then
+    dump_sqlite "$work/sqlite.txt" "${sqlite_files[@]}"
+    scan sqlite "the SQLite stores" "$work/sqlite.txt"
   fi
 
-  log "scanned $dbs databases ($(wc -l <"$work/pg.sql") lines), Redis ($keys keys, $(wc -c <"$work/redis.rdb") bytes), $lines log lines"
+  # Logs, one file at a time (a finding names its file), then the captured
+  # test output: without it the in-process servers' and the tests' own lines
+  # go unread, so a missing report fails the scan.
+  lines=0
+  while IFS= read -r -d '' f; do
+    lines=$((lines + $(wc -l <"$f")))
+    scan file "the process log ${f#"$log_dir"/}" "$f"
+  done < <(find "$log_dir" -type f -name '*.log' -print0 | sort -z)
+  [ -s "$junit" ] || { log "FAILED: no captured test output at $junit (nextest writes it: .config/nextest.toml)"; exit 1; }
+  lines=$((lines + $(wc -l <"$junit")))
+  scan junit "the captured test output ($junit)" "$junit"
+
+  log "scanned $dbs databases ($(wc -l <"$work/pg.sql") lines), Redis ($keys keys, $(wc -c <"$work/redis.rdb") bytes), ${#sqlite_files[@]} SQLite files ($(wc -c <"$work/sqlite.txt") bytes), $lines log lines"
+fi
+if [ "$unreadable" != 0 ]; then
+  log "FAILED: a SQLite file could not be read (see above)"
+  exit 1
 fi
 if [ "$found" != 0 ]; then
   log "FAILED: a secret is stored or logged in clear"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): on a fresh machine it installs what
-# is missing (apt), starts a throwaway Postgres and Redis on loopback ports in
-# a temp dir, exports their URLs, checks formatting and lints, runs the whole
-# workspace's tests, scans everything the tests left for a secret in clear
-# (scripts/scan-secrets.sh), fuzzes every parser of outside input for a
-# bounded time (scripts/fuzz.sh, OPRUN_FUZZ_SECONDS per target, default 15;
-# 0 skips it), and stops what it started (by pid).
+# is missing (cargo-nextest with cargo; Postgres, Redis and sqlite3 with apt),
+# starts a throwaway Postgres and Redis on loopback ports in a temp dir,
+# exports their URLs and the Postgres binaries' directory, checks formatting
+# and lints, runs the whole workspace's tests with nextest (it keeps every
+# test's output, passing or not, for the scan), scans everything the tests
+# left for a secret in clear (scripts/scan-secrets.sh), fuzzes every parser
+# of outside input for a bounded time (scripts/fuzz.sh, OPRUN_FUZZ_SECONDS per
+# target, default 15; 0 skips it), and stops what it started (by pid).
 #
 #   scripts/test.sh [extra args for the test runner]
 #
@@ -16,8 +18,21 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
+# nextest, first: it runs each test in its own process and writes every
+# test's captured output to target/nextest/default/junit.xml
+# (.config/nextest.toml), which the secret scan reads. `cargo test` keeps no
+# output of passing tests, so there is no falling back to it.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "cargo-nextest is missing: cargo install cargo-nextest --locked"
+  cargo install cargo-nextest --locked \
+    || { log "FAILED: cargo-nextest is missing and could not be installed (cargo install cargo-nextest --locked); the tests need it"; exit 1; }
+  cargo nextest --version >/dev/null 2>&1 \
+    || { log "FAILED: cargo-nextest was installed but \`cargo nextest\` does not run (is ${CARGO_HOME:-~/.cargo}/bin on PATH?)"; exit 1; }
+fi
+
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -87,23 +102,21 @@ redis-cli -p "$redis_port" ping >/dev/null || { log "Redis did not start"; cat "
 
 export OPRUN_TEST_POSTGRES_URL="postgres://oprun@127.0.0.1:$pg_port/postgres"
 export OPRUN_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
+export OPRUN_TEST_PG_BIN="$pg_bin"
+# Process logs and the tests' SQLite stores (OPRUN_TEST_LOG_DIR/sqlite) stay
+# here until the scan has read them.
 export OPRUN_TEST_LOG_DIR="$work/logs"
 mkdir -p "$OPRUN_TEST_LOG_DIR"
-log "Postgres on 127.0.0.1:$pg_port (pid $pg_pid), Redis on 127.0.0.1:$redis_port (pid $redis_pid)"
+log "Postgres $pg_bin on 127.0.0.1:$pg_port (pid $pg_pid), Redis on 127.0.0.1:$redis_port (pid $redis_pid)"
 
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 log "tests"
-junit=target/nextest/default/junit.xml
+junit=${CARGO_TARGET_DIR:-target}/nextest/default/junit.xml
 rm -f "$junit"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-features --no-fail-fast "$@"
-else
-  log "cargo-nextest is missing: cargo test (the secret scan then reads no captured test output)"
-  cargo test --workspace --all-features --no-fail-fast "$@"
-fi
+cargo nextest run --workspace --all-features --no-fail-fast "$@"
 log "secret scan"
 scripts/scan-secrets.sh --self-test
 scripts/scan-secrets.sh "$pg_bin" "$pg_port" "$redis_port" "$OPRUN_TEST_LOG_DIR" "$junit"
