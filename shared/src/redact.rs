@@ -314,23 +314,7 @@ fn json_value_end(s: &str, from: usize, quote: &str) -> usize {
 fn percent_decode(s: &str) -> String {
     let mut text = s.to_string();
     for _ in 0..3 {
-        let b = text.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
-            match (b[i], hex(i + 1), hex(i + 2)) {
-                (b'%', Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                }
-                (c, _, _) => {
-                    out.push(c);
-                    i += 1;
-                }
-            }
-        }
-        let next = String::from_utf8_lossy(&out).into_owned();
+        let next = percent_encoding::percent_decode_str(&text).decode_utf8_lossy().into_owned();
         if next == text {
             break;
         }
@@ -341,33 +325,17 @@ fn percent_decode(s: &str) -> String {
 
 /// Whether `s` is standard base64 of `user:password` (a Basic credential).
 fn decodes_to_user_and_password(s: &str) -> bool {
-    let digits = s.trim_end_matches('=');
-    let mut bits = 0u32;
-    let mut nbits = 0;
-    let mut saw_colon = false;
-    for c in digits.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return false,
-        };
-        bits = (bits << 6) | u32::from(v);
-        nbits += 6;
-        if nbits >= 8 {
-            nbits -= 8;
-            let byte = (bits >> nbits) as u8;
-            if byte == b':' {
-                saw_colon = true;
-            } else if !(0x20..0x7f).contains(&byte) && byte < 0x80 {
-                return false;
-            }
-            bits &= (1 << nbits) - 1;
-        }
-    }
-    saw_colon
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    LENIENT
+        .decode(s)
+        .is_ok_and(|bytes| bytes.contains(&b':') && bytes.iter().all(|b| (0x20..0x7f).contains(b) || *b >= 0x80))
 }
 
 /// Redact `s`, then bound it to [`MAX_MESSAGE_LEN`] bytes: a longer text is
