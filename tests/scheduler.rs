@@ -198,16 +198,10 @@ async fn a_tick_abandoned_by_a_dead_scheduler_is_taken_over_and_no_scope_runs_tw
     assert!(e.db.access.claim_tick("five", at, TickDecision::Claimed, "sched-dead", clock.now()).await.unwrap());
     let dead = Env::service_with(e.db.store.clone(), clock.clone());
     let req = oprun_shared::DispatchRequest {
-        operation: "test.fanout".into(),
-        scope: oprun_shared::Scope {
-            workspace_id: "contoso".into(),
-            environment_id: Some("contoso-prod".into()),
-            ..Default::default()
-        },
         initiator: oprun_shared::Initiator::schedule("svc-scheduler"),
         source: oprun_shared::SourceSurface::Scheduler,
         context: serde_json::json!({ "schedule": "five", "scheduled_for": at, "scheduler": "sched-dead" }),
-        params: serde_json::json!({}),
+        ..request("test.fanout", "contoso", "contoso-prod")
     };
     let orphan = dead.dispatch(req).await.unwrap().run.id;
 
@@ -233,12 +227,19 @@ async fn a_tick_abandoned_by_a_dead_scheduler_is_taken_over_and_no_scope_runs_tw
 }
 
 /// A run of `operation` in `workspace`/`environment` claimed an hour ago
-/// by a worker that vanished: stale.
-async fn stale_run(e: &Env, workspace: &str, environment: &str) -> uuid::Uuid {
+/// by a worker that vanished (`worker`): stale.
+async fn stale_run(e: &Env, workspace: &str, environment: &str, worker: &str) -> uuid::Uuid {
     let past = Arc::new(ManualClock::new(Utc::now() - chrono::Duration::hours(1)));
     let dead = Env::service_with(e.db.store.clone(), past);
-    let req = oprun_shared::DispatchRequest {
-        operation: "test.count".into(),
+    let id = dead.dispatch(request("test.count", workspace, environment)).await.unwrap().run.id;
+    dead.claim(id, worker).await.unwrap();
+    id
+}
+
+/// A dispatch of `operation` in `workspace`/`environment` by the scheduler's actor.
+fn request(operation: &str, workspace: &str, environment: &str) -> oprun_shared::DispatchRequest {
+    oprun_shared::DispatchRequest {
+        operation: operation.into(),
         scope: oprun_shared::Scope {
             workspace_id: workspace.into(),
             environment_id: Some(environment.into()),
@@ -248,10 +249,7 @@ async fn stale_run(e: &Env, workspace: &str, environment: &str) -> uuid::Uuid {
         source: oprun_shared::SourceSurface::Cli,
         context: serde_json::json!({}),
         params: serde_json::json!({}),
-    };
-    let id = dead.dispatch(req).await.unwrap().run.id;
-    dead.claim(id, "vanished-worker").await.unwrap();
-    id
+    }
 }
 
 /// An operator's reconcile reaches only the workspaces where it holds
@@ -264,8 +262,10 @@ async fn an_operator_reconcile_stays_within_the_workspaces_it_may_reconcile(stac
     let operator = oprun_scheduler::Operator::new(e.dispatcher.clone());
     let all = oprun_shared::ReconcileFilter::default();
     let ops = oprun_shared::Initiator::user("ops-user-1");
-    let (contoso, fabrikam) =
-        (stale_run(&e, "contoso", "contoso-prod").await, stale_run(&e, "fabrikam", "fabrikam-prod").await);
+    let (contoso, fabrikam) = (
+        stale_run(&e, "contoso", "contoso-prod", "vanished-worker").await,
+        stale_run(&e, "fabrikam", "fabrikam-prod", "vanished-worker").await,
+    );
     let status = |id| {
         let service = e.service.clone();
         async move { service.get(id).await.unwrap().status }
@@ -294,7 +294,7 @@ async fn an_operator_reconcile_stays_within_the_workspaces_it_may_reconcile(stac
         .replace("[[provider_connections]]\nenvironment = \"fabrikam-prod\"\nprovider = \"graph\"\n", "");
     assert!(!without_fabrikam.contains("fabrikam"), "{without_fabrikam}");
     e.db.access.apply_access(&common::access(&without_fabrikam)).await.unwrap();
-    let again = stale_run(&e, "contoso", "contoso-dev").await;
+    let again = stale_run(&e, "contoso", "contoso-dev", "vanished-worker").await;
     let report = operator.reconcile(&ops, &all, false).await.expect("reconcile within contoso");
     assert_eq!(report.to_push(), vec![again], "{report:?}");
     assert_eq!(status(fabrikam).await, oprun_shared::RunStatus::Running, "a suspended workspace's run is not touched");
@@ -433,22 +433,7 @@ async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_
 async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back() {
     let e = Env::new(Stack::PostgresRedis).await;
     // A run claimed an hour ago by a worker that died: stale.
-    let past = Arc::new(ManualClock::new(Utc::now() - chrono::Duration::hours(1)));
-    let dead = Env::service_with(e.db.store.clone(), past.clone());
-    let req = oprun_shared::DispatchRequest {
-        operation: "test.count".into(),
-        scope: oprun_shared::Scope {
-            workspace_id: "contoso".into(),
-            environment_id: Some("contoso-prod".into()),
-            ..Default::default()
-        },
-        initiator: oprun_shared::Initiator::service("svc-scheduler"),
-        source: oprun_shared::SourceSurface::Cli,
-        context: serde_json::json!({}),
-        params: serde_json::json!({}),
-    };
-    let stale = dead.dispatch(req).await.unwrap().run.id;
-    dead.claim(stale, "dead-worker").await.unwrap();
+    let stale = stale_run(&e, "contoso", "contoso-prod", "dead-worker").await;
     // Another transaction holds the stale run's row: the reconciler's write waits.
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&e.db.url).await.unwrap();
     let mut holder = pool.begin().await.unwrap();
