@@ -41,7 +41,7 @@ fn runs(dir: &Path) -> Vec<Value> {
 
 #[test]
 fn up_on_the_embedded_default_shows_succeeded_and_blocked_runs_with_guidance() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let mut up = Command::new(BIN)
         .arg("up")
         .current_dir(dir.path())
@@ -129,7 +129,7 @@ fn up_on_the_embedded_default_shows_succeeded_and_blocked_runs_with_guidance() {
 
 #[test]
 fn bad_dispatch_input_exits_2_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     let out = oprun(p, &["access", "apply", "/nonexistent/access.toml"]);
     assert_eq!(out.status.code(), Some(2));
@@ -166,7 +166,7 @@ fn bad_dispatch_input_exits_2_and_writes_nothing() {
 
 #[test]
 fn a_refused_dispatch_exits_3_with_the_reason_and_leaves_an_audit_row() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
     assert!(oprun(p, &["access", "apply", access]).status.success());
@@ -226,7 +226,7 @@ fn a_refused_dispatch_exits_3_with_the_reason_and_leaves_an_audit_row() {
 
 #[test]
 fn operators_cancel_retry_reconcile_and_manage_tokens_from_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
     assert!(oprun(p, &["access", "apply", access]).status.success());
@@ -274,7 +274,7 @@ fn operators_cancel_retry_reconcile_and_manage_tokens_from_the_cli() {
 
 #[test]
 fn a_missing_provider_token_is_a_start_up_error_naming_the_variable_or_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     for (source, needle) in [
         ("token_env = \"OPRUN_TEST_SURELY_UNSET_TOKEN\"", "OPRUN_TEST_SURELY_UNSET_TOKEN"),
@@ -301,7 +301,7 @@ fn a_missing_provider_token_is_a_start_up_error_naming_the_variable_or_file() {
 
 #[test]
 fn bench_runs_the_real_path_and_checks_every_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let out = oprun(
         dir.path(),
         &["bench", "--runs", "60", "--concurrency", "8", "--dispatchers", "4", "--baseline", "--json"],
@@ -314,7 +314,7 @@ fn bench_runs_the_real_path_and_checks_every_run() {
     assert!(v["baseline_jobs_per_second"].as_f64().unwrap() > 0.0);
     // A store that already holds other tenants is refused: the bench replaces access truth.
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
-    let other = tempfile::tempdir().unwrap();
+    let other = oprun_shared::testing::kept_dir("cli");
     assert!(oprun(other.path(), &["access", "apply", access]).status.success());
     let out = oprun(other.path(), &["bench", "--runs", "10"]);
     assert_eq!(out.status.code(), Some(2));
@@ -323,7 +323,7 @@ fn bench_runs_the_real_path_and_checks_every_run() {
 
 #[test]
 fn bench_truth_only_writes_and_checks_every_run_without_the_queue() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let out =
         oprun(dir.path(), &["bench", "--truth-only", "--runs", "70", "--batch", "32", "--dispatchers", "3", "--json"]);
     let v = json(&out);
@@ -379,7 +379,7 @@ fn count(dir: &Path, sql: &str) -> i64 {
 
 #[test]
 fn a_reader_that_goes_away_ends_every_command_quietly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
     let scope = ["--workspace", "contoso", "--environment", "contoso-prod", "--as", "ops-user-1"];
@@ -419,7 +419,7 @@ fn a_reader_that_goes_away_ends_every_command_quietly() {
 
 #[test]
 fn huge_durations_are_a_usage_error_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
     assert!(oprun(p, &["access", "apply", access]).status.success());
@@ -473,7 +473,7 @@ fn huge_durations_are_a_usage_error_naming_the_field() {
 
 #[test]
 fn without_as_the_cli_acts_and_audits_as_the_local_administrator() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
     assert!(oprun(p, &["access", "apply", access]).status.success());
@@ -536,7 +536,7 @@ fn without_as_the_cli_acts_and_audits_as_the_local_administrator() {
 
 #[test]
 fn runs_show_gives_the_checkpoint_only_to_a_workspace_admin() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = oprun_shared::testing::kept_dir("cli");
     let p = dir.path();
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
     assert!(oprun(p, &["access", "apply", access]).status.success());
