@@ -383,7 +383,7 @@ async fn token_create(
     let (token, id, hash) = oprun_scheduler::api::new_token();
     let now = chrono::Utc::now();
     let expires_at = oprun_scheduler::api::expiry(now, expires_in).map_err(CliError::Usage)?;
-    app.db.access.create_token(&id, &hash, actor, now, expires_at).await.map_err(store_err)?;
+    app.db.tokens.create_token(&id, &hash, actor, now, expires_at).await.map_err(store_err)?;
     if json {
         let v = serde_json::json!({ "id": id, "actor": actor, "token": token, "expires_at": expires_at });
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
@@ -402,7 +402,7 @@ async fn token_create(
 
 async fn token_revoke(path: Option<&std::path::Path>, id: &str) -> CliResult<()> {
     let app = App::open(path).await?;
-    if app.db.access.revoke_token(id, chrono::Utc::now()).await.map_err(store_err)? {
+    if app.db.tokens.revoke_token(id, chrono::Utc::now()).await.map_err(store_err)? {
         outln!("revoked {id}")?;
         Ok(())
     } else {
@@ -452,6 +452,7 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
             &app.config.schedules,
             dispatcher.clone(),
             app.db.access.clone(),
+            app.db.ticks.clone(),
             Arc::new(oprun_shared::SystemClock),
             process_name("scheduler"),
             app.config.scheduler.tick.saturating_mul(5).max(Duration::from_secs(5)),
@@ -474,6 +475,8 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
                 queue.clone() as Arc<dyn JobQueue>,
             )),
             access: app.db.access.clone(),
+            tokens: app.db.tokens.clone(),
+            ticks: app.db.ticks.clone(),
             queue: queue.clone() as Arc<dyn JobQueue>,
             schedules: Arc::new(app.config.schedules.clone()),
             clock: Arc::new(oprun_shared::SystemClock),

@@ -39,6 +39,8 @@ async fn api_with(stack: Stack, schedules: Vec<oprun_shared::config::ScheduleSpe
     let state = ApiState {
         operator: Operator::new(e.dispatcher.clone()),
         access: e.db.access.clone(),
+        tokens: e.db.tokens.clone(),
+        ticks: e.db.ticks.clone(),
         queue: e.queue.clone() as Arc<dyn JobQueue>,
         schedules: Arc::new(schedules),
         clock: Arc::new(SystemClock),
@@ -56,7 +58,7 @@ async fn api_with(stack: Stack, schedules: Vec<oprun_shared::config::ScheduleSpe
 impl Api {
     async fn token(&self, actor: &str, expires_at: Option<chrono::DateTime<chrono::Utc>>) -> (String, String) {
         let (token, id, hash) = api::new_token();
-        self.e.db.access.create_token(&id, &hash, actor, SystemClock.now(), expires_at).await.unwrap();
+        self.e.db.tokens.create_token(&id, &hash, actor, SystemClock.now(), expires_at).await.unwrap();
         (token, id)
     }
 
@@ -106,7 +108,7 @@ async fn every_endpoint_checks_authority(stack: Stack) {
     let (ops, _) = a.token("ops-user-1", None).await;
     let (viewer, _) = a.token("viewer-1", None).await;
     let (revoked, revoked_id) = a.token("ops-user-1", None).await;
-    assert!(a.e.db.access.revoke_token(&revoked_id, SystemClock.now()).await.unwrap());
+    assert!(a.e.db.tokens.revoke_token(&revoked_id, SystemClock.now()).await.unwrap());
     let (expired, _) = a.token("ops-user-1", Some(SystemClock.now() - chrono::Duration::seconds(1))).await;
     let c = contoso.id;
     let endpoints: Vec<(&str, String, Option<&str>)> = vec![
@@ -414,13 +416,13 @@ async fn schedules_show_recent_decisions_in_visible_workspaces_only(stack: Stack
     let worker = a.e.start_worker(a.e.runner("w1"));
     a.e.until_completed(run.id, 30).await;
     worker.stop().await;
-    let access = &a.e.db.access;
+    let ticks = &a.e.db.ticks;
     let t1: chrono::DateTime<chrono::Utc> = "2026-11-02T09:00:00Z".parse().unwrap();
     let t2 = t1 + chrono::Duration::minutes(5);
     let now = SystemClock.now();
-    access.claim_tick("contoso-sync", t1, oprun_shared::TickDecision::SkippedMisfire, "s", now).await.unwrap();
-    access.claim_tick("contoso-sync", t2, oprun_shared::TickDecision::Claimed, "s", now).await.unwrap();
-    access.decide_tick("contoso-sync", t2, oprun_shared::TickDecision::Fired, &[run.id], &json!({})).await.unwrap();
+    ticks.claim_tick("contoso-sync", t1, oprun_shared::TickDecision::SkippedMisfire, "s", now).await.unwrap();
+    ticks.claim_tick("contoso-sync", t2, oprun_shared::TickDecision::Claimed, "s", now).await.unwrap();
+    ticks.decide_tick("contoso-sync", t2, oprun_shared::TickDecision::Fired, &[run.id], &json!({})).await.unwrap();
     let (ops, _) = a.token("ops-user-1", None).await;
     let (status, v) = a.call("GET", "/v1/schedules", Some(&ops), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -659,6 +661,7 @@ async fn metrics_count_what_the_run_path_did(stack: Stack) {
             std::slice::from_ref(&spec),
             d,
             a.e.db.access.clone(),
+            a.e.db.ticks.clone(),
             clock,
             "metrics-scheduler",
             Duration::from_secs(5),
@@ -791,6 +794,8 @@ async fn a_run_store_failing_behind_a_valid_token_is_a_503(stack: Stack) {
             a.e.queue.clone() as Arc<dyn JobQueue>,
         )),
         access: a.e.db.access.clone(),
+        tokens: a.e.db.tokens.clone(),
+        ticks: a.e.db.ticks.clone(),
         queue: a.e.queue.clone() as Arc<dyn JobQueue>,
         schedules: Arc::new(vec![]),
         clock: Arc::new(SystemClock),

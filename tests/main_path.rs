@@ -53,6 +53,7 @@ actor = "svc-scheduler"
         &[spec],
         e.dispatcher.clone(),
         e.db.access.clone(),
+        e.db.ticks.clone(),
         clock.clone(),
         "sched-test",
         Duration::from_secs(5),
@@ -75,7 +76,7 @@ actor = "svc-scheduler"
     assert_eq!(run.summary_counts.get("total"), 3);
     assert_eq!(run.summary_counts.get("pages"), 1);
     assert_eq!(e.calls(), 1);
-    let ticks = e.db.access.ticks("every-minute", 10).await.unwrap();
+    let ticks = e.db.ticks.ticks("every-minute", 10).await.unwrap();
     assert_eq!(
         ticks.iter().map(|t| (t.decision, t.run_ids.clone())).collect::<Vec<_>>(),
         vec![(TickDecision::Fired, vec![run_id])]
@@ -220,9 +221,16 @@ actor = "svc-scheduler"
     )
     .unwrap();
     let clock = Arc::new(ManualClock::new("2026-11-02T09:00:30Z".parse().unwrap()));
-    let sched =
-        Scheduler::new(&[spec], e.dispatcher.clone(), e.db.access.clone(), clock.clone(), "s", Duration::from_secs(5))
-            .unwrap();
+    let sched = Scheduler::new(
+        &[spec],
+        e.dispatcher.clone(),
+        e.db.access.clone(),
+        e.db.ticks.clone(),
+        clock.clone(),
+        "s",
+        Duration::from_secs(5),
+    )
+    .unwrap();
     clock.advance(chrono::Duration::seconds(31));
     let decided = sched.run_once().await.unwrap();
     assert_eq!(decided.len(), 1);
@@ -233,7 +241,7 @@ actor = "svc-scheduler"
         (RunOutcome::Blocked, Some("execution.environment_not_operable"))
     );
     assert_eq!(run.initiator.id, "svc-scheduler");
-    let ticks = e.db.access.ticks("lab", 10).await.unwrap();
+    let ticks = e.db.ticks.ticks("lab", 10).await.unwrap();
     assert_eq!(ticks.len(), 1, "{ticks:?}");
     let tick = &ticks[0];
     assert_eq!(tick.scheduled_for, "2026-11-02T09:01:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap());

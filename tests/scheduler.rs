@@ -32,8 +32,16 @@ async fn scheduler(e: &Env, name: &str, spec: &ScheduleSpec, clock: Arc<ManualCl
     let service = Env::service_with(db.runs.clone(), clock.clone());
     let authorizer = Authorizer::new(db.access.clone(), common::catalog());
     let dispatcher = Dispatcher::new(service, authorizer, e.queue.clone() as Arc<dyn JobQueue>);
-    Scheduler::new(std::slice::from_ref(spec), dispatcher, db.access.clone(), clock, name, Duration::from_secs(5))
-        .unwrap()
+    Scheduler::new(
+        std::slice::from_ref(spec),
+        dispatcher,
+        db.access.clone(),
+        db.ticks.clone(),
+        clock,
+        name,
+        Duration::from_secs(5),
+    )
+    .unwrap()
 }
 
 async fn two_schedulers_fire_every_tick_exactly_once(stack: Stack) {
@@ -50,7 +58,7 @@ async fn two_schedulers_fire_every_tick_exactly_once(stack: Stack) {
         assert_eq!(fired[0].decision, TickDecision::Fired);
         assert_eq!(fired[0].run_ids.len(), 4, "one run per operable contoso environment");
     }
-    let ticks = e.db.access.ticks("five", 100).await.unwrap();
+    let ticks = e.db.ticks.ticks("five", 100).await.unwrap();
     assert_eq!(ticks.len(), 3);
     let filter = RunFilter { operation: Some("test.fanout".into()), limit: 100, ..Default::default() };
     assert_eq!(e.service.list(&filter).await.unwrap().len(), 3 * 4, "3 ticks × 4 environments, no duplicates");
@@ -81,7 +89,7 @@ async fn a_restart_after_missed_ticks_follows_the_misfire_policy(stack: Stack) {
         want.push((t("2026-11-02T09:30:00Z"), last));
         assert_eq!(at, want, "misfire = {policy}, window = {window}");
         if want_fired == 1 {
-            assert_eq!(e.db.access.ticks(&s.name, 1).await.unwrap()[0].details["catch_up"], true);
+            assert_eq!(e.db.ticks.ticks(&s.name, 1).await.unwrap()[0].details["catch_up"], true);
         }
         assert!(restarted.run_once().await.unwrap().is_empty(), "nothing is decided twice");
     }
@@ -106,7 +114,7 @@ async fn a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap(stack: St
     let second = sched.run_once().await.unwrap();
     assert_eq!(second[0].decision, TickDecision::SkippedOverlap);
     assert_eq!(second[0].run_ids, first[0].run_ids, "the tick names the active run it deferred to");
-    let tick = e.db.access.ticks("five", 1).await.unwrap().remove(0);
+    let tick = e.db.ticks.ticks("five", 1).await.unwrap().remove(0);
     assert_eq!(
         tick.details["scopes"]["contoso-prod"]["active_run"],
         serde_json::json!(first[0].run_ids[0]),
@@ -137,8 +145,16 @@ async fn scheduler_over(
     let service = Env::service_with(store, clock.clone());
     let authorizer = Authorizer::new(e.db.access.clone(), common::catalog());
     let dispatcher = Dispatcher::new(service, authorizer, e.queue.clone() as Arc<dyn JobQueue>);
-    Scheduler::new(std::slice::from_ref(spec), dispatcher, e.db.access.clone(), clock, name, Duration::from_secs(5))
-        .unwrap()
+    Scheduler::new(
+        std::slice::from_ref(spec),
+        dispatcher,
+        e.db.access.clone(),
+        e.db.ticks.clone(),
+        clock,
+        name,
+        Duration::from_secs(5),
+    )
+    .unwrap()
 }
 
 /// The `test.fanout` runs of the schedule `five`'s tick at `at`, by environment.
@@ -166,7 +182,7 @@ async fn a_tick_whose_dispatch_failed_half_way_is_finished_by_the_next_pass(stac
     assert!(first.is_empty(), "the pass failed mid-tick: {first:?}");
     assert_eq!(faulty.refused(), 1, "the second dispatch met the store failure");
     let at = t("2026-11-02T09:00:00Z");
-    let tick = e.db.access.ticks("five", 10).await.unwrap().remove(0);
+    let tick = e.db.ticks.ticks("five", 10).await.unwrap().remove(0);
     assert_eq!((tick.scheduled_for, tick.decision), (at, TickDecision::Claimed));
     assert_eq!(tick.run_ids.len(), 1, "what it dispatched is recorded: {tick:?}");
 
@@ -175,7 +191,7 @@ async fn a_tick_whose_dispatch_failed_half_way_is_finished_by_the_next_pass(stac
     assert_eq!(next.len(), 1, "{next:?}");
     assert_eq!((next[0].scheduled_for, next[0].decision), (at, TickDecision::Fired));
     assert_eq!(next[0].run_ids.len(), 4, "every scope of the tick, once: {next:?}");
-    let tick = e.db.access.ticks("five", 10).await.unwrap().remove(0);
+    let tick = e.db.ticks.ticks("five", 10).await.unwrap().remove(0);
     assert_eq!(tick.decision, TickDecision::Fired);
     assert_eq!(runs_of_tick(&e, at).await.len(), 4, "no scope dispatched twice");
     let mut unique = tick.run_ids.clone();
@@ -195,7 +211,7 @@ async fn a_tick_abandoned_by_a_dead_scheduler_is_taken_over_and_no_scope_runs_tw
     let at = t("2026-11-02T09:00:00Z");
     let clock = Arc::new(ManualClock::new(t("2026-11-02T09:00:01Z")));
     // The dead scheduler's last acts: the claim, and one dispatch of its tick.
-    assert!(e.db.access.claim_tick("five", at, TickDecision::Claimed, "sched-dead", clock.now()).await.unwrap());
+    assert!(e.db.ticks.claim_tick("five", at, TickDecision::Claimed, "sched-dead", clock.now()).await.unwrap());
     let dead = Env::service_with(e.db.store.clone(), clock.clone());
     let req = oprun_shared::DispatchRequest {
         initiator: oprun_shared::Initiator::schedule("svc-scheduler"),
@@ -208,7 +224,7 @@ async fn a_tick_abandoned_by_a_dead_scheduler_is_taken_over_and_no_scope_runs_tw
     let survivor = scheduler(&e, "sched-b", &s, clock.clone()).await;
     clock.set(t("2026-11-02T09:01:00Z"));
     assert!(survivor.run_once().await.unwrap().is_empty(), "a young claim may still be alive: left alone");
-    assert_eq!(e.db.access.ticks("five", 10).await.unwrap()[0].decision, TickDecision::Claimed);
+    assert_eq!(e.db.ticks.ticks("five", 10).await.unwrap()[0].decision, TickDecision::Claimed);
 
     clock.set(t("2026-11-02T09:03:00Z"));
     let decided = survivor.run_once().await.unwrap();
@@ -216,7 +232,7 @@ async fn a_tick_abandoned_by_a_dead_scheduler_is_taken_over_and_no_scope_runs_tw
     assert_eq!(taken.len(), 1, "{decided:?}");
     assert_eq!(taken[0].decision, TickDecision::Fired);
     assert!(taken[0].run_ids.contains(&orphan), "the orphan run is the tick's: {taken:?}");
-    let tick = e.db.access.ticks("five", 10).await.unwrap().into_iter().find(|t| t.scheduled_for == at).unwrap();
+    let tick = e.db.ticks.ticks("five", 10).await.unwrap().into_iter().find(|t| t.scheduled_for == at).unwrap();
     assert_eq!((tick.decision, tick.decided_by.as_str()), (TickDecision::Fired, "sched-b"));
     assert_eq!(tick.details["taken_over"], serde_json::json!(true));
     assert_eq!(
@@ -310,11 +326,8 @@ async fn an_operator_reconcile_stays_within_the_workspaces_it_may_reconcile(stac
 }
 
 /// The newest tick of `fan` still `claimed` with some runs, not in `seen`.
-async fn first_claimed_with_runs(
-    access: &dyn oprun_shared::AccessStore,
-    seen: &[DateTime<Utc>],
-) -> Option<DateTime<Utc>> {
-    let ticks = access.ticks("fan", 20).await.unwrap();
+async fn first_claimed_with_runs(ticks: &dyn oprun_shared::TickStore, seen: &[DateTime<Utc>]) -> Option<DateTime<Utc>> {
+    let ticks = ticks.ticks("fan", 20).await.unwrap();
     ticks
         .into_iter()
         .find(|t| t.decision == TickDecision::Claimed && !t.run_ids.is_empty() && !seen.contains(&t.scheduled_for))
@@ -353,10 +366,10 @@ async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_
     )
     .unwrap();
     let log = common::process_log(&dir.path().join("scheduler.log"), "scheduler-kill");
-    let access = e.db.access.clone();
+    let ticks = e.db.ticks.clone();
     let claimed_with_runs = |seen: Vec<DateTime<Utc>>| {
-        let access = access.clone();
-        async move { first_claimed_with_runs(&*access, &seen).await }
+        let ticks = ticks.clone();
+        async move { first_claimed_with_runs(&*ticks, &seen).await }
     };
     let mut killed_mid_tick = Vec::new();
     for kill in 0..3 {
@@ -378,7 +391,7 @@ async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_
     let mut survivor = common::Reaped(common::spawn_oprun("scheduler", &cfg, &log, "info"));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let ticks = e.db.access.ticks("fan", 1000).await.unwrap();
+        let ticks = e.db.ticks.ticks("fan", 1000).await.unwrap();
         let left: Vec<_> = ticks
             .iter()
             .filter(|t| t.decision == TickDecision::Claimed && killed_mid_tick.contains(&t.scheduled_for))
@@ -394,7 +407,7 @@ async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_
     let status = common::exit_within(&mut survivor, 20).await;
     assert!(status.success(), "the survivor stops cleanly on SIGTERM: {status}");
 
-    let ticks = e.db.access.ticks("fan", 1000).await.unwrap();
+    let ticks = e.db.ticks.ticks("fan", 1000).await.unwrap();
     let undecided: Vec<_> = ticks.iter().filter(|t| t.decision == TickDecision::Claimed).collect();
     assert!(undecided.is_empty(), "every tick has a decision: {undecided:?}");
     let mut per_tick_env: std::collections::BTreeMap<(String, String), usize> = Default::default();
@@ -449,6 +462,7 @@ async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back()
         std::slice::from_ref(&s),
         e.dispatcher.clone(),
         db.access.clone(),
+        db.ticks.clone(),
         Arc::new(oprun_shared::SystemClock),
         "side-by-side",
         Duration::from_secs(2),
@@ -485,7 +499,7 @@ async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back()
     // ... and ticks keep firing meanwhile: 3 due after it began to wait.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let decisions = loop {
-        let ticks = e.db.access.ticks("every-second", 100).await.unwrap();
+        let ticks = e.db.ticks.ticks("every-second", 100).await.unwrap();
         let decided: Vec<_> = ticks.iter().filter(|t| t.decision != TickDecision::Claimed).collect();
         let bad: Vec<_> = decided.iter().filter(|t| t.decision != TickDecision::Fired).collect();
         assert!(bad.is_empty(), "every tick fired while the reconcile pass waited: {bad:?}");

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use oprun_shared::config::ScheduleSpec;
 use oprun_shared::{
     AccessStore, Clock, Initiator, JobQueue, METRICS_VIEW, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
+    TickStore, TokenStore,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -51,8 +52,12 @@ pub fn new_token() -> (String, String, String) {
 pub struct ApiState {
     /// Operator actions.
     pub operator: Operator,
-    /// Tokens and tick records.
+    /// Access truth (actor kinds, metrics reach).
     pub access: Arc<dyn AccessStore>,
+    /// API tokens.
+    pub tokens: Arc<dyn TokenStore>,
+    /// Tick records.
+    pub ticks: Arc<dyn TickStore>,
     /// The queue (for readiness).
     pub queue: Arc<dyn JobQueue>,
     /// The configured schedules.
@@ -122,7 +127,7 @@ async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Initiator> {
         .filter(|t| t.starts_with(TOKEN_PREFIX))
         .ok_or_else(ApiError::unauthorized)?;
     let actor = state
-        .access
+        .tokens
         .token_actor(&hash_token(token), state.clock.now())
         .await
         .map_err(ApiError::unavailable)?
@@ -355,7 +360,7 @@ async fn schedules(State(state): State<ApiState>, headers: HeaderMap) -> ApiResu
     let visible = state.operator.visible_workspaces(&actor.id).await?;
     let mut out = vec![];
     for s in state.schedules.iter().filter(|s| visible.contains(&s.workspace)) {
-        let ticks = state.access.ticks(&s.name, 20).await.map_err(ApiError::unavailable)?;
+        let ticks = state.ticks.ticks(&s.name, 20).await.map_err(ApiError::unavailable)?;
         let mut succeeded_streak = 0;
         for t in &ticks {
             if t.decision != oprun_shared::TickDecision::Fired {

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use oprun_shared::config::{MisfirePolicy, OverlapPolicy, ScheduleEnvironments, ScheduleSpec};
 use oprun_shared::{
     AccessStore, Clock, DispatchRequest, Initiator, OperationRun, RunFilter, RunOutcome, RunStatus, Scope,
-    SourceSurface, StoreError, TickDecision, TickRecord,
+    SourceSurface, StoreError, TickDecision, TickRecord, TickStore,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -112,6 +112,7 @@ pub struct Scheduler {
     schedules: Vec<Prepared>,
     dispatcher: Dispatcher,
     access: Arc<dyn AccessStore>,
+    ticks: Arc<dyn TickStore>,
     clock: Arc<dyn Clock>,
     name: String,
     started_at: DateTime<Utc>,
@@ -127,6 +128,7 @@ impl Scheduler {
         schedules: &[ScheduleSpec],
         dispatcher: Dispatcher,
         access: Arc<dyn AccessStore>,
+        ticks: Arc<dyn TickStore>,
         clock: Arc<dyn Clock>,
         name: impl Into<String>,
         on_time: Duration,
@@ -145,6 +147,7 @@ impl Scheduler {
             schedules: prepared,
             dispatcher,
             access,
+            ticks,
             clock,
             name: name.into(),
             started_at,
@@ -197,19 +200,19 @@ impl Scheduler {
         // between claim and decision) are driven to a decision first: the
         // scopes they already dispatched are not dispatched again.
         let abandoned_before = now - self.abandoned_after;
-        for tick in self.access.reclaim_abandoned_ticks(name, abandoned_before, &self.name, now).await? {
+        for tick in self.ticks.reclaim_abandoned_ticks(name, abandoned_before, &self.name, now).await? {
             warn!(schedule = %name, scheduled_for = %tick.scheduled_for, was_dispatched = tick.run_ids.len(),
                 "taking over a tick left undecided mid-dispatch");
             out.push(self.drive(s, tick.scheduled_for, true, Dispatched::resumed(&tick)).await?);
         }
-        let after = self.access.last_tick(name).await?.unwrap_or(self.started_at - self.on_time);
+        let after = self.ticks.last_tick(name).await?.unwrap_or(self.started_at - self.on_time);
         for (at, newest) in Self::due(s, after, now) {
             let late = now - at;
             let missed = late > self.on_time;
             let window = chrono::Duration::from_std(s.spec.misfire_window).unwrap_or(chrono::Duration::MAX);
             let fire = !missed || (s.spec.misfire == MisfirePolicy::FireOnce && newest && late <= window);
             if !fire {
-                if self.access.claim_tick(name, at, TickDecision::SkippedMisfire, &self.name, now).await? {
+                if self.ticks.claim_tick(name, at, TickDecision::SkippedMisfire, &self.name, now).await? {
                     info!(schedule = %name, scheduled_for = %at, "tick missed: skipped by the misfire policy");
                     metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => "skipped_misfire")
                         .increment(1);
@@ -222,7 +225,7 @@ impl Scheduler {
                 }
                 continue;
             }
-            if !self.access.claim_tick(name, at, TickDecision::Claimed, &self.name, now).await? {
+            if !self.ticks.claim_tick(name, at, TickDecision::Claimed, &self.name, now).await? {
                 continue; // another scheduler owns this tick
             }
             out.push(self.drive(s, at, missed, Dispatched::default()).await?);
@@ -241,7 +244,7 @@ impl Scheduler {
     ) -> Result<TickOutcome, ScheduleError> {
         let name = &s.spec.name;
         let (decision, run_ids, details) = self.fire(s, at, catch_up, so_far).await?;
-        self.access.decide_tick(name, at, decision, &run_ids, &details).await?;
+        self.ticks.decide_tick(name, at, decision, &run_ids, &details).await?;
         info!(schedule = %name, scheduled_for = %at, %decision, runs = run_ids.len(), "tick decided");
         metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => decision.as_str())
             .increment(1);
@@ -351,7 +354,7 @@ impl Scheduler {
             if scopes.len() > 1 {
                 let details = json!({ "scopes": per_scope, "catch_up": catch_up });
                 let now = self.clock.now();
-                if !self.access.progress_tick(&spec.name, at, &self.name, &run_ids, &details, now).await? {
+                if !self.ticks.progress_tick(&spec.name, at, &self.name, &run_ids, &details, now).await? {
                     return Err(ScheduleError::TickTakenOver { schedule: spec.name.clone(), scheduled_for: at });
                 }
             }

@@ -16,10 +16,12 @@ mod service;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod ticks;
+mod tokens;
 pub mod view;
 mod viewer;
 
-pub use access::{AccessFile, AccessStore, Authorizer, Decision, TickDecision, TickRecord};
+pub use access::{AccessFile, AccessStore, Authorizer, Decision};
 pub use audit::{AuditEntry, AuditEvent};
 pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, ScopeKind, defaults as catalog_defaults};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -37,5 +39,7 @@ pub use service::{
     OperationRunService, ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
 pub use store::{Database, RunFilter, RunStore, StaleRun, StoreError, Update, Written};
+pub use ticks::{TickDecision, TickRecord, TickStore};
+pub use tokens::TokenStore;
 pub use view::{RunDetail, RunView, run_detail};
 pub use viewer::{ACCESS_MANAGE, METRICS_VIEW, RUNS_CANCEL, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, Viewer};

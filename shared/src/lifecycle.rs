@@ -160,6 +160,8 @@ pub enum Transition {
     Repush,
     /// completed → a new queued run.
     Retry,
+    /// completed → completed: the old run's record that a retry of it was made.
+    Retried,
 }
 
 impl Transition {
@@ -179,6 +181,7 @@ impl Transition {
             Transition::Expire => "run.expire",
             Transition::Repush => "run.repush",
             Transition::Retry => "run.retry",
+            Transition::Retried => "run.retried",
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct FailureEntry {
 /// At most this many entries are kept in a failure summary.
 pub const MAX_FAILURE_ENTRIES: usize = 10;
 
+/// Longest id (workspace, environment, target, actor).
+pub const MAX_ID_LEN: usize = 200;
+
 /// The scope a run acts in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Scope {

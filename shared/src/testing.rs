@@ -13,9 +13,11 @@ use uuid::Uuid;
 use crate::access::AccessStore;
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::store::{
-    Change, Database, Guard, Inserted, PgRunStore, RunFilter, SqliteRunStore, StaleQuery, StaleRun, StoreError, Update,
-    Written,
+    Database, Guard, Inserted, PgRunStore, RunFilter, RunWrite, SqliteRunStore, StaleQuery, StaleRun, StoreError,
+    Update, Written,
 };
+use crate::ticks::TickStore;
+use crate::tokens::TokenStore;
 use crate::{
     Catalog, Clock, Initiator, ManualClock, OperationRun, OperationRunService, RunOutcome, RunStatus, RunStore,
     ServiceConfig, SourceSurface, SummaryCounts,
@@ -77,8 +79,12 @@ pub enum Backend {
 pub struct TestStore {
     /// The store.
     pub store: Arc<dyn RunStore>,
-    /// The same database's access tables and tick record.
+    /// The same database's access tables.
     pub access: Arc<dyn AccessStore>,
+    /// Its API tokens.
+    pub tokens: Arc<dyn TokenStore>,
+    /// Its schedule ticks.
+    pub ticks: Arc<dyn TickStore>,
     /// Both, plus the SQLite pool for the queue.
     pub database: Database,
     /// Its URL (for another process or pool on the same database).
@@ -100,8 +106,22 @@ impl TestStore {
         let url = fresh_postgres_database().await;
         let store = Arc::new(PgRunStore::connect(&url, 8).await.expect("connect to the test database"));
         store.migrate().await.expect("migrate the test database");
-        let database = Database { runs: store.clone(), access: store.clone(), sqlite: None };
-        Self { store: store.clone(), access: store, database, url, _dir: None }
+        let database = Database {
+            runs: store.clone(),
+            access: store.clone(),
+            tokens: store.clone(),
+            ticks: store.clone(),
+            sqlite: None,
+        };
+        Self {
+            store: store.clone(),
+            access: store.clone(),
+            tokens: store.clone(),
+            ticks: store,
+            database,
+            url,
+            _dir: None,
+        }
     }
 
     /// A fresh SQLite file ([`kept_dir`]: left for the closing secret scan).
@@ -110,8 +130,22 @@ impl TestStore {
         let url = format!("sqlite://{}", dir.path().join("oprun.db").display());
         let store = Arc::new(SqliteRunStore::connect(&url, 8).await.expect("open the test SQLite file"));
         store.migrate().await.expect("migrate the test SQLite file");
-        let database = Database { runs: store.clone(), access: store.clone(), sqlite: Some(store.pool().clone()) };
-        Self { store: store.clone(), access: store, database, url, _dir: Some(dir) }
+        let database = Database {
+            runs: store.clone(),
+            access: store.clone(),
+            tokens: store.clone(),
+            ticks: store.clone(),
+            sqlite: Some(store.pool().clone()),
+        };
+        Self {
+            store: store.clone(),
+            access: store.clone(),
+            tokens: store.clone(),
+            ticks: store,
+            database,
+            url,
+            _dir: Some(dir),
+        }
     }
 }
 
@@ -372,7 +406,7 @@ impl RunStore for FaultyStore {
         self.inner.insert_runs(runs).await
     }
     async fn update_batch(&self, updates: &[Update], now: DateTime<Utc>) -> Result<Vec<Vec<OperationRun>>, StoreError> {
-        let finishes = updates.iter().any(|u| u.change.status == Some(RunStatus::Completed));
+        let finishes = updates.iter().any(|u| u.write.status() == Some(RunStatus::Completed));
         if finishes && self.finishes_to_fail.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(self.blip());
         }
@@ -385,7 +419,7 @@ impl RunStore for FaultyStore {
         &self,
         ids: &[Uuid],
         guard: &Guard,
-        change: &Change,
+        change: &RunWrite,
         now: DateTime<Utc>,
         audit: Option<&AuditEntry>,
     ) -> Result<Vec<OperationRun>, StoreError> {
@@ -395,7 +429,7 @@ impl RunStore for FaultyStore {
         &self,
         ids: &[Uuid],
         guard: &Guard,
-        change: &Change,
+        change: &RunWrite,
         now: DateTime<Utc>,
         audit: &AuditEntry,
     ) -> Result<Vec<Written>, StoreError> {

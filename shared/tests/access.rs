@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use oprun_shared::access::{Decision, TickDecision, grantable_capabilities};
+use oprun_shared::TickDecision;
+use oprun_shared::access::{Decision, grantable_capabilities};
 use oprun_shared::testing::{self, Backend, TestStore};
 use oprun_shared::{AccessFile, Authorizer, Initiator, ReasonCode, Scope};
 use tokio::sync::Barrier;
@@ -166,10 +167,10 @@ async fn a_tick_is_claimed_by_exactly_one_of_many_schedulers(b: Backend) {
     let barrier = Arc::new(Barrier::new(8));
     let mut tasks = vec![];
     for i in 0..8 {
-        let (access, barrier) = (db.access.clone(), barrier.clone());
+        let (ticks, barrier) = (db.ticks.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            access.claim_tick("nightly", at, TickDecision::Claimed, &format!("sched-{i}"), now).await.unwrap()
+            ticks.claim_tick("nightly", at, TickDecision::Claimed, &format!("sched-{i}"), now).await.unwrap()
         }));
     }
     let mut won = 0;
@@ -178,13 +179,13 @@ async fn a_tick_is_claimed_by_exactly_one_of_many_schedulers(b: Backend) {
     }
     assert_eq!(won, 1);
     let run_id = uuid::Uuid::now_v7();
-    db.access
+    db.ticks
         .decide_tick("nightly", at, TickDecision::Fired, &[run_id], &serde_json::json!({"contoso-prod": "fired"}))
         .await
         .unwrap();
-    assert_eq!(db.access.last_tick("nightly").await.unwrap(), Some(at));
-    assert_eq!(db.access.last_tick("other").await.unwrap(), None);
-    let ticks = db.access.ticks("nightly", 10).await.unwrap();
+    assert_eq!(db.ticks.last_tick("nightly").await.unwrap(), Some(at));
+    assert_eq!(db.ticks.last_tick("other").await.unwrap(), None);
+    let ticks = db.ticks.ticks("nightly", 10).await.unwrap();
     assert_eq!(ticks.len(), 1);
     assert_eq!((ticks[0].decision, ticks[0].run_ids.clone()), (TickDecision::Fired, vec![run_id]));
     assert_eq!(ticks[0].scheduled_for, at);

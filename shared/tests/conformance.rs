@@ -247,7 +247,12 @@ async fn claim_many_claims_only_the_runs_still_queued(b: Backend) {
         ids.push(e.svc.dispatch(sync_req(env_id)).await.unwrap().run.id);
     }
     e.svc.claim(ids[1], "other").await.unwrap();
-    let claimed = e.svc.claim_many(&ids, "inventory.sync", "w1").await.unwrap();
+    let claimed: Vec<_> = (e.svc.claim_batch(&ids, "w1").await.unwrap().into_iter())
+        .filter_map(|c| match c {
+            Claim::Claimed(run) => Some(*run),
+            _ => None,
+        })
+        .collect();
     let mut got: Vec<_> = claimed.iter().map(|r| r.id).collect();
     got.sort();
     assert_eq!(got, vec![ids[0], ids[2]]);

@@ -1,4 +1,4 @@
-//! The access tables and the tick record, in SQL both backends accept; the
+//! The access tables, API tokens and the tick record, in SQL both backends accept; the
 //! macro stamps one implementation per store, as `sql.rs` does for runs.
 
 macro_rules! impl_access_store {
@@ -13,7 +13,9 @@ macro_rules! impl_access_store {
             use uuid::Uuid;
 
             use super::$store;
-            use crate::access::{AccessFacts, AccessFile, AccessStore, ApplyReport, Request, TickDecision, TickRecord};
+            use crate::access::{AccessFacts, AccessFile, AccessStore, ApplyReport, Request};
+            use crate::ticks::{TickDecision, TickRecord, TickStore};
+            use crate::tokens::TokenStore;
             use crate::store::StoreError;
 
             /// `UPDATE table SET status = 'to' WHERE id NOT IN (listed)`.
@@ -254,6 +256,10 @@ macro_rules! impl_access_store {
                     rows.iter().map(|r| r.try_get::<String, _>(0).map_err(StoreError::from)).collect()
                 }
 
+            }
+
+            #[async_trait]
+            impl TokenStore for $store {
                 async fn create_token(
                     &self,
                     id: &str,
@@ -302,6 +308,10 @@ macro_rules! impl_access_store {
                     Ok(row.map(|r| r.try_get(0)).transpose()?)
                 }
 
+            }
+
+            #[async_trait]
+            impl TickStore for $store {
                 async fn claim_tick(
                     &self,
                     schedule: &str,

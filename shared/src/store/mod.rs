@@ -45,23 +45,24 @@ pub enum StoreError {
 }
 
 /// The conditions a guarded write requires; zero rows written means one of
-/// them did not hold.
+/// them did not hold. Built by the named constructors, one per kind of
+/// write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Guard {
     /// The status the run must be in.
-    pub from: RunStatus,
+    pub(crate) from: RunStatus,
     /// The lease owner it must have.
-    pub lease_owner: Option<String>,
+    pub(crate) lease_owner: Option<String>,
     /// The attempt it must be on: a lease owner's writes are fenced by the
     /// attempt it claimed, so that an attempt superseded by a requeue (and a
     /// new claim, perhaps by the same process) writes nothing.
-    pub attempt: Option<i32>,
+    pub(crate) attempt: Option<i32>,
     /// Its lease must have expired before this instant.
-    pub lease_expired_before: Option<DateTime<Utc>>,
+    pub(crate) lease_expired_before: Option<DateTime<Utc>>,
     /// It must have been queued before this instant.
-    pub queued_before: Option<DateTime<Utc>>,
+    pub(crate) queued_before: Option<DateTime<Utc>>,
     /// Its job must not have been pushed again by the reconciler yet.
-    pub not_repushed: bool,
+    pub(crate) not_repushed: bool,
 }
 
 impl Guard {
@@ -82,46 +83,197 @@ impl Guard {
     pub fn lease(worker: &str, attempt: i32) -> Self {
         Self { lease_owner: Some(worker.to_string()), attempt: Some(attempt), ..Self::from(RunStatus::Running) }
     }
+
+    /// The run must be running with a lease that expired before `cutoff`.
+    pub fn lease_expired(cutoff: DateTime<Utc>) -> Self {
+        Self { lease_expired_before: Some(cutoff), ..Self::from(RunStatus::Running) }
+    }
+
+    /// The run must be queued since before `cutoff`; with `not_repushed`,
+    /// its job must not have been pushed again yet.
+    pub fn queued_before(cutoff: DateTime<Utc>, not_repushed: bool) -> Self {
+        Self { queued_before: Some(cutoff), not_repushed, ..Self::from(RunStatus::Queued) }
+    }
+
+    /// The status the run must be in.
+    pub fn status(&self) -> RunStatus {
+        self.from
+    }
+
+    /// Whether this guards the writes of a lease holder.
+    pub fn is_lease(&self) -> bool {
+        self.lease_owner.is_some()
+    }
+
+    /// Whether `run` is held by someone other than this guard's lease
+    /// holder (another worker, or another attempt).
+    pub fn held_by_other(&self, run: &OperationRun) -> bool {
+        run.lease_owner != self.lease_owner || self.attempt.is_some_and(|a| a != run.attempt)
+    }
 }
 
-/// The columns a guarded write sets. `None` leaves a column as it is;
-/// `Some(None)` clears it.
+/// The columns one guarded write sets: what a transition changes. Built only
+/// by the named constructors below (one per transition, as River's
+/// `JobSetStateCompleted` …), so that a combination of columns no transition
+/// makes cannot be written. In the fields, `None` leaves a column as it is
+/// and `Some(None)` clears it.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Change {
-    /// New status.
-    pub status: Option<RunStatus>,
-    /// New outcome.
-    pub outcome: Option<RunOutcome>,
-    /// New reason code.
-    pub reason_code: Option<Option<String>>,
-    /// New failure summary.
-    pub failure_summary: Option<Vec<FailureEntry>>,
-    /// Counts added to the stored ones (single-run writes only).
-    pub counts_add: Option<SummaryCounts>,
-    /// New checkpoint.
-    pub checkpoint: Option<Option<serde_json::Value>>,
+pub struct RunWrite {
+    pub(crate) status: Option<RunStatus>,
+    pub(crate) outcome: Option<RunOutcome>,
+    pub(crate) reason_code: Option<Option<String>>,
+    pub(crate) failure_summary: Option<Vec<FailureEntry>>,
+    /// Counts added to the stored ones (merged from the full row).
+    pub(crate) counts_add: Option<SummaryCounts>,
+    pub(crate) checkpoint: Option<Option<serde_json::Value>>,
     /// Add one to the attempt.
-    pub next_attempt: bool,
-    /// New lease owner.
-    pub lease_owner: Option<Option<String>>,
-    /// New lease expiry.
-    pub lease_expires_at: Option<Option<DateTime<Utc>>>,
-    /// New lease expiry by each run's operation (a claim of runs of several
-    /// operations in one write); takes the place of `lease_expires_at` (set
-    /// one of the two, not both).
-    pub lease_ends: Option<LeaseEnds>,
-    /// New heartbeat time.
-    pub heartbeat_at: Option<Option<DateTime<Utc>>>,
-    /// Cancel requested at (set only if not yet set).
-    pub cancel_requested_at: Option<DateTime<Utc>>,
-    /// New queued time.
-    pub queued_at: Option<DateTime<Utc>>,
-    /// New re-push time.
-    pub repushed_at: Option<Option<DateTime<Utc>>>,
-    /// Started at (set only if not yet set).
-    pub started_at: Option<DateTime<Utc>>,
-    /// Completed at.
-    pub completed_at: Option<DateTime<Utc>>,
+    pub(crate) next_attempt: bool,
+    pub(crate) lease_owner: Option<Option<String>>,
+    pub(crate) lease_expires_at: Option<Option<DateTime<Utc>>>,
+    /// A lease expiry by each run's operation (a claim of runs of several
+    /// operations in one write); takes the place of `lease_expires_at`.
+    pub(crate) lease_ends: Option<LeaseEnds>,
+    pub(crate) heartbeat_at: Option<Option<DateTime<Utc>>>,
+    /// Set only if not yet set.
+    pub(crate) cancel_requested_at: Option<DateTime<Utc>>,
+    pub(crate) queued_at: Option<DateTime<Utc>>,
+    pub(crate) repushed_at: Option<Option<DateTime<Utc>>>,
+    /// Set only if not yet set.
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) completed_at: Option<DateTime<Utc>>,
+}
+
+impl RunWrite {
+    /// queued → running: leased to `worker` until `lease_ends`, started now.
+    pub fn claim(worker: &str, now: DateTime<Utc>, lease_ends: LeaseEnds) -> Self {
+        Self {
+            status: Some(RunStatus::Running),
+            lease_owner: Some(Some(worker.to_string())),
+            lease_ends: Some(lease_ends),
+            heartbeat_at: Some(Some(now)),
+            started_at: Some(now),
+            ..Self::default()
+        }
+    }
+
+    /// A heartbeat or progress of the lease holder: the lease renewed until
+    /// `lease_until`, `counts` added, `checkpoint` stored (unless `None`).
+    pub fn renew(
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        counts: SummaryCounts,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            lease_expires_at: Some(Some(lease_until)),
+            heartbeat_at: Some(Some(now)),
+            counts_add: Some(counts),
+            checkpoint: checkpoint.map(Some),
+            ..Self::default()
+        }
+    }
+
+    /// running → completed with `outcome`, its reason and failures, `counts`
+    /// added and `checkpoint` kept (unless `None`); the lease released.
+    pub fn complete(
+        now: DateTime<Utc>,
+        outcome: RunOutcome,
+        reason: Option<String>,
+        failures: Vec<FailureEntry>,
+        counts: SummaryCounts,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            counts_add: Some(counts),
+            checkpoint: checkpoint.map(Some),
+            ..Self::ended(now, outcome, reason, Some(failures))
+        }
+    }
+
+    /// → completed/blocked with `reason` and one failure saying why.
+    pub fn block(now: DateTime<Utc>, reason: &str, message: String) -> Self {
+        Self::fail(now, RunOutcome::Blocked, reason, message)
+    }
+
+    /// → completed/failed with `reason` and one failure saying why (the
+    /// reconciler's expiries); the lease, if any, released.
+    pub fn expire(now: DateTime<Utc>, reason: &str, message: String) -> Self {
+        Self::fail(now, RunOutcome::Failed, reason, message)
+    }
+
+    /// queued → completed/cancelled by an operator.
+    pub fn cancel(now: DateTime<Utc>, reason: &str) -> Self {
+        Self { cancel_requested_at: Some(now), ..Self::ended(now, RunOutcome::Cancelled, Some(reason.into()), None) }
+    }
+
+    /// A running run asked to stop (its lease holder ends it).
+    pub fn request_cancel(now: DateTime<Utc>) -> Self {
+        Self { cancel_requested_at: Some(now), ..Self::default() }
+    }
+
+    /// running (lease expired, cancel requested) → completed/cancelled.
+    pub fn cancel_stale(now: DateTime<Utc>, reason: &str) -> Self {
+        Self::ended(now, RunOutcome::Cancelled, Some(reason.into()), None)
+    }
+
+    /// running (lease expired) → queued again, on the next attempt, its
+    /// checkpoint kept.
+    pub fn requeue(now: DateTime<Utc>) -> Self {
+        Self {
+            status: Some(RunStatus::Queued),
+            next_attempt: true,
+            lease_owner: Some(None),
+            lease_expires_at: Some(None),
+            heartbeat_at: Some(None),
+            queued_at: Some(now),
+            repushed_at: Some(None),
+            ..Self::default()
+        }
+    }
+
+    /// A queued run whose job the reconciler pushed again.
+    pub fn repush(now: DateTime<Utc>) -> Self {
+        Self { repushed_at: Some(Some(now)), ..Self::default() }
+    }
+
+    /// The status the write leaves the run in (`None`: unchanged).
+    pub fn status(&self) -> Option<RunStatus> {
+        self.status
+    }
+
+    /// Whether the write moves the run to its next attempt.
+    pub fn adds_attempt(&self) -> bool {
+        self.next_attempt
+    }
+
+    /// Whether the write merges counts into the stored ones (which needs the
+    /// full row).
+    pub fn adds_counts(&self) -> bool {
+        self.counts_add.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
+    fn fail(now: DateTime<Utc>, outcome: RunOutcome, reason: &str, message: String) -> Self {
+        let failure = FailureEntry { reason_code: reason.into(), message };
+        Self::ended(now, outcome, Some(reason.into()), Some(vec![failure]))
+    }
+
+    fn ended(
+        now: DateTime<Utc>,
+        outcome: RunOutcome,
+        reason: Option<String>,
+        failures: Option<Vec<FailureEntry>>,
+    ) -> Self {
+        Self {
+            status: Some(RunStatus::Completed),
+            outcome: Some(outcome),
+            reason_code: Some(reason),
+            failure_summary: failures,
+            lease_owner: Some(None),
+            lease_expires_at: Some(None),
+            completed_at: Some(now),
+            ..Self::default()
+        }
+    }
 }
 
 /// Lease expiries that depend on the run's operation.
@@ -141,7 +293,7 @@ pub struct Update {
     /// What they must satisfy.
     pub guard: Guard,
     /// What is set.
-    pub change: Change,
+    pub write: RunWrite,
     /// The audit row written per run (filled in from each run).
     pub audit: Option<AuditEntry>,
 }
@@ -267,7 +419,7 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         &self,
         ids: &[Uuid],
         guard: &Guard,
-        change: &Change,
+        write: &RunWrite,
         now: DateTime<Utc>,
         audit: Option<&AuditEntry>,
     ) -> Result<Vec<OperationRun>, StoreError>;
@@ -280,7 +432,7 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         &self,
         ids: &[Uuid],
         guard: &Guard,
-        change: &Change,
+        write: &RunWrite,
         now: DateTime<Utc>,
         audit: &AuditEntry,
     ) -> Result<Vec<Written>, StoreError>;
@@ -325,8 +477,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<std::sync::Arc<d
 pub struct Database {
     /// The run store.
     pub runs: std::sync::Arc<dyn RunStore>,
-    /// The access tables and tick record.
+    /// The access tables.
     pub access: std::sync::Arc<dyn crate::access::AccessStore>,
+    /// The API tokens.
+    pub tokens: std::sync::Arc<dyn crate::tokens::TokenStore>,
+    /// The schedule ticks.
+    pub ticks: std::sync::Arc<dyn crate::ticks::TickStore>,
     /// The SQLite pool, when the database is SQLite.
     pub sqlite: Option<sqlx::SqlitePool>,
 }
@@ -335,10 +491,16 @@ pub struct Database {
 pub async fn open(url: &str, max_connections: u32) -> Result<Database, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let s = std::sync::Arc::new(PgRunStore::connect(url, max_connections).await?);
-        Ok(Database { runs: s.clone(), access: s, sqlite: None })
+        Ok(Database { runs: s.clone(), access: s.clone(), tokens: s.clone(), ticks: s, sqlite: None })
     } else if url.starts_with("sqlite:") {
         let s = std::sync::Arc::new(SqliteRunStore::connect(url, max_connections).await?);
-        Ok(Database { runs: s.clone(), access: s.clone(), sqlite: Some(s.pool().clone()) })
+        Ok(Database {
+            runs: s.clone(),
+            access: s.clone(),
+            tokens: s.clone(),
+            ticks: s.clone(),
+            sqlite: Some(s.pool().clone()),
+        })
     } else {
         connect(url, max_connections).await.map(|_| unreachable!("connect refuses other URLs"))
     }

@@ -68,7 +68,7 @@ async fn write_audited(
     conn: &mut sqlx::PgConnection,
     ids: &[uuid::Uuid],
     guard: &crate::store::Guard,
-    change: &crate::store::Change,
+    change: &crate::store::RunWrite,
     now: chrono::DateTime<chrono::Utc>,
     audit: Option<&crate::audit::AuditEntry>,
     returning: &str,

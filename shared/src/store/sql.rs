@@ -44,7 +44,7 @@ macro_rules! write_audited_in_two_statements {
             conn: &mut <$db as sqlx::Database>::Connection,
             ids: &[uuid::Uuid],
             guard: &crate::store::Guard,
-            change: &crate::store::Change,
+            change: &crate::store::RunWrite,
             now: chrono::DateTime<chrono::Utc>,
             audit: Option<&crate::audit::AuditEntry>,
             returning: &str,
@@ -154,7 +154,7 @@ macro_rules! impl_run_store {
         use crate::run::{Initiator, OperationRun};
         use crate::store::sql::{ACTIVE_KEYED, AUDIT_COLUMNS, BRIEF_COLUMNS, RUN_COLUMNS, STALE_COLUMNS};
         use crate::store::{
-            Change, Guard, Inserted, MAX_PAGE, RunFilter, RunStore, StaleQuery, StaleRun, StoreError, Update, Written,
+            Guard, Inserted, MAX_PAGE, RunFilter, RunStore, RunWrite, StaleQuery, StaleRun, StoreError, Update, Written,
         };
 
         fn corrupt(id: &str, field: &'static str, problem: impl std::fmt::Display) -> StoreError {
@@ -307,7 +307,7 @@ macro_rules! impl_run_store {
             q: &mut QueryBuilder<$db>,
             ids: &[Uuid],
             guard: &Guard,
-            change: &Change,
+            change: &RunWrite,
             now: chrono::DateTime<chrono::Utc>,
         ) {
             q.push("UPDATE operation_runs SET ");
@@ -323,7 +323,7 @@ macro_rules! impl_run_store {
             tx: &mut <$db as sqlx::Database>::Connection,
             ids: &[Uuid],
             guard: &Guard,
-            change: &Change,
+            change: &RunWrite,
             now: chrono::DateTime<chrono::Utc>,
             audit: Option<&AuditEntry>,
         ) -> Result<Vec<OperationRun>, StoreError> {
@@ -362,7 +362,7 @@ macro_rules! impl_run_store {
             })
         }
 
-        fn push_change(q: &mut QueryBuilder<$db>, c: &Change, now: chrono::DateTime<chrono::Utc>) {
+        fn push_change(q: &mut QueryBuilder<$db>, c: &RunWrite, now: chrono::DateTime<chrono::Utc>) {
             q.push("updated_at = ").push_bind(now);
             if let Some(v) = c.status {
                 q.push(", status = ").push_bind(v.as_str());
@@ -502,7 +502,7 @@ macro_rules! impl_run_store {
                 &self,
                 ids: &[Uuid],
                 guard: &Guard,
-                change: &Change,
+                change: &RunWrite,
                 now: chrono::DateTime<chrono::Utc>,
                 audit: Option<&AuditEntry>,
             ) -> Result<Vec<OperationRun>, StoreError> {
@@ -519,7 +519,7 @@ macro_rules! impl_run_store {
                 &self,
                 ids: &[Uuid],
                 guard: &Guard,
-                change: &Change,
+                change: &RunWrite,
                 now: chrono::DateTime<chrono::Utc>,
                 audit: &AuditEntry,
             ) -> Result<Vec<Written>, StoreError> {
@@ -557,7 +557,7 @@ macro_rules! impl_run_store {
                         out.push(Vec::new());
                         continue;
                     }
-                    out.push(update_in(&mut tx, &u.ids, &u.guard, &u.change, now, u.audit.as_ref()).await?);
+                    out.push(update_in(&mut tx, &u.ids, &u.guard, &u.write, now, u.audit.as_ref()).await?);
                 }
                 tx.commit().await?;
                 Ok(out)

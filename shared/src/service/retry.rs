@@ -1,0 +1,77 @@
+//! An operator's retry of a run that ended blocked or failed: a new queued
+//! run that links back to it, and an audit row on the old one.
+
+use serde_json::{Value, json};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::{DispatchRequest, Dispatched, OperationRunService, ServiceError};
+use crate::audit::AuditEntry;
+use crate::catalog::OperationSpec;
+use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface, Transition, TransitionError};
+use crate::run::{Initiator, OperationRun};
+
+/// Why `old` may not be retried under `spec`, if it may not.
+fn not_retryable(old: &OperationRun, spec: &OperationSpec) -> Option<String> {
+    if old.status != RunStatus::Completed {
+        return Some(format!("it is still {}", old.status));
+    }
+    let retryable_outcome = match old.outcome {
+        RunOutcome::Blocked | RunOutcome::Failed => true,
+        RunOutcome::PartiallySucceeded => spec.retry_partial,
+        _ => false,
+    };
+    if !retryable_outcome {
+        return Some(format!("its outcome is {}", old.outcome));
+    }
+    if !spec.retryable_by_operators {
+        return Some(format!("operation '{}' is not retryable by operators", old.operation));
+    }
+    None
+}
+
+impl OperationRunService {
+    /// Retry a completed blocked or failed run: a new queued run that links
+    /// back to it. Authorization of `actor` is the caller's.
+    #[instrument(skip_all, fields(run.id = %id), err)]
+    pub async fn retry(&self, id: Uuid, actor: &Initiator) -> Result<Dispatched, ServiceError> {
+        let old = self.store.get_run(id).await?.ok_or(TransitionError::NotFound(id))?;
+        let spec = self.spec(&old.operation)?;
+        if let Some(why) = not_retryable(&old, spec) {
+            return Err(ServiceError::NotRetryable { id, why });
+        }
+        let now = self.clock.now();
+        let mut context = match &old.context {
+            Value::Object(m) => m.clone(),
+            _ => Default::default(),
+        };
+        context.insert("source_surface".into(), json!(SourceSurface::Retry.as_str()));
+        context.insert("retry_of".into(), json!(old.id));
+        let req = DispatchRequest {
+            operation: old.operation.clone(),
+            scope: old.scope(),
+            initiator: actor.clone(),
+            source: SourceSurface::Retry,
+            context: Value::Object(context),
+            params: old.params.clone(),
+        };
+        let mut run = self.new_run(&req, spec, now)?;
+        run.retry_of = Some(old.id);
+        if run.dedup_key.is_none() {
+            run.dedup_key = Some(format!("retry|{}", old.id));
+        }
+        if spec.resumable {
+            run.checkpoint = old.checkpoint.clone();
+        }
+        let on_new =
+            AuditEntry::new(now, actor.clone(), Transition::Retry.action()).details(json!({ "retry_of": old.id }));
+        let mut on_old = AuditEntry::new(now, actor.clone(), Transition::Retried.action())
+            .details(json!({ "retry_run_id": run.id }));
+        on_old.run_id = Some(old.id);
+        on_old.workspace_id = Some(old.workspace_id.clone());
+        on_old.environment_id = old.environment_id.clone();
+        on_old.to_status = Some(old.status);
+        on_old.outcome = Some(old.outcome);
+        self.insert(run, &[on_new, on_old]).await
+    }
+}
