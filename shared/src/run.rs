@@ -135,9 +135,4 @@ impl OperationRun {
             target_id: self.target_id.clone(),
         }
     }
-
-    /// Queued or running.
-    pub fn is_active(&self) -> bool {
-        self.status != RunStatus::Completed
-    }
 }

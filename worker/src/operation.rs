@@ -223,9 +223,4 @@ impl Operations {
     pub fn for_operation(&self, operation: &str, spec: &OperationSpec) -> Option<Arc<dyn Operation>> {
         self.kinds.get(spec.kind.as_deref().unwrap_or(operation)).cloned()
     }
-
-    /// Whether a kind is registered.
-    pub fn knows(&self, kind: &str) -> bool {
-        self.kinds.contains_key(kind)
-    }
 }
