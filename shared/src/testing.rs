@@ -106,22 +106,11 @@ impl TestStore {
         let url = fresh_postgres_database().await;
         let store = Arc::new(PgRunStore::connect(&url, 8).await.expect("connect to the test database"));
         store.migrate().await.expect("migrate the test database");
-        let database = Database {
-            runs: store.clone(),
-            access: store.clone(),
-            tokens: store.clone(),
-            ticks: store.clone(),
-            sqlite: None,
-        };
-        Self {
-            store: store.clone(),
-            access: store.clone(),
-            tokens: store.clone(),
-            ticks: store,
-            database,
+        Self::over(
+            Database { runs: store.clone(), access: store.clone(), tokens: store.clone(), ticks: store, sqlite: None },
             url,
-            _dir: None,
-        }
+            None,
+        )
     }
 
     /// A fresh SQLite file ([`kept_dir`]: left for the closing secret scan).
@@ -130,21 +119,22 @@ impl TestStore {
         let url = format!("sqlite://{}", dir.path().join("oprun.db").display());
         let store = Arc::new(SqliteRunStore::connect(&url, 8).await.expect("open the test SQLite file"));
         store.migrate().await.expect("migrate the test SQLite file");
-        let database = Database {
-            runs: store.clone(),
-            access: store.clone(),
-            tokens: store.clone(),
-            ticks: store.clone(),
-            sqlite: Some(store.pool().clone()),
-        };
+        let sqlite = Some(store.pool().clone());
+        let database =
+            Database { runs: store.clone(), access: store.clone(), tokens: store.clone(), ticks: store, sqlite };
+        Self::over(database, url, Some(dir))
+    }
+
+    /// The parts of `database` as fields of their own, and the database.
+    fn over(database: Database, url: String, dir: Option<tempfile::TempDir>) -> Self {
         Self {
-            store: store.clone(),
-            access: store.clone(),
-            tokens: store.clone(),
-            ticks: store,
+            store: database.runs.clone(),
+            access: database.access.clone(),
+            tokens: database.tokens.clone(),
+            ticks: database.ticks.clone(),
             database,
             url,
-            _dir: Some(dir),
+            _dir: dir,
         }
     }
 }
