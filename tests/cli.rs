@@ -26,6 +26,15 @@ fn oprun(dir: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// Run `oprun args` in `dir`, expecting a usage error (exit 2, the case
+/// named `what` on failure); its stderr.
+fn usage_error(dir: &Path, args: &[&str], what: &str) -> String {
+    let out = oprun(dir, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    err
+}
+
 fn uuid_like() -> String {
     "01a20f3e-0000-7000-8000-000000000000".to_string()
 }
@@ -151,9 +160,7 @@ fn bad_dispatch_input_exits_2_and_writes_nothing() {
         ([&base[..], &["--as", "ops-user-1", "--params", r#"{"client_secret":"x"}"#]].concat(), "client_secret"),
     ];
     for (args, needle) in cases {
-        let out = oprun(p, &args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let err = usage_error(p, &args, &format!("{args:?}"));
         assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
     }
     assert!(runs(p).is_empty(), "nothing was written");
@@ -292,9 +299,7 @@ fn a_missing_provider_token_is_a_start_up_error_naming_the_variable_or_file() {
             ),
         )
         .unwrap();
-        let out = oprun(p, &["--config", cfg.to_str().unwrap(), "worker"]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let err = usage_error(p, &["--config", cfg.to_str().unwrap(), "worker"], needle);
         assert!(err.contains(needle) && err.contains("providers.graph"), "{err}");
     }
 }
@@ -426,9 +431,7 @@ fn huge_durations_are_a_usage_error_naming_the_field() {
     // --expires-in: too long to store (chrono overflow: the token never
     // expired), too long to add to now (a panic), zero, or past the cap.
     for lifetime in ["100000000000y", "1000000y", "11y", "0s"] {
-        let out = oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", lifetime]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{lifetime}: {err}");
+        let err = usage_error(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", lifetime], lifetime);
         assert!(err.contains("--expires-in") && !err.contains("panicked"), "{lifetime}: {err}");
     }
     assert_eq!(count(p, "SELECT COUNT(*) FROM api_tokens"), 0, "no token was written");
@@ -464,9 +467,7 @@ fn huge_durations_are_a_usage_error_naming_the_field() {
     ] {
         let cfg = p.join("huge.toml");
         std::fs::write(&cfg, format!("{text}\n[store]\nurl = \"sqlite://{}/huge.db\"\n", p.display())).unwrap();
-        let out = oprun(p, &["--config", cfg.to_str().unwrap(), "runs", "list"]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{field}: {err}");
+        let err = usage_error(p, &["--config", cfg.to_str().unwrap(), "runs", "list"], field);
         assert!(err.contains(field) && err.contains("at most"), "{field}: {err}");
     }
 }
