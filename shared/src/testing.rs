@@ -371,7 +371,7 @@ impl FaultyStore {
 
     fn blip(&self) -> StoreError {
         self.refused.fetch_add(1, SeqCst);
-        StoreError::Database(sqlx::Error::PoolTimedOut)
+        StoreError::from(sqlx::Error::PoolTimedOut)
     }
 }
 

@@ -11,13 +11,16 @@ use crate::counts::SummaryCounts;
 use crate::lifecycle::{RunOutcome, RunStatus};
 use crate::run::{FailureEntry, OperationRun};
 
-mod access_sql;
 mod postgres;
 mod sql;
 mod sqlite;
 
 pub use postgres::PgRunStore;
+pub use sql::{Backend, SqlStore};
 pub use sqlite::SqliteRunStore;
+
+/// A driver's error, kept as the source of a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A storage failure (as opposed to a refused transition).
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +28,17 @@ pub use sqlite::SqliteRunStore;
 pub enum StoreError {
     /// The database could not be reached or refused a statement.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] BoxError),
     /// Applying the schema failed.
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] BoxError),
+    /// Inserting a run met an active run holding its dedup key, which had
+    /// finished when read, every time.
+    #[error("dedup key kept changing hands; gave up after {tries} tries")]
+    DedupContended {
+        /// How many times it tried.
+        tries: usize,
+    },
     /// A stored value does not decode (a CHECK should have prevented it).
     #[error("stored run {id} has an unreadable {field}: {problem}")]
     Corrupt {

@@ -1,21 +1,29 @@
-//! The SQLite run store: the embedded default, one file, no servers.
+//! The SQLite run store: the embedded default, one file, no servers. The
+//! queries are `store::sql`'s; here is how SQLite runs them (one bind per
+//! id, writers taking the lock up front, a busy handler that retries soon),
+//! and the two writes it makes in two statements, having no data-modifying
+//! `WITH`.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-
-use crate::store::access_sql::impl_access_store;
-use crate::store::sql::{
-    const_format_active_by_key, impl_run_store, insert_runs_in_two_statements, push_ids_as_list, stale_page_plan_as_is,
-    write_audited_in_two_statements,
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
+use sqlx::{Pool, Sqlite, Transaction};
+use uuid::Uuid;
 
-/// Runs and audit in one SQLite file.
-#[derive(Debug, Clone)]
-pub struct SqliteRunStore {
-    pool: SqlitePool,
-}
+use crate::audit::AuditEntry;
+use crate::run::OperationRun;
+use crate::store::sql::run_store::insert_audit;
+use crate::store::sql::runs;
+use crate::store::sql::{Backend, SqlStore, Stmt, fetch_rows};
+use crate::store::{Guard, RunWrite, StoreError};
+
+/// Runs, audit, access, tokens and ticks in one SQLite file.
+pub type SqliteRunStore = SqlStore<Sqlite>;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -41,18 +49,7 @@ impl SqliteRunStore {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
-    }
-
-    /// The pool (for the access tables and the queue).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// Writers take the write lock up front, so that a transaction never has
-    /// to upgrade a read lock (which SQLite refuses without waiting).
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        Ok(Self::from_pool(pool))
     }
 }
 
@@ -90,9 +87,80 @@ fn wait_briefly_when_busy(db: std::ptr::NonNull<libsqlite3_sys::sqlite3>) -> Res
     }
 }
 
-push_ids_as_list!(sqlx::Sqlite);
-stale_page_plan_as_is!(sqlx::Sqlite);
-write_audited_in_two_statements!(sqlx::Sqlite, sqlx::sqlite::SqliteRow);
-insert_runs_in_two_statements!(sqlx::Sqlite);
-impl_run_store!(SqliteRunStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "sqlite", MIGRATOR);
-impl_access_store!(SqliteRunStore, sqlx::Sqlite);
+impl Backend for Sqlite {
+    const BACKEND: &'static str = "sqlite";
+
+    async fn migrate(pool: &Pool<Self>) -> Result<(), StoreError> {
+        MIGRATOR.run(pool).await?;
+        Ok(())
+    }
+
+    /// Writers take the write lock up front, so that a transaction never has
+    /// to upgrade a read lock (which SQLite refuses without waiting).
+    async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn fetch(conn: &mut SqliteConnection, stmt: Stmt) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        let args = stmt.arguments::<Sqlite>(|_, _| Err("SQLite has no arrays: list the ids".into()))?;
+        fetch_rows::<Sqlite>(conn, stmt, args).await
+    }
+
+    async fn execute(conn: &mut SqliteConnection, stmt: Stmt) -> Result<u64, sqlx::Error> {
+        let args = stmt.arguments::<Sqlite>(|_, _| Err("SQLite has no arrays: list the ids".into()))?;
+        Ok(sqlx::query_with(sqlx::AssertSqlSafe(stmt.sql), args).execute(conn).await?.rows_affected())
+    }
+
+    /// `id IN (…)`, one bind per id (SQLite has no arrays).
+    fn push_ids(stmt: &mut Stmt, ids: &[Uuid]) {
+        stmt.push(" id IN ").bind_list(ids.iter().copied());
+    }
+
+    /// No plan settings: the planner reads the seeded statistics (see
+    /// `worker::queue`).
+    async fn plan_stale_page(_: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// The `UPDATE … RETURNING`, then one audit row per run written, filled
+    /// in from what it returned.
+    async fn write_audited(
+        conn: &mut SqliteConnection,
+        ids: &[Uuid],
+        guard: &Guard,
+        write: &RunWrite,
+        now: DateTime<Utc>,
+        audit: Option<&AuditEntry>,
+        returning: &str,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let mut q = runs::update_guarded::<Sqlite>(ids, guard, write, now);
+        q.push(&format!(" RETURNING {returning}"));
+        let rows = Self::fetch(&mut *conn, q).await?;
+        if let Some(audit) = audit {
+            let entries =
+                rows.iter().map(|row| runs::audit_for_written(row, audit, guard)).collect::<Result<Vec<_>, _>>()?;
+            insert_audit::<Sqlite>(&mut *conn, &entries).await?;
+        }
+        Ok(rows)
+    }
+
+    /// The multi-row `INSERT … RETURNING`, then each written run's audit
+    /// row, filled in from it.
+    async fn insert_new_runs(
+        conn: &mut SqliteConnection,
+        chunk: &[(OperationRun, AuditEntry)],
+    ) -> Result<Vec<OperationRun>, StoreError> {
+        let audit_of: HashMap<Uuid, &AuditEntry> = chunk.iter().map(|(r, a)| (r.id, a)).collect();
+        let mut written = Vec::with_capacity(chunk.len());
+        let mut entries = Vec::with_capacity(chunk.len());
+        for row in Self::fetch(&mut *conn, runs::insert_runs(chunk.iter().map(|(r, _)| r))).await? {
+            let run = runs::run_from_row(&row)?;
+            if let Some(a) = audit_of.get(&run.id) {
+                entries.push(a.for_run(&run));
+            }
+            written.push(run);
+        }
+        insert_audit::<Sqlite>(&mut *conn, &entries).await?;
+        Ok(written)
+    }
+}

@@ -1,0 +1,233 @@
+//! [`RunStore`] over a [`Backend`]: transactions, chunking and the retry of a
+//! dedup race around the queries of `runs.rs`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::runs::{self, BRIEF_COLUMNS, SELECT_ACTIVE_FOR_KEY, SELECT_AUDIT_FOR_RUN, SELECT_RUN};
+use super::{Backend, SqlStore, Stmt};
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::run::OperationRun;
+use crate::store::{Guard, Inserted, RunFilter, RunStore, RunWrite, StaleQuery, StaleRun, StoreError, Update, Written};
+
+/// Ids a statement names at most (SQLite binds one each).
+const IDS_PER_STATEMENT: usize = 1000;
+
+/// Audit rows an insert writes at most (12 binds a row, under both backends'
+/// bind limits).
+const AUDIT_PER_STATEMENT: usize = 2000;
+
+/// Write `entries` on `conn`.
+pub(crate) async fn insert_audit<B: Backend>(
+    conn: &mut B::Connection,
+    entries: &[AuditEntry],
+) -> Result<(), StoreError> {
+    for chunk in entries.chunks(AUDIT_PER_STATEMENT) {
+        B::execute(&mut *conn, runs::insert_audit(chunk)).await?;
+    }
+    Ok(())
+}
+
+/// One guarded write inside a transaction on `conn`, with its audit rows;
+/// the runs written.
+async fn update_in<B: Backend>(
+    conn: &mut B::Connection,
+    ids: &[Uuid],
+    guard: &Guard,
+    write: &RunWrite,
+    now: DateTime<Utc>,
+    audit: Option<&AuditEntry>,
+) -> Result<Vec<OperationRun>, StoreError> {
+    let mut written = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        for row in B::write_audited(&mut *conn, chunk, guard, write, now, audit, "*").await? {
+            written.push(runs::run_from_row(&row)?);
+        }
+    }
+    if let Some(add) = write.counts_add.as_ref().filter(|c| !c.is_empty()) {
+        // Counts merge in Rust, from the full row.
+        for run in &mut written {
+            let mut counts = run.summary_counts.clone();
+            counts.merge(add);
+            B::execute(&mut *conn, runs::update_counts(run.id, &counts)).await?;
+            run.summary_counts = counts;
+        }
+    }
+    Ok(written)
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// The first run of `stmt`'s rows, decoded.
+    async fn one_run(&self, stmt: Stmt) -> Result<Option<OperationRun>, StoreError> {
+        self.fetch(stmt).await?.first().map(runs::run_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl<B: Backend> RunStore for SqlStore<B> {
+    fn backend(&self) -> &'static str {
+        B::BACKEND
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        B::migrate(&self.pool).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.execute(Stmt::new("SELECT 1")).await?;
+        Ok(())
+    }
+
+    async fn insert_run(&self, run: &OperationRun, audit: &[AuditEntry]) -> Result<Inserted, StoreError> {
+        // A conflicting active run may complete between our conflict and our
+        // read of it; then the key is free and we try again.
+        const TRIES: usize = 16;
+        for _ in 0..TRIES {
+            let mut tx = B::begin_write(&self.pool).await?;
+            if let Some(row) = B::fetch(&mut tx, runs::insert_runs([run])).await?.first() {
+                let written = runs::run_from_row(row)?;
+                let entries: Vec<AuditEntry> =
+                    audit.iter().map(|a| if a.run_id.is_none() { a.for_run(&written) } else { a.clone() }).collect();
+                insert_audit::<B>(&mut tx, &entries).await?;
+                tx.commit().await?;
+                return Ok(Inserted::New(written));
+            }
+            let key = run.dedup_key.clone().unwrap_or_default();
+            let existing = B::fetch(&mut tx, Stmt::new(SELECT_ACTIVE_FOR_KEY).arg(key)).await?;
+            tx.rollback().await?;
+            if let Some(row) = existing.first() {
+                return Ok(Inserted::Existing(runs::run_from_row(row)?));
+            }
+        }
+        Err(StoreError::DedupContended { tries: TRIES })
+    }
+
+    async fn update_runs(
+        &self,
+        ids: &[Uuid],
+        guard: &Guard,
+        write: &RunWrite,
+        now: DateTime<Utc>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Vec<OperationRun>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = B::begin_write(&self.pool).await?;
+        let written = update_in::<B>(&mut tx, ids, guard, write, now, audit).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn update_runs_brief(
+        &self,
+        ids: &[Uuid],
+        guard: &Guard,
+        write: &RunWrite,
+        now: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Written>, StoreError> {
+        if write.adds_counts() {
+            // Counts merge in Rust, from the full row.
+            let runs = self.update_runs(ids, guard, write, now, Some(audit)).await?;
+            return Ok(runs.iter().map(|r| Written { id: r.id, attempt: r.attempt }).collect());
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = B::begin_write(&self.pool).await?;
+        let mut written = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            for row in B::write_audited(&mut tx, chunk, guard, write, now, Some(audit), BRIEF_COLUMNS).await? {
+                written.push(runs::written_from_row(&row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn update_batch(&self, updates: &[Update], now: DateTime<Utc>) -> Result<Vec<Vec<OperationRun>>, StoreError> {
+        if updates.iter().all(|u| u.ids.is_empty()) {
+            return Ok(updates.iter().map(|_| Vec::new()).collect());
+        }
+        let mut tx = B::begin_write(&self.pool).await?;
+        let mut out = Vec::with_capacity(updates.len());
+        for u in updates {
+            if u.ids.is_empty() {
+                out.push(Vec::new());
+                continue;
+            }
+            out.push(update_in::<B>(&mut tx, &u.ids, &u.guard, &u.write, now, u.audit.as_ref()).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn insert_runs(&self, runs: &[(OperationRun, AuditEntry)]) -> Result<Vec<Inserted>, StoreError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = B::begin_write(&self.pool).await?;
+        let mut written = HashMap::with_capacity(runs.len());
+        for chunk in runs.chunks(IDS_PER_STATEMENT) {
+            for run in B::insert_new_runs(&mut tx, chunk).await? {
+                written.insert(run.id, run);
+            }
+        }
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(runs.len());
+        for (run, audit) in runs {
+            match written.remove(&run.id) {
+                Some(w) => out.push(Inserted::New(w)),
+                // Its dedup key was held: the one-run path reads the holder
+                // (and retries if the holder finished meanwhile).
+                None => out.push(self.insert_run(run, std::slice::from_ref(audit)).await?),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_runs(&self, ids: &[Uuid]) -> Result<Vec<OperationRun>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            for row in self.fetch(runs::select_runs::<B>(chunk)).await? {
+                out.push(runs::run_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_run(&self, id: Uuid) -> Result<Option<OperationRun>, StoreError> {
+        self.one_run(Stmt::new(SELECT_RUN).arg(id)).await
+    }
+
+    async fn active_run_for_key(&self, dedup_key: &str) -> Result<Option<OperationRun>, StoreError> {
+        self.one_run(Stmt::new(SELECT_ACTIVE_FOR_KEY).arg(dedup_key)).await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, StoreError> {
+        let Some(stmt) = runs::list_runs(filter) else { return Ok(Vec::new()) };
+        self.fetch(stmt).await?.iter().map(runs::run_from_row).collect()
+    }
+
+    async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<StaleRun>, StoreError> {
+        let Some(stmt) = runs::select_stale_page(query) else { return Ok(Vec::new()) };
+        let mut tx = self.pool.begin().await?;
+        B::plan_stale_page(&mut tx).await?;
+        let rows = B::fetch(&mut tx, stmt).await?;
+        tx.commit().await?;
+        rows.iter().map(runs::stale_from_row).collect()
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_audit::<B>(&mut conn, std::slice::from_ref(entry)).await
+    }
+
+    async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError> {
+        self.fetch(Stmt::new(SELECT_AUDIT_FOR_RUN).arg(run_id)).await?.iter().map(runs::audit_from_row).collect()
+    }
+}
