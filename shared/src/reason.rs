@@ -18,86 +18,64 @@ text_enum! {
     ReasonCode, "reason code" {
         /// Execution-time reauthorization: the actor that started the run no
         /// longer exists. Written by the worker's `block`.
-        #[serde(rename = "execution.actor_unknown")]
         ExecutionActorUnknown => "execution.actor_unknown",
         /// Execution-time reauthorization: the initiating actor is disabled.
         /// Written by the worker's `block`.
-        #[serde(rename = "execution.actor_disabled")]
         ExecutionActorDisabled => "execution.actor_disabled",
         /// Execution-time reauthorization (or a refused scheduled dispatch):
         /// the initiating actor no longer holds the operation's capability.
-        #[serde(rename = "execution.capability_missing")]
         ExecutionCapabilityMissing => "execution.capability_missing",
         /// Execution-time reauthorization: the workspace is suspended or
         /// archived.
-        #[serde(rename = "execution.workspace_inactive")]
         ExecutionWorkspaceInactive => "execution.workspace_inactive",
         /// Execution-time reauthorization: the target environment is disabled,
         /// onboarding or being removed.
-        #[serde(rename = "execution.environment_not_operable")]
         ExecutionEnvironmentNotOperable => "execution.environment_not_operable",
         /// Execution-time reauthorization: the run's environment or target
         /// moved out of its scope after dispatch.
-        #[serde(rename = "execution.scope_changed")]
         ExecutionScopeChanged => "execution.scope_changed",
         /// Execution-time check: the provider connection the run needs is
         /// missing, disabled or expired.
-        #[serde(rename = "execution.provider_connection_unusable")]
         ExecutionProviderConnectionUnusable => "execution.provider_connection_unusable",
         /// A handler's completion: the provider kept throttling (429) past the
         /// handler's patience.
-        #[serde(rename = "provider.throttled")]
         ProviderThrottled => "provider.throttled",
         /// A handler's completion: the provider answered 5xx or could not be
         /// reached.
-        #[serde(rename = "provider.unavailable")]
         ProviderUnavailable => "provider.unavailable",
         /// A handler's completion: the provider did not answer in time.
-        #[serde(rename = "provider.timeout")]
         ProviderTimeout => "provider.timeout",
         /// A handler's completion: the provider rejected the connection's
         /// credentials (401).
-        #[serde(rename = "provider.auth_failed")]
         ProviderAuthFailed => "provider.auth_failed",
         /// A handler's block: the provider refused for lack of a permission
         /// (403).
-        #[serde(rename = "provider.permission_missing")]
         ProviderPermissionMissing => "provider.permission_missing",
         /// A handler's completion: the target does not exist at the provider
         /// (404).
-        #[serde(rename = "provider.not_found")]
         ProviderNotFound => "provider.not_found",
         /// A handler's completion: the provider's answer could not be
         /// understood.
-        #[serde(rename = "provider.bad_response")]
         ProviderBadResponse => "provider.bad_response",
         /// A handler's completion: the provider refused a change made against
         /// a stale version (409/412).
-        #[serde(rename = "provider.conflict")]
         ProviderConflict => "provider.conflict",
         /// The reconciler's `expire`: the worker stopped renewing its lease and
         /// no attempts were left.
-        #[serde(rename = "run.lease_expired")]
         RunLeaseExpired => "run.lease_expired",
         /// The reconciler's `expire`: no worker claimed the queued run in time.
-        #[serde(rename = "run.never_started")]
         RunNeverStarted => "run.never_started",
         /// `cancel` (and a cancel request honoured by the worker): an operator
         /// stopped the run.
-        #[serde(rename = "run.cancelled_by_operator")]
         RunCancelledByOperator => "run.cancelled_by_operator",
         /// The worker: the run's parameters do not fit its operation.
-        #[serde(rename = "run.payload_invalid")]
         RunPayloadInvalid => "run.payload_invalid",
         /// The worker: this deployment's catalog does not know the run's
         /// operation.
-        #[serde(rename = "run.operation_unknown")]
         RunOperationUnknown => "run.operation_unknown",
         /// The worker: the handler panicked.
-        #[serde(rename = "run.handler_panicked")]
         RunHandlerPanicked => "run.handler_panicked",
         /// Anything a handler could not classify.
-        #[serde(rename = "unknown_error")]
         UnknownError => "unknown_error",
     }
 }
