@@ -58,9 +58,6 @@ pub enum CaseStatus {
     /// Nothing to do: the run is queued or running, was cancelled, or a newer
     /// run retries it.
     Informational,
-    /// Ready to go again as it is. Not produced for a single run today; kept
-    /// for surfaces that aggregate cases.
-    Ready,
     /// The run succeeded.
     Resolved,
     /// The run ended for a reason this version does not recognise (or is in a
@@ -76,9 +73,6 @@ pub enum ActionKind {
     Navigation,
     /// Retry the run (a new run, `retry_of` this one).
     Retry,
-    /// Reconcile stale runs. Not produced for a single run today (staleness
-    /// needs a clock); kept for surfaces that aggregate cases.
-    Reconcile,
     /// Ask a workspace admin; needs no capability.
     ContactAdmin,
     /// Nothing to do.

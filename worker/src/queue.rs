@@ -97,14 +97,14 @@ async fn migrate_sqlite_queue(pool: &SqlitePool) -> anyhow::Result<()> {
     let mut migrator = SqliteStorage::<()>::migrations();
     migrator.dangerous_set_table_name("_apalis_migrations");
     migrator.run(pool).await?;
-    seed_planner_statistics(pool).await
+    Ok(oprun_shared::store::seed_planner_statistics(pool, QUEUE_STATISTICS).await?)
 }
 
-/// Planner statistics (`sqlite_stat1` rows: table, index, "rows, then rows
-/// per distinct prefix of the index's columns") for the queue's and the run
-/// store's busy tables, as they look after a long history: a million rows,
-/// ids unique, a few workers, a status column of a few values, small partial
-/// indexes of the pending, running and failed rows.
+/// Planner statistics for the queue's busy tables, as they look after a
+/// long history: a million jobs, ids unique, a few workers, a status column
+/// of a few values, small partial indexes of the pending, running and failed
+/// jobs (the run store seeds its own tables the same way: see
+/// `oprun_shared::store::seed_planner_statistics`).
 ///
 /// Without them SQLite plans as if every table were empty (an `ANALYZE` on
 /// a fresh file records zero rows, and nothing analyzes again): apalis's ack
@@ -113,7 +113,7 @@ async fn migrate_sqlite_queue(pool: &SqlitePool) -> anyhow::Result<()> {
 /// history and the backlog grow (measured here: 20,000 bench runs at 69/s,
 /// bare apalis-sqlite jobs at 70/s). With them, every by-id statement uses
 /// the primary key.
-const PLANNER_STATISTICS: &[(&str, Option<&str>, &str)] = &[
+const QUEUE_STATISTICS: &[(&str, Option<&str>, &str)] = &[
     ("Jobs", None, "1000000"),
     ("Jobs", Some("sqlite_autoindex_Jobs_1"), "1000000 1"),
     ("Jobs", Some("LIdx"), "1000000 250000"),
@@ -130,69 +130,7 @@ const PLANNER_STATISTICS: &[(&str, Option<&str>, &str)] = &[
     ("Workers", Some("Idx"), "100 1"),
     ("Workers", Some("WTIdx"), "100 50"),
     ("Workers", Some("LSIdx"), "100 1"),
-    ("operation_runs", None, "1000000"),
-    ("operation_runs", Some("sqlite_autoindex_operation_runs_1"), "1000000 1"),
-    ("operation_runs", Some("operation_runs_one_active_per_dedup_key"), "1000 1"),
-    ("operation_runs", Some("operation_runs_queued_at"), "10000 1"),
-    ("operation_runs", Some("operation_runs_running_id"), "1000 1"),
-    ("operation_runs", Some("operation_runs_workspace_id"), "1000000 50000 1"),
-    ("operation_runs", Some("operation_runs_retry_of"), "1000 1"),
-    ("audit_events", None, "5000000"),
-    ("audit_events", Some("audit_events_run_id"), "5000000 5 1"),
 ];
-
-/// Write [`PLANNER_STATISTICS`] (replacing whatever an `ANALYZE` recorded
-/// for those tables) in one transaction, and make every open connection of
-/// the file load them: statistics are read when a connection loads the
-/// schema, so the transaction also changes the schema (a throwaway table),
-/// which makes every other connection reload it before its next statement.
-async fn seed_planner_statistics(pool: &SqlitePool) -> anyhow::Result<()> {
-    let has_stat1: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").fetch_one(pool).await?;
-    if has_stat1 == 0 {
-        // Creates sqlite_stat1 (there is no other way to create it); cheap
-        // on the fresh file this normally is.
-        sqlx::query("ANALYZE").execute(pool).await?;
-    }
-    // Already seeded (every command that opens the queue gets here): leave
-    // the file, and the schema every other open connection holds, alone.
-    let current: Vec<(String, Option<String>, String)> = sqlx::query_as(
-        "SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl IN ('Jobs', 'Workers', 'operation_runs', 'audit_events')",
-    )
-    .fetch_all(pool)
-    .await?;
-    let seeded = current.len() == PLANNER_STATISTICS.len()
-        && PLANNER_STATISTICS
-            .iter()
-            .all(|(t, i, st)| current.iter().any(|(ct, ci, cs)| ct == t && ci.as_deref() == *i && cs == st));
-    if seeded {
-        return Ok(());
-    }
-    // One connection for the write and the reload: the connection that
-    // changes the schema does not see its own change as a change, so it keeps
-    // the statistics it loaded before (zero rows) unless it reloads them
-    // itself. (Seen: one pool connection of nine kept planning apalis's ack
-    // as a walk of every job its worker ever locked, and 20,000 runs slowed
-    // as they went.)
-    let mut conn = pool.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    for table in ["Jobs", "Workers", "operation_runs", "audit_events"] {
-        sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = ?").bind(table).execute(&mut *tx).await?;
-    }
-    for (table, index, stat) in PLANNER_STATISTICS {
-        sqlx::query("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)")
-            .bind(table)
-            .bind(index)
-            .bind(stat)
-            .execute(&mut *tx)
-            .await?;
-    }
-    sqlx::query("CREATE TABLE _oprun_reload_statistics (x)").execute(&mut *tx).await?;
-    sqlx::query("DROP TABLE _oprun_reload_statistics").execute(&mut *tx).await?;
-    tx.commit().await?;
-    sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
-    Ok(())
-}
 
 impl Queue {
     /// Open the queue the config names; the SQLite queue needs the store's pool.

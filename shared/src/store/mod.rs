@@ -17,7 +17,7 @@ mod sqlite;
 
 pub use postgres::PgRunStore;
 pub use sql::{Backend, SqlStore};
-pub use sqlite::SqliteRunStore;
+pub use sqlite::{SqliteRunStore, seed_planner_statistics};
 
 /// A driver's error, kept as the source of a [`StoreError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

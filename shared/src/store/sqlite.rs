@@ -92,7 +92,7 @@ impl Backend for Sqlite {
 
     async fn migrate(pool: &Pool<Self>) -> Result<(), StoreError> {
         MIGRATOR.run(pool).await?;
-        Ok(())
+        seed_planner_statistics(pool, RUN_STATISTICS).await
     }
 
     /// Writers take the write lock up front, so that a transaction never has
@@ -163,4 +163,81 @@ impl Backend for Sqlite {
         insert_audit::<Sqlite>(&mut *conn, &entries).await?;
         Ok(written)
     }
+}
+
+/// Planner statistics (`sqlite_stat1` rows: table, index, "rows, then rows
+/// per distinct prefix of the index's columns") for the run store's busy
+/// tables as they look after a long history: a million runs, ids unique,
+/// small partial indexes of the queued and running ones, five audit rows a
+/// run. Without them SQLite plans as if every table were empty (an
+/// `ANALYZE` on a fresh file records zero rows, and nothing analyzes again),
+/// and a by-id write may walk an index instead of using the primary key.
+const RUN_STATISTICS: &[(&str, Option<&str>, &str)] = &[
+    ("operation_runs", None, "1000000"),
+    ("operation_runs", Some("sqlite_autoindex_operation_runs_1"), "1000000 1"),
+    ("operation_runs", Some("operation_runs_one_active_per_dedup_key"), "1000 1"),
+    ("operation_runs", Some("operation_runs_queued_at"), "10000 1"),
+    ("operation_runs", Some("operation_runs_running_id"), "1000 1"),
+    ("operation_runs", Some("operation_runs_workspace_id"), "1000000 50000 1"),
+    ("operation_runs", Some("operation_runs_retry_of"), "1000 1"),
+    ("audit_events", None, "5000000"),
+    ("audit_events", Some("audit_events_run_id"), "5000000 5 1"),
+];
+
+/// Write `stats` (replacing whatever an `ANALYZE` recorded for their tables)
+/// in one transaction, and make every open connection of the file load
+/// them: statistics are read when a connection loads the schema, so the
+/// transaction also changes the schema (a throwaway table), which makes
+/// every other connection reload it before its next statement. Does
+/// nothing when the file already holds exactly these rows for the tables.
+pub async fn seed_planner_statistics(
+    pool: &sqlx::SqlitePool,
+    stats: &[(&str, Option<&str>, &str)],
+) -> Result<(), StoreError> {
+    let mut tables: Vec<&str> = stats.iter().map(|(t, _, _)| *t).collect();
+    tables.dedup();
+    let has_stat1: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").fetch_one(pool).await?;
+    if has_stat1 == 0 {
+        // Creates sqlite_stat1 (there is no other way to create it); cheap
+        // on the fresh file this normally is.
+        sqlx::query("ANALYZE").execute(pool).await?;
+    }
+    // Already seeded (every command that opens the file gets here): leave
+    // the file, and the schema every other open connection holds, alone.
+    let current: Vec<(String, Option<String>, String)> = sqlx::query_as("SELECT tbl, idx, stat FROM sqlite_stat1")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .filter(|(t, _, _): &(String, Option<String>, String)| tables.contains(&t.as_str()))
+        .collect();
+    let seeded = current.len() == stats.len()
+        && stats.iter().all(|(t, i, st)| current.iter().any(|(ct, ci, cs)| ct == t && ci.as_deref() == *i && cs == st));
+    if seeded {
+        return Ok(());
+    }
+    // One connection for the write and the reload: the connection that
+    // changes the schema does not see its own change as a change, so it keeps
+    // the statistics it loaded before (zero rows) unless it reloads them
+    // itself. (Seen: one pool connection of nine kept planning apalis's ack
+    // as a walk of every job its worker ever locked, and 20,000 runs slowed
+    // as they went.)
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    for table in &tables {
+        sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = ?").bind(*table).execute(&mut *tx).await?;
+    }
+    for (table, index, stat) in stats {
+        sqlx::query("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)")
+            .bind(*table)
+            .bind(*index)
+            .bind(*stat)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("CREATE TABLE _oprun_reload_statistics (x)").execute(&mut *tx).await?;
+    sqlx::query("DROP TABLE _oprun_reload_statistics").execute(&mut *tx).await?;
+    tx.commit().await?;
+    sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
+    Ok(())
 }
