@@ -68,17 +68,26 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
-/// An API error: a status and a JSON body.
+/// An API error: a status and a JSON body, and the cause behind a 5xx
+/// (never shown to the caller; logged once, by [`log_errors`]).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    cause: Option<String>,
+}
+
+/// What a failed response carries for [`log_errors`] to log.
+#[derive(Debug, Clone)]
+struct Failure {
+    code: &'static str,
+    cause: Option<String>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), cause: None }
     }
 
     fn invalid(message: impl Into<String>) -> Self {
@@ -90,16 +99,37 @@ impl ApiError {
     }
 
     fn unavailable(e: impl std::fmt::Display) -> Self {
-        tracing::warn!(error = %e, "api: store unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the run store is unavailable; try again")
+        let mut err =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the run store is unavailable; try again");
+        err.cause = Some(e.to_string());
+        err
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(Failure { code: self.code, cause: self.cause });
+        response
     }
+}
+
+/// Log every error response once, with its route (as axum's error-handling
+/// example does): a server error as a warning with its cause, a refused
+/// request at debug.
+async fn log_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    if let Some(f) = response.extensions().get::<Failure>() {
+        let status = response.status().as_u16();
+        match &f.cause {
+            Some(cause) => tracing::warn!(%method, %path, status, code = f.code, error = %cause, "api: request failed"),
+            None => tracing::debug!(%method, %path, status, code = f.code, "api: request refused"),
+        }
+    }
+    response
 }
 
 impl From<ActionError> for ApiError {
@@ -471,7 +501,8 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let router = router
         .route("/v1/openapi.json", axum::routing::get(move || async move { Json(served) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(log_errors));
     (router, doc)
 }
 
