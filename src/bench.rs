@@ -433,7 +433,7 @@ struct Count(Arc<AtomicU64>);
 
 #[async_trait]
 impl JobHandler for Count {
-    async fn handle(&self, _payload: Value) -> Result<(), String> {
+    async fn handle(&self, _payload: Value) -> Result<(), oprun_worker::Retry> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

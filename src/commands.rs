@@ -123,7 +123,7 @@ async fn dispatch(path: Option<&std::path::Path>, args: DispatchArgs) -> CliResu
     };
     let outcome = dispatcher.dispatch(req).await.map_err(|e| match e {
         DispatchError::Invalid(m) => CliError::Usage(m),
-        DispatchError::Store(m) => CliError::Runtime(m),
+        DispatchError::Store(e) => CliError::Runtime(format!("run store: {e}")),
     })?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default())?;

@@ -22,13 +22,13 @@ pub enum DispatchError {
     Invalid(String),
     /// The store failed.
     #[error("run store: {0}")]
-    Store(String),
+    Store(#[source] StoreError),
 }
 
 impl From<ServiceError> for DispatchError {
     fn from(e: ServiceError) -> Self {
         match e {
-            ServiceError::Store(s) => DispatchError::Store(s.to_string()),
+            ServiceError::Store(s) => DispatchError::Store(s),
             other => DispatchError::Invalid(other.to_string()),
         }
     }
@@ -36,7 +36,7 @@ impl From<ServiceError> for DispatchError {
 
 impl From<StoreError> for DispatchError {
     fn from(e: StoreError) -> Self {
-        DispatchError::Store(e.to_string())
+        DispatchError::Store(e)
     }
 }
 

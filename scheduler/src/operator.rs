@@ -36,7 +36,7 @@ pub enum ActionError {
     Invalid(String),
     /// The store failed (503).
     #[error("run store: {0}")]
-    Store(String),
+    Store(#[source] oprun_shared::store::BoxError),
 }
 
 impl ActionError {
@@ -52,8 +52,8 @@ impl ActionError {
     }
 }
 
-fn store(e: impl std::fmt::Display) -> ActionError {
-    ActionError::Store(e.to_string())
+fn store(e: impl std::error::Error + Send + Sync + 'static) -> ActionError {
+    ActionError::Store(Box::new(e))
 }
 
 fn from_service(id: Uuid, e: ServiceError) -> ActionError {
@@ -61,7 +61,7 @@ fn from_service(id: Uuid, e: ServiceError) -> ActionError {
         ServiceError::Transition(TransitionError::NotFound(_)) => ActionError::NotFound(id),
         ServiceError::Transition(t) => ActionError::Conflict(t.to_string()),
         ServiceError::NotRetryable { why, .. } => ActionError::Conflict(format!("run {id} cannot be retried: {why}")),
-        ServiceError::Store(s) => ActionError::Store(s.to_string()),
+        ServiceError::Store(s) => store(s),
         other => ActionError::Invalid(other.to_string()),
     }
 }

@@ -40,7 +40,7 @@ pub enum OperationError {
     LeaseLost,
     /// The run store failed while the operation reported progress.
     #[error("store: {0}")]
-    Store(String),
+    Store(#[source] ServiceError),
 }
 
 impl OperationError {
@@ -61,7 +61,7 @@ impl From<ServiceError> for OperationError {
             ServiceError::Transition(TransitionError::LeaseLost { .. })
             | ServiceError::Transition(TransitionError::InvalidTransition { .. })
             | ServiceError::Transition(TransitionError::NotFound(_)) => OperationError::LeaseLost,
-            other => OperationError::Store(other.to_string()),
+            other => OperationError::Store(other),
         }
     }
 }

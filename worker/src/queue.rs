@@ -52,13 +52,13 @@ use uuid::Uuid;
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
     /// `Ok` acknowledges; `Err` (a store outage) sends the job back.
-    async fn handle(&self, payload: Value) -> Result<(), String>;
+    async fn handle(&self, payload: Value) -> Result<(), crate::runner::Retry>;
 }
 
 #[async_trait]
 impl JobHandler for crate::runner::Runner {
-    async fn handle(&self, payload: Value) -> Result<(), String> {
-        self.handle_job(payload).await.map(|_| ()).map_err(|e| e.to_string())
+    async fn handle(&self, payload: Value) -> Result<(), crate::runner::Retry> {
+        self.handle_job(payload).await.map(|_| ())
     }
 }
 

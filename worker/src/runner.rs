@@ -12,7 +12,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use oprun_shared::catalog_defaults as defaults;
 use oprun_shared::{
     Authorizer, Claim, Completion, Decision, Finish, JobPayload, Lease, OperationRun, OperationRunService, ReasonCode,
-    RunOutcome, RunStatus, ServiceError, redact,
+    RunOutcome, RunStatus, ServiceError, StoreError, TransitionError, redact,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -111,8 +111,14 @@ pub enum JobResult {
 
 /// The store failed: the job should come back later.
 #[derive(Debug, thiserror::Error)]
-#[error("run store unavailable: {0}")]
-pub struct Retry(pub String);
+pub enum Retry {
+    /// The claim's write failed.
+    #[error("run store unavailable: {0}")]
+    Store(#[source] Arc<ServiceError>),
+    /// The claim batcher is gone (the worker is shutting down).
+    #[error("run store unavailable: the claim batcher stopped")]
+    Stopped,
+}
 
 /// The most runs one claim or finish transaction takes.
 const MAX_BATCH: usize = 512;
@@ -124,19 +130,29 @@ const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A claimed run and what reauthorization said of it (`Err`: access truth
 /// could not be read).
-type Claimed = (Claim, Option<Result<Decision, String>>);
+enum Claimed {
+    /// Leased to this worker, with what reauthorization said (`Err`: access
+    /// truth could not be read).
+    Run(Box<OperationRun>, Result<Decision, Arc<StoreError>>),
+    /// No such run.
+    NotFound,
+    /// Not queued any more (another delivery or the reconciler moved it).
+    NotQueued(RunStatus),
+}
 
 /// Why a finish write did not happen: the run moved on (`Transition`) or
 /// the store failed.
 #[derive(Debug, thiserror::Error)]
 enum FinishFailed {
     #[error("{0}")]
-    Transition(String),
+    Transition(#[source] TransitionError),
     #[error("run store: {0}")]
-    Store(String),
+    Store(#[source] Arc<ServiceError>),
+    #[error("run store: the finish batcher stopped")]
+    Stopped,
 }
 
-type ClaimRequest = (uuid::Uuid, oneshot::Sender<Result<Claimed, String>>);
+type ClaimRequest = (uuid::Uuid, oneshot::Sender<Result<Claimed, Retry>>);
 type FinishRequest = (Lease, Finish, oneshot::Sender<Result<OperationRun, FinishFailed>>);
 
 /// The two batchers: every job's claim (+ reauthorization) and every run's
@@ -216,31 +232,33 @@ async fn claim_one_batch(
     let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
     match service.claim_batch(&ids, worker).await {
         Err(e) => {
-            let msg = e.to_string();
+            let e = Arc::new(e);
             for (_, tx) in batch {
-                let _ = tx.send(Err(msg.clone()));
+                let _ = tx.send(Err(Retry::Store(e.clone())));
             }
         }
         Ok(claims) => {
-            let mut decided: Vec<(_, Result<Decision, String>)> = Vec::new();
+            let mut decided: Vec<(_, Result<Decision, Arc<StoreError>>)> = Vec::new();
             for ((_, tx), claim) in batch.into_iter().zip(claims) {
-                let decision = match &claim {
+                let claimed = match claim {
                     Claim::Claimed(run) => {
-                        let key = decision_key(run);
+                        let key = decision_key(&run);
                         let found = decided.iter().find(|(k, _)| *k == key).map(|(_, d)| d.clone());
-                        Some(match found {
+                        let decision = match found {
                             Some(d) => d,
                             None => {
                                 let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
-                                let d = authorizer.reauthorize(run).instrument(span).await.map_err(|e| e.to_string());
+                                let d = authorizer.reauthorize(&run).instrument(span).await.map_err(Arc::new);
                                 decided.push((key, d.clone()));
                                 d
                             }
-                        })
+                        };
+                        Claimed::Run(run, decision)
                     }
-                    _ => None,
+                    Claim::NotFound => Claimed::NotFound,
+                    Claim::NotQueued(status) => Claimed::NotQueued(status),
                 };
-                let _ = tx.send(Ok((claim, decision)));
+                let _ = tx.send(Ok(claimed));
             }
         }
     }
@@ -262,16 +280,16 @@ async fn finish_one_batch(batch: Vec<FinishRequest>, service: &OperationRunServi
     let items: Vec<(Lease, Finish)> = batch.iter().map(|(lease, f, _)| (lease.clone(), f.clone())).collect();
     match service.finish_batch(&items).await {
         Err(e) => {
-            let msg = e.to_string();
+            let e = Arc::new(e);
             for (_, _, tx) in batch {
-                let _ = tx.send(Err(FinishFailed::Store(msg.clone())));
+                let _ = tx.send(Err(FinishFailed::Store(e.clone())));
             }
         }
         Ok(results) => {
             for ((_, _, tx), r) in batch.into_iter().zip(results) {
                 let _ = tx.send(r.map_err(|e| match e {
-                    ServiceError::Transition(t) => FinishFailed::Transition(t.to_string()),
-                    other => FinishFailed::Store(other.to_string()),
+                    ServiceError::Transition(t) => FinishFailed::Transition(t),
+                    other => FinishFailed::Store(Arc::new(other)),
                 }));
             }
         }
@@ -301,10 +319,10 @@ impl Runner {
         })
     }
 
-    async fn claim(&self, id: uuid::Uuid) -> Result<Claimed, String> {
+    async fn claim(&self, id: uuid::Uuid) -> Result<Claimed, Retry> {
         let (tx, rx) = oneshot::channel();
-        self.batches().claims.send((id, tx)).map_err(|_| "the claim batcher stopped".to_string())?;
-        rx.await.map_err(|_| "the claim batcher stopped".to_string())?
+        self.batches().claims.send((id, tx)).map_err(|_| Retry::Stopped)?;
+        rx.await.map_err(|_| Retry::Stopped)?
     }
 
     /// This worker's lease owner id.
@@ -331,15 +349,14 @@ impl Runner {
             }
         };
         let (run, decision) = match self.claim(id).await {
-            Ok((Claim::Claimed(run), Some(decision))) => (*run, decision),
-            Ok((Claim::Claimed(run), None)) => (*run, Err("no decision".to_string())),
-            Ok((Claim::NotFound, _)) => {
+            Ok(Claimed::Run(run, decision)) => (*run, decision),
+            Ok(Claimed::NotFound) => {
                 bump(&self.stats.unknown_runs);
                 metrics::counter!("oprun_jobs_unknown_run_total").increment(1);
                 warn!(run.id = %id, "acknowledged a job for a run that does not exist");
                 return Ok(JobResult::UnknownRun(id));
             }
-            Ok((Claim::NotQueued(status), _)) => {
+            Ok(Claimed::NotQueued(status)) => {
                 bump(&self.stats.skipped);
                 metrics::counter!("oprun_jobs_skipped_total").increment(1);
                 info!(run.id = %id, %status, "skipped a delivery of a run that is no longer queued");
@@ -348,7 +365,7 @@ impl Runner {
             Err(e) => {
                 bump(&self.stats.store_errors);
                 warn!(run.id = %id, error = %e, "could not claim; the job goes back to the queue");
-                return Err(Retry(e));
+                return Err(e);
             }
         };
         if let Some(started) = run.started_at {
@@ -372,7 +389,7 @@ impl Runner {
 
     /// Reauthorize, run and finish a claimed run. Every path ends in a
     /// terminal write by this worker, or in a lost lease.
-    async fn execute(&self, run: OperationRun, decision: Result<Decision, String>) -> JobResult {
+    async fn execute(&self, run: OperationRun, decision: Result<Decision, Arc<StoreError>>) -> JobResult {
         let span = tracing::info_span!(
             "run",
             run.id = %run.id,
@@ -384,7 +401,7 @@ impl Runner {
         self.execute_in_span(run, decision).instrument(span).await
     }
 
-    async fn execute_in_span(&self, run: OperationRun, reauthorized: Result<Decision, String>) -> JobResult {
+    async fn execute_in_span(&self, run: OperationRun, reauthorized: Result<Decision, Arc<StoreError>>) -> JobResult {
         let lease = Lease { run: run.id, worker: self.worker_id.clone(), attempt: run.attempt };
         let flags = Arc::new(LeaseFlags::default());
         // The lease is kept alive from the claim until the run is finished
@@ -400,7 +417,7 @@ impl Runner {
     async fn execute_leased(
         &self,
         run: OperationRun,
-        reauthorized: Result<Decision, String>,
+        reauthorized: Result<Decision, Arc<StoreError>>,
         lease: &Lease,
         flags: &Arc<LeaseFlags>,
     ) -> JobResult {
@@ -494,7 +511,7 @@ impl Runner {
         let span = tracing::info_span!("finish", outcome = %outcome);
         let write_once = || async {
             let (tx, rx) = oneshot::channel();
-            let stopped = || FinishFailed::Store("the finish batcher stopped".into());
+            let stopped = || FinishFailed::Stopped;
             self.batches().finishes.send((lease.clone(), finish.clone(), tx)).map_err(|_| stopped())?;
             rx.await.map_err(|_| stopped())?
         };
@@ -508,7 +525,7 @@ impl Runner {
         let written = async {
             loop {
                 match write_once().await {
-                    Err(FinishFailed::Store(e)) if !flags.lost() => {
+                    Err(e @ (FinishFailed::Store(_) | FinishFailed::Stopped)) if !flags.lost() => {
                         bump(&self.stats.store_errors);
                         let wait = delays.next().unwrap_or(FINISH_RETRY_MAX);
                         warn!(error = %e, retry_in = ?wait, "could not write the run's end; retrying while the lease is kept");
@@ -538,7 +555,7 @@ impl Runner {
             Err(e) => {
                 match &e {
                     FinishFailed::Transition(_) => bump(&self.stats.leases_lost),
-                    FinishFailed::Store(_) => bump(&self.stats.store_errors),
+                    FinishFailed::Store(_) | FinishFailed::Stopped => bump(&self.stats.store_errors),
                 }
                 warn!(error = %e, "could not finish the run; its lease will expire and the reconciler moves it on");
                 JobResult::LeaseLost(id)
