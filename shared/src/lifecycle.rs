@@ -143,7 +143,8 @@ text_enum! {
     }
 }
 
-/// The named transitions of the lifecycle table (DESIGN.md).
+/// The named transitions of the run lifecycle, each made only by
+/// `OperationRunService`; `action` is the name its audit row carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Transition {

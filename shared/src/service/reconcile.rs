@@ -1,4 +1,5 @@
-//! Reconcile: the sweeps that move stale runs on (DESIGN.md, "Reconcile").
+//! Reconcile: the sweeps that move stale runs on, so that none stays running
+//! or queued forever.
 //! Running runs whose lease expired are requeued, cancelled or expired;
 //! queued runs no worker claimed are pushed again, then expired. Each sweep
 //! pages through its candidates ([`OperationRunService::sweep`]) and moves
@@ -209,7 +210,7 @@ struct Sweep<'a> {
 const RUNNING_WRITES_IN_FLIGHT: usize = 4;
 
 impl OperationRunService {
-    /// Move stale runs on (see DESIGN.md, "Reconcile"). Pages through the
+    /// Move stale runs on (as the module says). Pages through the
     /// candidates; every change is a guarded write audited as `actor`; safe
     /// with several reconcilers at once; `dry_run` writes nothing.
     pub async fn reconcile(
