@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use oprun::config::Config;
 use oprun_shared::access::grantable_capabilities;
-use oprun_shared::config::Config;
+use oprun_shared::config::ConfigError;
 use oprun_shared::{
     AccessFile, Authorizer, Catalog, Database, OperationRunService, ServiceConfig, SystemClock, redact,
 };
@@ -75,7 +76,9 @@ pub fn load_config(path: Option<&Path>) -> CliResult<(Config, bool)> {
         ),
     };
     let config = config.with_env_overrides();
-    config.validate().map_err(|e| CliError::Usage(format!("config after environment overrides: {e}")))?;
+    config.validate().map_err(|problems| {
+        CliError::Usage(ConfigError::found("config after environment overrides", problems).to_string())
+    })?;
     Ok((config, bundled))
 }
 

@@ -494,7 +494,7 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
     }
     if worker {
         let worker_id = process_name("worker");
-        let providers = oprun_worker::http::Providers::from_config(&app.config)
+        let providers = oprun_worker::http::Providers::from_config(&app.config.providers, app.config.dir())
             .map_err(|e| CliError::Usage(format!("config: {e}")))?;
         let mut operations = Operations::builtin();
         providers.register(&mut operations);

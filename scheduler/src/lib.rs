@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+pub mod config;
 pub mod dispatch;
 pub mod operator;
 pub mod reconciler;

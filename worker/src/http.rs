@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use oprun_shared::config::{Config, ProviderConfig};
 use oprun_shared::{Completion, FailureEntry, OperationSpec, ReasonCode, RunOutcome, SummaryCounts, redact};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
@@ -33,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info, warn};
 
+use crate::config::{ProviderConfig, TokenSource};
 use crate::operation::{Operation, OperationError, Operations, RunContext};
 
 /// The kind that walks a paged collection.
@@ -100,20 +100,18 @@ pub struct Providers {
 
 fn read_token(name: &str, cfg: &ProviderConfig, base_dir: Option<&Path>) -> Result<String, ProviderSetupError> {
     let err = |message: String| ProviderSetupError { name: name.into(), message };
-    let token = match (&cfg.token_env, &cfg.token_file) {
-        (Some(var), None) => {
+    let token = match cfg.token_source().map_err(err)? {
+        TokenSource::Env(var) => {
             std::env::var(var).map_err(|_| err(format!("token_env: the environment variable {var} is not set")))?
         }
-        (None, Some(file)) => {
+        TokenSource::File(file) => {
             let path = match base_dir {
                 Some(dir) if file.is_relative() => dir.join(file),
-                _ => file.clone(),
+                _ => file.to_path_buf(),
             };
             std::fs::read_to_string(&path)
                 .map_err(|e| err(format!("token_file: cannot read {}: {}", path.display(), e.kind())))?
         }
-        (Some(_), Some(_)) => return Err(err("set token_env or token_file, not both".into())),
-        (None, None) => return Err(err("set token_env or token_file (the token never goes in the config)".into())),
     };
     let token = token.trim().to_string();
     if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
@@ -123,11 +121,15 @@ fn read_token(name: &str, cfg: &ProviderConfig, base_dir: Option<&Path>) -> Resu
 }
 
 impl Providers {
-    /// Build every provider of `config`: read tokens, build clients.
-    pub fn from_config(config: &Config) -> Result<Self, ProviderSetupError> {
-        let base_dir = config.path.as_deref().and_then(Path::parent);
+    /// Build every provider of the `[providers]` section: read tokens (a
+    /// relative `token_file` is in `base_dir`, the config file's folder),
+    /// build clients.
+    pub fn from_config(
+        providers: &BTreeMap<String, ProviderConfig>,
+        base_dir: Option<&Path>,
+    ) -> Result<Self, ProviderSetupError> {
         let mut by_name = BTreeMap::new();
-        for (name, cfg) in &config.providers {
+        for (name, cfg) in providers {
             by_name.insert(name.clone(), Arc::new(Provider::new(name, cfg, base_dir)?));
         }
         Ok(Self { by_name })
@@ -177,10 +179,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 impl Provider {
     fn new(name: &str, cfg: &ProviderConfig, base_dir: Option<&Path>) -> Result<Self, ProviderSetupError> {
         let err = |message: String| ProviderSetupError { name: name.into(), message };
-        let base = Url::parse(&cfg.base_url).map_err(|e| err(format!("base_url: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(err("base_url: must be http or https".into()));
-        }
+        let base = cfg.base().map_err(err)?;
         let token = read_token(name, cfg, base_dir)?;
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
