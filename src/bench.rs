@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use oprun_scheduler::{DispatchOutcome, Dispatcher};
 use oprun_shared::{
     AccessFile, Catalog, Claim, Completion, DispatchRequest, Finish, Initiator, JobQueue, Lease, OperationRunService,
-    RunFilter, RunOutcome, Scope, ServiceConfig, SourceSurface, SummaryCounts, SystemClock,
+    RunFilter, RunOutcome, Scope, ServiceConfig, SourceSurface, SummaryCounts,
 };
 use oprun_worker::queue::{JobHandler, Queue, WorkerOptions, run_worker};
 use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
@@ -147,7 +147,7 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         AccessFile::from_toml(BENCH_ACCESS, "bench access", None).map_err(|e| CliError::Runtime(e.to_string()))?;
     app.db.access.apply_access(&access).await.map_err(|e| CliError::Runtime(e.to_string()))?;
     let service =
-        OperationRunService::new(app.db.runs.clone(), catalog.clone(), Arc::new(SystemClock), ServiceConfig::default());
+        OperationRunService::new(app.db.runs.clone(), catalog.clone(), app.clock.clone(), ServiceConfig::default());
     let authorizer = oprun_shared::Authorizer::new(app.db.access.clone(), catalog.clone());
     if args.truth_only {
         return bench_truth_only(&app, &service, &authorizer, &args).await;
@@ -484,7 +484,7 @@ async fn bench_reconcile(
     json_out: bool,
 ) -> CliResult<()> {
     let rt = |e: String| CliError::Runtime(e);
-    let past = Arc::new(oprun_shared::ManualClock::new(chrono::Utc::now() - chrono::Duration::hours(1)));
+    let past = Arc::new(oprun_shared::ManualClock::new(app.clock.now() - chrono::Duration::hours(1)));
     let dead = OperationRunService::new(app.db.runs.clone(), catalog.clone(), past.clone(), ServiceConfig::default());
     let setup = Instant::now();
     let mut ids = Vec::with_capacity(n as usize);

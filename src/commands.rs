@@ -381,7 +381,7 @@ async fn token_create(
     let app = App::open(path).await?;
     known_actor(&app, actor).await?;
     let (token, id, hash) = oprun_scheduler::api::new_token();
-    let now = chrono::Utc::now();
+    let now = app.clock.now();
     let expires_at = oprun_scheduler::api::expiry(now, expires_in).map_err(CliError::Usage)?;
     app.db.tokens.create_token(&id, &hash, actor, now, expires_at).await.map_err(store_err)?;
     if json {
@@ -402,7 +402,7 @@ async fn token_create(
 
 async fn token_revoke(path: Option<&std::path::Path>, id: &str) -> CliResult<()> {
     let app = App::open(path).await?;
-    if app.db.tokens.revoke_token(id, chrono::Utc::now()).await.map_err(store_err)? {
+    if app.db.tokens.revoke_token(id, app.clock.now()).await.map_err(store_err)? {
         outln!("revoked {id}")?;
         Ok(())
     } else {
@@ -453,7 +453,7 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
             dispatcher.clone(),
             app.db.access.clone(),
             app.db.ticks.clone(),
-            Arc::new(oprun_shared::SystemClock),
+            app.clock.clone(),
             process_name("scheduler"),
             app.config.scheduler.tick.saturating_mul(5).max(Duration::from_secs(5)),
         )
@@ -479,7 +479,7 @@ async fn serve(path: Option<&std::path::Path>, worker: bool, scheduler: bool) ->
             ticks: app.db.ticks.clone(),
             queue: queue.clone() as Arc<dyn JobQueue>,
             schedules: Arc::new(app.config.schedules.clone()),
-            clock: Arc::new(oprun_shared::SystemClock),
+            clock: app.clock.clone(),
             metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))

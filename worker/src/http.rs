@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
 use oprun_shared::{Completion, FailureEntry, OperationSpec, ReasonCode, RunOutcome, SummaryCounts, redact};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
@@ -166,14 +167,14 @@ impl Failure {
     }
 }
 
-/// Parse Retry-After: seconds or an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// Parse Retry-After: seconds or an HTTP date (how long after `now`).
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    Some((when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
+    Some((when.with_timezone(&Utc) - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 impl Provider {
@@ -253,7 +254,7 @@ impl Provider {
         Ok(url)
     }
 
-    fn classify_status(&self, status: StatusCode, headers: &HeaderMap, body: &str) -> Failure {
+    fn classify_status(&self, status: StatusCode, headers: &HeaderMap, body: &str, now: DateTime<Utc>) -> Failure {
         let excerpt = redact::excerpt(&self.clean(body), EXCERPT_CHARS);
         let message = format!("provider '{}' answered {status}: {excerpt}", self.name);
         let (reason, transient) = match status.as_u16() {
@@ -265,7 +266,7 @@ impl Provider {
             409 | 412 => (ReasonCode::ProviderConflict, false),
             _ => (ReasonCode::ProviderBadResponse, false),
         };
-        Failure { reason, message, transient, retry_after: retry_after(headers) }
+        Failure { reason, message, transient, retry_after: retry_after(headers, now) }
     }
 
     fn classify_error(&self, e: &reqwest::Error) -> Failure {
@@ -353,7 +354,7 @@ impl Provider {
                         } else {
                             match read_limited(&mut resp, ERROR_BODY_BYTES.min(self.max_body)).await {
                                 Ok((bytes, _)) => {
-                                    self.classify_status(status, &headers, &String::from_utf8_lossy(&bytes))
+                                    self.classify_status(status, &headers, &String::from_utf8_lossy(&bytes), ctx.now())
                                 }
                                 Err(e) => self.classify_error(&e),
                             }
@@ -767,13 +768,16 @@ mod tests {
     fn retry_after_reads_seconds_and_http_dates() {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        let later = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        let later = (now + chrono::Duration::seconds(30)).to_rfc2822();
         h.insert(RETRY_AFTER, later.parse().unwrap());
-        let d = retry_after(&h).unwrap();
-        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}");
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        let earlier = (now - chrono::Duration::seconds(30)).to_rfc2822();
+        h.insert(RETRY_AFTER, earlier.parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO), "a date already past is no wait");
         h.insert(RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h, now), None);
     }
 
     #[test]
