@@ -114,7 +114,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Problems> {
         let mut problems = Problems::new();
         let catalog = self.catalog();
-        if let Err(e) = catalog.validate() {
+        for e in catalog.problems() {
             problems.push(e.to_string().trim_start_matches("operation catalog: "));
         }
         self.store.validate(&mut problems);
@@ -187,6 +187,12 @@ mod tests {
             assert!(e.to_string().lines().any(|l| l.starts_with(&format!("f.toml: {field}"))), "{field}: {e}");
         }
         assert!(e.to_string().contains("providers.graph: set exactly one of token_env or token_file"), "{e}");
+        let ops = "[operations.a]\ncapability = \"nope\"\nscope = \"workspace\"\nmax_attempts = 0\n\
+                   [operations.b]\ncapability = \"runs.view\"\nscope = \"workspace\"\nlease = \"0s\"\n";
+        let e = Config::from_toml(ops, "f.toml").unwrap_err();
+        for needle in ["\"a\".capability", "\"a\".max_attempts", "\"b\".lease: must be longer than zero"] {
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]
