@@ -3,10 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use oprun::config::Config;
 use oprun_shared::access::grantable_capabilities;
-use oprun_shared::config::Config;
+use oprun_shared::config::ConfigError;
 use oprun_shared::{
-    AccessFile, Authorizer, Catalog, Database, OperationRunService, ServiceConfig, SystemClock, redact,
+    AccessFile, Authorizer, Catalog, Clock, Database, OperationRunService, ServiceConfig, SystemClock, redact,
 };
 
 /// The bundled demo config (`deploy/demo.toml`), used when no config is given.
@@ -75,7 +76,9 @@ pub fn load_config(path: Option<&Path>) -> CliResult<(Config, bool)> {
         ),
     };
     let config = config.with_env_overrides();
-    config.validate().map_err(|e| CliError::Usage(format!("config after environment overrides: {e}")))?;
+    config.validate().map_err(|problems| {
+        CliError::Usage(ConfigError::found("config after environment overrides", problems).to_string())
+    })?;
     Ok((config, bundled))
 }
 
@@ -88,6 +91,8 @@ pub struct App {
     pub db: Database,
     pub service: OperationRunService,
     pub authorizer: Authorizer,
+    /// The one source of "now" for every command (the service's too).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl App {
@@ -102,9 +107,10 @@ impl App {
         db.runs.migrate().await.map_err(|e| CliError::Runtime(format!("cannot migrate the store {shown}: {e}")))?;
         let catalog = Arc::new(config.catalog());
         let service_config = ServiceConfig { lease_grace: config.scheduler.lease_grace, ..ServiceConfig::default() };
-        let service = OperationRunService::new(db.runs.clone(), catalog.clone(), Arc::new(SystemClock), service_config);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let service = OperationRunService::new(db.runs.clone(), catalog.clone(), clock.clone(), service_config);
         let authorizer = Authorizer::new(db.access.clone(), catalog.clone());
-        Ok(Self { config, bundled, catalog, db, service, authorizer })
+        Ok(Self { config, bundled, catalog, db, service, authorizer, clock })
     }
 
     /// Parse and check an access file against this config's catalog.

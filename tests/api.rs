@@ -34,7 +34,7 @@ async fn api(stack: Stack) -> Api {
     api_with(stack, vec![]).await
 }
 
-async fn api_with(stack: Stack, schedules: Vec<oprun_shared::config::ScheduleSpec>) -> Api {
+async fn api_with(stack: Stack, schedules: Vec<oprun_scheduler::config::ScheduleSpec>) -> Api {
     let e = Env::new(stack).await;
     let state = ApiState {
         operator: Operator::new(e.dispatcher.clone()),
@@ -400,7 +400,7 @@ async fn cancel_and_reconcile_through_the_api(stack: Stack) {
 }
 
 async fn schedules_show_recent_decisions_in_visible_workspaces_only(stack: Stack) {
-    let spec = |name: &str, ws: &str, env: &str| -> oprun_shared::config::ScheduleSpec {
+    let spec = |name: &str, ws: &str, env: &str| -> oprun_scheduler::config::ScheduleSpec {
         toml::from_str(&format!(
             "name = \"{name}\"\ncron = \"*/5 * * * *\"\noperation = \"test.count\"\nworkspace = \"{ws}\"\n\
              environment = \"{env}\"\nactor = \"svc-scheduler\"\n"
@@ -597,8 +597,8 @@ async fn scripted_provider(
         common::CATALOG,
         token_file.display()
     );
-    let config = oprun_shared::config::Config::from_toml(&text, "metrics test").unwrap();
-    (oprun_worker::http::Providers::from_config(&config).unwrap(), dir)
+    let config = oprun::config::Config::from_toml(&text, "metrics test").unwrap();
+    (oprun_worker::http::Providers::from_config(&config.providers, config.dir()).unwrap(), dir)
 }
 
 /// `/metrics` counts what the run path did, exactly: this process's
@@ -645,7 +645,7 @@ async fn metrics_count_what_the_run_path_did(stack: Stack) {
 
     // A schedule: the 09:00 tick fires; after a restart at 09:33 the six
     // ticks missed meanwhile are skipped.
-    let spec: oprun_shared::config::ScheduleSpec = toml::from_str(
+    let spec: oprun_scheduler::config::ScheduleSpec = toml::from_str(
         "name = \"metrics-five\"\ncron = \"*/5 * * * *\"\noperation = \"test.fanout\"\nworkspace = \"contoso\"\n\
          environment = \"contoso-prod\"\nactor = \"svc-scheduler\"\nmisfire = \"skip\"\n",
     )

@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use oprun::config::Config;
 use oprun_shared::AccessFile;
 use oprun_shared::access::grantable_capabilities;
-use oprun_shared::config::Config;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn deploy() -> PathBuf {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ACCESS, Env, Stack, access};
+use oprun_scheduler::config::ScheduleSpec;
 use oprun_scheduler::{DispatchOutcome, Scheduler};
-use oprun_shared::config::ScheduleSpec;
 use oprun_shared::{
     ActorKind, Clock, DispatchRequest, Initiator, ManualClock, OperationRun, RunOutcome, Scope, SourceSurface,
     TickDecision,
@@ -464,7 +464,7 @@ async fn every_sqlite_connection_plans_the_queue_ack_by_primary_key() {
         warm.push(pool.acquire().await.expect("a connection"));
     }
     drop(warm);
-    let cfg = oprun_shared::config::QueueConfig::default();
+    let cfg = oprun_worker::config::QueueConfig::default();
     oprun_worker::queue::Queue::open(&cfg, Some(pool.clone())).await.expect("open the SQLite queue");
     let ack = "EXPLAIN QUERY PLAN WITH j AS (SELECT value ->> 'task_id' AS task_id, value ->> 'status' AS status \
                FROM json_each(?1)) UPDATE Jobs SET status = j.status FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = ?2";

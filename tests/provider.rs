@@ -14,8 +14,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use common::{Env, Stack};
+use oprun::config::Config;
 use oprun_scheduler::DispatchOutcome;
-use oprun_shared::config::Config;
 use oprun_shared::{DispatchRequest, Initiator, OperationRun, RunOutcome, Scope, SourceSurface};
 use oprun_worker::http::Providers;
 use serde_json::{Value, json};
@@ -194,7 +194,7 @@ fn providers_at(base_url: &str, retry_budget: u32, concurrency: usize, extra: &s
         token_file.display()
     );
     let config = Config::from_toml(&format!("{}\n{config_toml}", common::CATALOG), "provider test").unwrap();
-    (Providers::from_config(&config).unwrap(), dir)
+    (Providers::from_config(&config.providers, config.dir()).unwrap(), dir)
 }
 
 impl Provider {

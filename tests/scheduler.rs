@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{Env, Stack};
+use oprun_scheduler::config::ScheduleSpec;
 use oprun_scheduler::{Dispatcher, Scheduler};
-use oprun_shared::config::ScheduleSpec;
 use oprun_shared::{Authorizer, Clock, JobQueue, ManualClock, RunFilter, TickDecision};
 
 fn spec(extra: &str) -> ScheduleSpec {
@@ -125,7 +125,7 @@ async fn a_tick_while_the_scope_is_busy_is_recorded_as_skipped_overlap(stack: St
 
     // The same schedule with `overlap = "allow"` dispatches a second run of
     // the busy scope: the operation itself does not deduplicate.
-    let allow = ScheduleSpec { name: "five-allow".into(), overlap: oprun_shared::config::OverlapPolicy::Allow, ..s };
+    let allow = ScheduleSpec { name: "five-allow".into(), overlap: oprun_scheduler::config::OverlapPolicy::Allow, ..s };
     clock.set(t("2026-11-02T09:09:58Z"));
     let sched = scheduler(&e, "s", &allow, clock.clone()).await;
     clock.set(t("2026-11-02T09:10:01Z"));

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use oprun_shared::AccessFile;
 use oprun_shared::access::grantable_capabilities;
-use oprun_shared::config::Config;
+use oprun::config::Config;
 
 static CAPABILITIES: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
     let catalog = Config::from_toml(include_str!("../../deploy/demo.toml"), "deploy/demo.toml")

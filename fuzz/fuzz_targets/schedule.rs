@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use libfuzzer_sys::fuzz_target;
-use oprun_shared::config::ScheduleSpec;
+use oprun_scheduler::config::ScheduleSpec;
 
 /// 2026-03-29 00:59:30 UTC (Europe springs forward), 2026-10-25 00:59:30 UTC
 /// (Europe falls back), 2026-03-08 09:59:30 UTC (US springs forward),

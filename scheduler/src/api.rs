@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::config::ScheduleSpec;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -13,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use oprun_shared::config::ScheduleSpec;
 use oprun_shared::{
     AccessStore, Clock, Initiator, JobQueue, METRICS_VIEW, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
     TickStore, TokenStore,

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{MisfirePolicy, OverlapPolicy, ScheduleEnvironments, ScheduleSpec};
 use chrono::{DateTime, Utc};
-use oprun_shared::config::{MisfirePolicy, OverlapPolicy, ScheduleEnvironments, ScheduleSpec};
 use oprun_shared::{
     AccessStore, Clock, DispatchRequest, Initiator, OperationRun, RunFilter, RunOutcome, RunStatus, Scope,
     SourceSurface, StoreError, TickDecision, TickRecord, TickStore,

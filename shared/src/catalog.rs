@@ -146,47 +146,55 @@ impl Catalog {
     }
 
     /// Refuse nonsense: zero durations, a lease not longer than the heartbeat,
-    /// zero attempts, unknown capability names, bad operation names.
+    /// zero attempts, unknown capability names, bad operation names. The
+    /// first problem found (see [`Catalog::problems`] for all of them).
     pub fn validate(&self) -> Result<(), CatalogError> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem of every operation, in order, each naming its field.
+    pub fn problems(&self) -> Vec<CatalogError> {
+        let mut problems = vec![];
         for (name, op) in &self.operations {
-            let invalid = |field, problem: String| CatalogError::Invalid { operation: name.clone(), field, problem };
+            let mut invalid = |field, problem: String| {
+                problems.push(CatalogError::Invalid { operation: name.clone(), field, problem })
+            };
             if name.is_empty()
                 || name.len() > 100
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             {
-                return Err(invalid("name", "use 1-100 characters of letters, digits, '.', '_' and '-'".into()));
+                invalid("name", "use 1-100 characters of letters, digits, '.', '_' and '-'".into());
             }
             if !self.knows_capability(&op.capability) {
-                return Err(invalid(
-                    "capability",
-                    format!("unknown capability '{}' (declare it in `capabilities`)", op.capability),
-                ));
+                invalid("capability", format!("unknown capability '{}' (declare it in `capabilities`)", op.capability));
             }
+            let mut durations_ok = true;
             for (field, d) in
                 [("lease", op.lease), ("heartbeat", op.heartbeat), ("queued_stale_after", op.queued_stale_after)]
             {
                 if d.is_zero() {
-                    return Err(invalid(field, "must be longer than zero".into()));
-                }
-                if let Some(problem) = crate::config::duration_too_long(d) {
-                    return Err(invalid(field, problem));
+                    invalid(field, "must be longer than zero".into());
+                    durations_ok = false;
+                } else if let Some(problem) = crate::config::duration_too_long(d) {
+                    invalid(field, problem);
+                    durations_ok = false;
                 }
             }
-            if op.lease <= op.heartbeat {
-                return Err(invalid(
+            if durations_ok && op.lease <= op.heartbeat {
+                invalid(
                     "lease",
                     format!(
                         "lease ({}) must be longer than the heartbeat interval ({})",
                         humantime_serde::re::humantime::format_duration(op.lease),
                         humantime_serde::re::humantime::format_duration(op.heartbeat)
                     ),
-                ));
+                );
             }
             if op.max_attempts == 0 || op.max_attempts > 1000 {
-                return Err(invalid("max_attempts", format!("must be between 1 and 1000, got {}", op.max_attempts)));
+                invalid("max_attempts", format!("must be between 1 and 1000, got {}", op.max_attempts));
             }
         }
-        Ok(())
+        problems
     }
 
     /// Whether `capability` is built in or declared.

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oprun_scheduler::Dispatcher;
-use oprun_shared::config::{QueueBackend, QueueConfig};
 use oprun_shared::testing::{self, TestStore};
 use oprun_shared::{
     AccessFile, Authorizer, Catalog, Clock, Completion, JobQueue, OperationRun, OperationRunService, RunStatus,
     RunStore, ServiceConfig, SummaryCounts, SystemClock,
 };
+use oprun_worker::config::{QueueBackend, QueueConfig};
 use oprun_worker::queue::{Queue, WorkerOptions, run_worker};
 use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
 use serde_json::json;

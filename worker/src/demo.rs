@@ -19,6 +19,9 @@ use crate::operation::{Operation, OperationError, RunContext};
 
 /// The kind name catalog entries use: `kind = "demo"`.
 pub const KIND: &str = "demo";
+/// The in-process provider demo operations name (`provider = "demo"`): it
+/// needs no `[providers.demo]` section.
+pub const PROVIDER: &str = "demo";
 
 /// The demo collection walker.
 #[derive(Debug, Clone, Copy, Default)]

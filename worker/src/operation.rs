@@ -138,6 +138,11 @@ impl RunContext {
         self.flags.cancel.load(Ordering::Relaxed)
     }
 
+    /// Now, by the service's injected clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.service.clock().now()
+    }
+
     /// Whether this attempt lost the lease (seen at the last heartbeat).
     pub fn lease_lost(&self) -> bool {
         self.flags.lost()

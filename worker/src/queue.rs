@@ -36,12 +36,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{QueueBackend, QueueConfig};
 use apalis::prelude::{BackendExt, BoxDynError, Codec, Data, TaskSink, WorkerBuilder, WorkerBuilderExt};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
 use async_trait::async_trait;
 use futures::{Stream, TryStreamExt};
-use oprun_shared::config::{QueueBackend, QueueConfig};
 use oprun_shared::{JobPayload, JobQueue, QueueError, redact};
 use serde_json::{Value, json};
 use sqlx::SqlitePool;

@@ -1,0 +1,261 @@
+//! `oprun runs list|show|retry|cancel`: runs as an actor (or the local
+//! administrator) sees them, and the operator actions on one.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+use oprun_shared::access::LOCAL_ADMIN;
+use oprun_shared::{
+    OperationRun, RunFilter, RunOutcome, RunStatus, RunView, ServiceError, TransitionError, Viewer, run_detail,
+};
+
+use super::{action_err, known_actor, operator, store_err};
+use crate::app::{App, CliError, CliResult};
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first.
+    List(ListArgs),
+    /// One run, with its guidance.
+    Show(ShowArgs),
+    /// Retry a blocked or failed run (a new run linked to it).
+    Retry(ActArgs),
+    /// Cancel a queued run, or ask a running one to stop.
+    Cancel(ActArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ActArgs {
+    /// The run id.
+    pub id: String,
+    /// The operator acting (required: authorized against current access
+    /// truth, where the CLI's local administrator, `user:local-admin`, is no
+    /// actor).
+    #[arg(long = "as", value_name = "ACTOR")]
+    pub actor: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// queued, running or completed.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// pending, succeeded, partially_succeeded, failed, blocked or cancelled.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// One operation.
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// One workspace.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Only what this actor may see. Without --as: every run, as the store's
+    /// local administrator (`user:local-admin`: whoever can open the store
+    /// holds every capability).
+    #[arg(long = "as", value_name = "ACTOR")]
+    pub actor: Option<String>,
+    /// At most this many (1–1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run id.
+    pub id: String,
+    /// Show it as this actor sees it. Without --as: as the store's local
+    /// administrator (`user:local-admin`), with every capability.
+    #[arg(long = "as", value_name = "ACTOR")]
+    pub actor: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_enum<T: std::str::FromStr>(flag: &str, v: Option<String>) -> CliResult<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    v.map(|s| s.parse::<T>().map_err(|e| CliError::Usage(format!("{flag}: {e}")))).transpose()
+}
+
+/// What `--as ACTOR` may see: the workspaces where it holds `runs.view`.
+async fn visible_workspaces(app: &App, actor: &str) -> CliResult<Vec<String>> {
+    app.db.access.workspaces_with(actor, oprun_shared::RUNS_VIEW).await.map_err(store_err)
+}
+
+/// `runs list`.
+pub async fn runs_list(path: Option<&Path>, args: ListArgs) -> CliResult<()> {
+    let status = parse_enum::<RunStatus>("--status", args.status)?;
+    let outcome = parse_enum::<RunOutcome>("--outcome", args.outcome)?;
+    let app = App::open(path).await?;
+    let visible = match &args.actor {
+        Some(a) => Some(visible_workspaces(&app, a).await?),
+        None => None,
+    };
+    let filter = RunFilter {
+        visible_workspaces: visible,
+        workspace_id: args.workspace,
+        operation: args.operation,
+        status,
+        outcome,
+        limit: args.limit,
+        ..RunFilter::default()
+    };
+    let runs = app.service.list(&filter).await.map_err(store_err)?;
+    let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&views).unwrap_or_default())?;
+        return Ok(());
+    }
+    if views.is_empty() {
+        outln!("no runs")?;
+        return Ok(());
+    }
+    outln!(
+        "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  CREATED",
+        "ID",
+        "OPERATION",
+        "STATUS",
+        "OUTCOME",
+        "REASON",
+        "SCOPE",
+        "INITIATOR"
+    )?;
+    for v in &views {
+        let scope = match &v.environment_id {
+            Some(e) => format!("{}/{e}", v.workspace_id),
+            None => v.workspace_id.clone(),
+        };
+        outln!(
+            "{:<36}  {:<26}  {:<9}  {:<19}  {:<36}  {:<22}  {:<28}  {}",
+            v.id,
+            v.operation,
+            v.status.as_str(),
+            v.outcome.as_str(),
+            v.reason_code.as_deref().unwrap_or("-"),
+            scope,
+            format!("{}:{}", v.initiator.kind, v.initiator.id),
+            v.created_at.format("%Y-%m-%d %H:%M:%S")
+        )?;
+    }
+    Ok(())
+}
+
+/// `runs show`.
+pub async fn runs_show(path: Option<&Path>, args: ShowArgs) -> CliResult<()> {
+    let id: uuid::Uuid =
+        args.id.parse().map_err(|_| CliError::Usage(format!("'{}' is not a run id (a UUID)", args.id)))?;
+    let app = App::open(path).await?;
+    let not_found = || CliError::Usage(format!("run {id} not found"));
+    let run = match app.service.get(id).await {
+        Ok(run) => run,
+        Err(ServiceError::Transition(TransitionError::NotFound(_))) => return Err(not_found()),
+        Err(e) => return Err(store_err(e)),
+    };
+    let (viewer, visible): (Viewer, Option<BTreeSet<String>>) = match &args.actor {
+        Some(actor) => {
+            let visible: BTreeSet<String> = visible_workspaces(&app, actor).await?.into_iter().collect();
+            if !visible.contains(&run.workspace_id) {
+                return Err(not_found()); // what the viewer may not see does not exist for it
+            }
+            (app.authorizer.viewer(actor, &run.workspace_id).await.map_err(store_err)?, Some(visible))
+        }
+        None => (local_admin(&app), None),
+    };
+    let is_visible = |ws: &str| visible.as_ref().is_none_or(|v| v.contains(ws));
+    let detail = run_detail(&app.service, &run, &viewer, &is_visible).await.map_err(store_err)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&detail).unwrap_or_default())?;
+        return Ok(());
+    }
+    print_detail(&run, &detail)
+}
+
+/// The local CLI user without `--as` ([`LOCAL_ADMIN`], a user): holds every
+/// capability (it can open the store file anyway) and is audited as itself.
+fn local_admin(app: &App) -> Viewer {
+    Viewer::new(LOCAL_ADMIN, oprun_shared::access::grantable_capabilities(&app.catalog))
+}
+
+fn print_detail(run: &OperationRun, d: &oprun_shared::RunDetail) -> CliResult<()> {
+    let g = &d.guidance;
+    outln!("run        {}", run.id)?;
+    outln!("operation  {}", run.operation)?;
+    outln!("status     {} / {}", run.status, run.outcome)?;
+    if let Some(r) = &run.reason_code {
+        outln!("reason     {r}")?;
+    }
+    let scope = match &run.environment_id {
+        Some(e) => format!("{} / {e}", run.workspace_id),
+        None => run.workspace_id.clone(),
+    };
+    outln!("scope      {scope}")?;
+    outln!("initiator  {}:{} via {}", run.initiator.kind, run.initiator.id, run.source_surface)?;
+    outln!("attempt    {} of {}", run.attempt, run.max_attempts)?;
+    if let Some(r) = run.retry_of {
+        outln!("retry of   {r}")?;
+    }
+    outln!("counts     {}", run.summary_counts.to_json())?;
+    outln!("created    {}", run.created_at)?;
+    if let Some(t) = run.started_at {
+        outln!("started    {t}")?;
+    }
+    if let Some(t) = run.completed_at {
+        outln!("completed  {t}")?;
+    }
+    for f in &run.failure_summary {
+        outln!("failure    {}: {}", f.reason_code, f.message)?;
+    }
+    outln!()?;
+    outln!(
+        "guidance   [{}] {}",
+        serde_json::to_value(g.severity).unwrap_or_default().as_str().unwrap_or("-"),
+        g.title
+    )?;
+    outln!("  why      {}", g.reason)?;
+    outln!("  impact   {}", g.impact)?;
+    outln!("  next     {} ({})", g.primary_action.label, g.primary_action.key)?;
+    for a in &g.secondary_actions {
+        outln!("  also     {} ({})", a.label, a.key)?;
+    }
+    Ok(())
+}
+
+/// `runs retry` (`retry`) or `runs cancel`.
+pub async fn runs_act(path: Option<&Path>, args: ActArgs, retry: bool) -> CliResult<()> {
+    let id: uuid::Uuid =
+        args.id.parse().map_err(|_| CliError::Usage(format!("'{}' is not a run id (a UUID)", args.id)))?;
+    let app = App::open(path).await?;
+    let actor = known_actor(&app, &args.actor).await?;
+    let operator = operator(&app).await?;
+    if retry {
+        let r = operator.retry(&actor, id).await.map_err(action_err)?;
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default())?;
+        } else {
+            let note = if r.deduplicated { " (an active retry already existed)" } else { "" };
+            outln!("{} {} retry of {id}{note}", r.run.id, r.run.status)?;
+        }
+    } else {
+        let c = operator.cancel(&actor, id).await.map_err(action_err)?;
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&c).unwrap_or_default())?;
+        } else {
+            match c {
+                oprun_shared::Cancelled::Cancelled(run) => outln!("{} cancelled", run.id)?,
+                oprun_shared::Cancelled::Requested(run) => {
+                    outln!("{} cancel requested: its worker stops it at the next page", run.id)?
+                }
+            }
+        }
+    }
+    Ok(())
+}
