@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "oprun", version)]
 struct Cli {
     /// The config file (default: the bundled demo on ./oprun.db).
-    #[arg(long, short, global = true, env = "OPRUN_CONFIG")]
+    #[arg(long, short, global = true, env = oprun::config::CONFIG_VAR)]
     config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, env = "OPRUN_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]

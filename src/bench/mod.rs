@@ -70,8 +70,9 @@ workspace = "bench-stale"
 role = "bench"
 "#;
 
+// `oprun bench`: its mode and sizes (no doc comment: the `Bench` command's
+// own doc is its help).
 #[derive(Debug, Args)]
-/// `oprun bench`: its mode and sizes.
 pub struct BenchArgs {
     /// Runs to push through.
     #[arg(long, default_value_t = 20_000)]
