@@ -274,7 +274,7 @@ async fn transient_failures_are_retried_within_the_budget(stack: Stack) {
     assert_eq!((done.outcome, done.reason_code.as_deref()), (RunOutcome::Failed, Some("provider.unavailable")));
     assert_eq!(p.hits("/coll/contoso-prod?page=1"), 3, "first try + 2 retries");
     let op = oprun_scheduler::Operator::new(e.dispatcher.clone());
-    let detail = op.show("ops-user-1", done.id).await.unwrap();
+    let detail = op.reads().show("ops-user-1", done.id).await.unwrap();
     assert_eq!(detail.guidance.primary_action.key, "retry", "{:?}", detail.guidance.primary_action);
 }
 
@@ -680,7 +680,7 @@ const PAGE_1: &str = "/coll/contoso-prod?page=1";
 /// The operator's next step for a failed run.
 async fn primary_action(e: &Env, run: &OperationRun) -> String {
     let op = oprun_scheduler::Operator::new(e.dispatcher.clone());
-    op.show("ops-user-1", run.id).await.unwrap().guidance.primary_action.key
+    op.reads().show("ops-user-1", run.id).await.unwrap().guidance.primary_action.key
 }
 
 /// A Retry-After longer than `retry_after_cap` (5 s here), in seconds or as

@@ -279,7 +279,7 @@ async fn list_runs(
     let Query(q) = query.map_err(|r| ApiError::invalid(r.body_text()))?;
     let filter = list_filter(q)?;
     let limit = filter.limit;
-    let runs = state.operator.list(&actor.id, filter).await?;
+    let runs = state.operator.reads().list(&actor.id, filter).await?;
     let next = if runs.len() == limit as usize { runs.last().map(|r| r.id) } else { None };
     let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
     Ok(Json(json!({ "runs": views, "next_before": next })))
@@ -294,7 +294,7 @@ async fn show_run(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
-    let detail = state.operator.show(&actor.id, path_run_id(id)?).await?;
+    let detail = state.operator.reads().show(&actor.id, path_run_id(id)?).await?;
     Ok(Json(serde_json::to_value(detail).unwrap_or_default()))
 }
 
@@ -307,7 +307,7 @@ async fn run_audit(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
-    let events = state.operator.audit(&actor.id, path_run_id(id)?).await?;
+    let events = state.operator.reads().audit(&actor.id, path_run_id(id)?).await?;
     Ok(Json(json!({ "events": events })))
 }
 
@@ -387,7 +387,7 @@ async fn reconcile(
 #[utoipa::path(get, path = "/v1/schedules", responses((status = 200, description = "{\"schedules\": [...]}")))]
 async fn schedules(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
-    let visible = state.operator.visible_workspaces(&actor.id).await?;
+    let visible = state.operator.reads().visible_workspaces(&actor.id).await?;
     let mut out = vec![];
     for s in state.schedules.iter().filter(|s| visible.contains(&s.workspace)) {
         let ticks = state.ticks.ticks(&s.name, 20).await.map_err(ApiError::unavailable)?;

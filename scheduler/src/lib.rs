@@ -10,6 +10,6 @@ pub mod schedule;
 
 pub use dispatch::{DispatchError, DispatchOutcome, Dispatcher};
 pub use loops::run_loops;
-pub use operator::{ActionError, Operator, Retried};
+pub use operator::{ActionError, Operator, Retried, RunReads};
 pub use reconciler::reconcile_and_push;
 pub use schedule::{ScheduleError, Scheduler, TickOutcome};

@@ -9,8 +9,9 @@
 use std::collections::BTreeSet;
 
 use oprun_shared::{
-    Cancelled, Decision, Initiator, OperationRun, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, ReconcileFilter,
-    ReconcileReport, RunDetail, RunFilter, ServiceError, TransitionError, Viewer, run_detail,
+    Authorizer, Cancelled, Decision, Initiator, OperationRun, OperationRunService, RUNS_RECONCILE, RUNS_RETRY,
+    RUNS_VIEW, ReconcileFilter, ReconcileReport, RunDetail, RunFilter, ServiceError, TransitionError, Viewer,
+    run_detail,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -77,39 +78,36 @@ pub struct Retried {
     pub push_failed: bool,
 }
 
-/// Operator actions over one dispatcher (service, authorizer, queue).
+/// What an actor may see of runs: the operator's reads, which need no queue
+/// (the CLI's `runs list --as` and `runs show --as` use them alone).
 #[derive(Debug, Clone)]
-pub struct Operator {
-    dispatcher: Dispatcher,
+pub struct RunReads {
+    service: OperationRunService,
+    authorizer: Authorizer,
 }
 
-impl Operator {
-    /// Actions through `dispatcher`.
-    pub fn new(dispatcher: Dispatcher) -> Self {
-        Self { dispatcher }
-    }
-
-    /// The dispatcher.
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.dispatcher
+impl RunReads {
+    /// Reads through `service`, visibility from `authorizer`.
+    pub fn new(service: OperationRunService, authorizer: Authorizer) -> Self {
+        Self { service, authorizer }
     }
 
     /// Workspaces where `actor` may see runs.
     pub async fn visible_workspaces(&self, actor: &str) -> Result<BTreeSet<String>, ActionError> {
-        let access = self.dispatcher.authorizer().access();
+        let access = self.authorizer.access();
         Ok(access.workspaces_with(actor, RUNS_VIEW).await.map_err(store)?.into_iter().collect())
     }
 
     /// Runs `actor` may see, narrowed by `filter`.
     pub async fn list(&self, actor: &str, mut filter: RunFilter) -> Result<Vec<OperationRun>, ActionError> {
         filter.visible_workspaces = Some(self.visible_workspaces(actor).await?.into_iter().collect());
-        self.dispatcher.service().list(&filter).await.map_err(store)
+        self.service.list(&filter).await.map_err(store)
     }
 
     /// A run `actor` may see, and what the actor may do in its workspace.
     pub async fn visible_run(&self, actor: &str, id: Uuid) -> Result<(OperationRun, Viewer), ActionError> {
-        let run = self.dispatcher.service().get(id).await.map_err(|e| from_service(id, e))?;
-        let viewer = self.dispatcher.authorizer().viewer(actor, &run.workspace_id).await.map_err(store)?;
+        let run = self.service.get(id).await.map_err(|e| from_service(id, e))?;
+        let viewer = self.authorizer.viewer(actor, &run.workspace_id).await.map_err(store)?;
         if !viewer.can(RUNS_VIEW) {
             return Err(ActionError::NotFound(id));
         }
@@ -118,22 +116,53 @@ impl Operator {
 
     /// A run with its guidance for `actor`.
     pub async fn show(&self, actor: &str, id: Uuid) -> Result<RunDetail, ActionError> {
+        Ok(self.detail(actor, id).await?.1)
+    }
+
+    /// A run `actor` may see, as stored and with its guidance.
+    pub async fn detail(&self, actor: &str, id: Uuid) -> Result<(OperationRun, RunDetail), ActionError> {
         let (run, viewer) = self.visible_run(actor, id).await?;
         let visible = self.visible_workspaces(actor).await?;
         let is_visible = |ws: &str| visible.contains(ws);
-        run_detail(self.dispatcher.service(), &run, &viewer, &is_visible).await.map_err(store)
+        let detail = run_detail(&self.service, &run, &viewer, &is_visible).await.map_err(store)?;
+        Ok((run, detail))
     }
 
     /// A run's audit trail, for `actor`.
     pub async fn audit(&self, actor: &str, id: Uuid) -> Result<Vec<oprun_shared::AuditEvent>, ActionError> {
         self.visible_run(actor, id).await?;
-        self.dispatcher.service().audit(id).await.map_err(store)
+        self.service.audit(id).await.map_err(store)
+    }
+}
+
+/// Operator actions over one dispatcher (service, authorizer, queue).
+#[derive(Debug, Clone)]
+pub struct Operator {
+    dispatcher: Dispatcher,
+    reads: RunReads,
+}
+
+impl Operator {
+    /// Actions through `dispatcher`.
+    pub fn new(dispatcher: Dispatcher) -> Self {
+        let reads = RunReads::new(dispatcher.service().clone(), dispatcher.authorizer().clone());
+        Self { dispatcher, reads }
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// What actors may see.
+    pub fn reads(&self) -> &RunReads {
+        &self.reads
     }
 
     /// Retry a blocked or failed run as `actor`, who must hold `runs.retry`
     /// and the operation's capability in the run's scope now.
     pub async fn retry(&self, actor: &Initiator, id: Uuid) -> Result<Retried, ActionError> {
-        let (run, viewer) = self.visible_run(&actor.id, id).await?;
+        let (run, viewer) = self.reads.visible_run(&actor.id, id).await?;
         if !viewer.can(RUNS_RETRY) {
             return Err(ActionError::Forbidden(format!(
                 "actor '{}' does not hold '{RUNS_RETRY}' in workspace '{}'",
@@ -163,7 +192,7 @@ impl Operator {
     /// Cancel as `actor` (who must hold `runs.cancel`): a queued run at once,
     /// a running one by request.
     pub async fn cancel(&self, actor: &Initiator, id: Uuid) -> Result<Cancelled, ActionError> {
-        let (run, viewer) = self.visible_run(&actor.id, id).await?;
+        let (run, viewer) = self.reads.visible_run(&actor.id, id).await?;
         if !viewer.can(oprun_shared::RUNS_CANCEL) {
             return Err(ActionError::Forbidden(format!(
                 "actor '{}' does not hold 'runs.cancel' in workspace '{}'",

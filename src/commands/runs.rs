@@ -1,7 +1,6 @@
 //! `oprun runs list|show|retry|cancel`: runs as an actor (or the local
 //! administrator) sees them, and the operator actions on one.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
@@ -9,6 +8,8 @@ use oprun_shared::access::LOCAL_ADMIN;
 use oprun_shared::{
     OperationRun, RunFilter, RunOutcome, RunStatus, RunView, ServiceError, TransitionError, Viewer, run_detail,
 };
+
+use oprun_scheduler::RunReads;
 
 use super::{action_err, known_actor, operator, store_err};
 use crate::app::{App, CliError, CliResult};
@@ -86,9 +87,9 @@ where
     v.map(|s| s.parse::<T>().map_err(|e| CliError::Usage(format!("{flag}: {e}")))).transpose()
 }
 
-/// What `--as ACTOR` may see: the workspaces where it holds `runs.view`.
-async fn visible_workspaces(app: &App, actor: &str) -> CliResult<Vec<String>> {
-    app.db.access.workspaces_with(actor, oprun_shared::RUNS_VIEW).await.map_err(store_err)
+/// What `--as ACTOR` may see, decided as the API decides it.
+fn reads(app: &App) -> RunReads {
+    RunReads::new(app.service.clone(), app.authorizer.clone())
 }
 
 /// `runs list`.
@@ -96,12 +97,7 @@ pub async fn runs_list(path: Option<&Path>, args: ListArgs) -> CliResult<()> {
     let status = parse_enum::<RunStatus>("--status", args.status)?;
     let outcome = parse_enum::<RunOutcome>("--outcome", args.outcome)?;
     let app = App::open(path).await?;
-    let visible = match &args.actor {
-        Some(a) => Some(visible_workspaces(&app, a).await?),
-        None => None,
-    };
     let filter = RunFilter {
-        visible_workspaces: visible,
         workspace_id: args.workspace,
         operation: args.operation,
         status,
@@ -109,7 +105,10 @@ pub async fn runs_list(path: Option<&Path>, args: ListArgs) -> CliResult<()> {
         limit: args.limit,
         ..RunFilter::default()
     };
-    let runs = app.service.list(&filter).await.map_err(store_err)?;
+    let runs = match &args.actor {
+        Some(actor) => reads(&app).list(actor, filter).await.map_err(action_err)?,
+        None => app.service.list(&filter).await.map_err(store_err)?,
+    };
     let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&views).unwrap_or_default())?;
@@ -154,24 +153,22 @@ pub async fn runs_show(path: Option<&Path>, args: ShowArgs) -> CliResult<()> {
     let id: uuid::Uuid =
         args.id.parse().map_err(|_| CliError::Usage(format!("'{}' is not a run id (a UUID)", args.id)))?;
     let app = App::open(path).await?;
-    let not_found = || CliError::Usage(format!("run {id} not found"));
-    let run = match app.service.get(id).await {
-        Ok(run) => run,
-        Err(ServiceError::Transition(TransitionError::NotFound(_))) => return Err(not_found()),
-        Err(e) => return Err(store_err(e)),
-    };
-    let (viewer, visible): (Viewer, Option<BTreeSet<String>>) = match &args.actor {
-        Some(actor) => {
-            let visible: BTreeSet<String> = visible_workspaces(&app, actor).await?.into_iter().collect();
-            if !visible.contains(&run.workspace_id) {
-                return Err(not_found()); // what the viewer may not see does not exist for it
-            }
-            (app.authorizer.viewer(actor, &run.workspace_id).await.map_err(store_err)?, Some(visible))
+    let (run, detail) = match &args.actor {
+        // What the viewer may not see does not exist for it.
+        Some(actor) => reads(&app).detail(actor, id).await.map_err(action_err)?,
+        None => {
+            let run = match app.service.get(id).await {
+                Ok(run) => run,
+                Err(ServiceError::Transition(TransitionError::NotFound(_))) => {
+                    return Err(CliError::Usage(format!("run {id} not found")));
+                }
+                Err(e) => return Err(store_err(e)),
+            };
+            let detail =
+                run_detail(&app.service, &run, &local_admin(&app), &|_: &str| true).await.map_err(store_err)?;
+            (run, detail)
         }
-        None => (local_admin(&app), None),
     };
-    let is_visible = |ws: &str| visible.as_ref().is_none_or(|v| v.contains(ws));
-    let detail = run_detail(&app.service, &run, &viewer, &is_visible).await.map_err(store_err)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&detail).unwrap_or_default())?;
         return Ok(());
