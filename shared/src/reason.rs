@@ -60,6 +60,9 @@ text_enum! {
         /// A handler's completion: the provider refused a change made against
         /// a stale version (409/412).
         ProviderConflict => "provider.conflict",
+        /// A failure entry of a partly succeeded collection: the provider
+        /// marked items of a page failed (`item_failed`).
+        ProviderItemFailed => "provider.item_failed",
         /// The reconciler's `expire`: the worker stopped renewing its lease and
         /// no attempts were left.
         RunLeaseExpired => "run.lease_expired",
@@ -355,6 +358,17 @@ impl ReasonCode {
                 RetryNow,
                 Some(RETRY),
             ),
+            ReasonCode::ProviderItemFailed => e(
+                "Items failed at the provider",
+                "The provider marked some of the items it returned as failed; the rest of the work was done and \
+                 the failed items are counted.",
+                RetryAfterFix,
+                r(
+                    STEP_REVIEW_DETAILS,
+                    "Review the failed items before retrying",
+                    "review this run's failed items before it is retried",
+                ),
+            ),
             ReasonCode::RunLeaseExpired => e(
                 "Worker lost",
                 "The worker running this job stopped renewing its lease (it crashed, was shut down or lost its \
@@ -549,7 +563,7 @@ mod tests {
             assert_eq!(json, serde_json::json!(code.as_str()));
             assert_eq!(serde_json::from_value::<ReasonCode>(json).unwrap(), code);
         }
-        assert_eq!(ReasonCode::ALL.len(), 22);
+        assert_eq!(ReasonCode::ALL.len(), 23);
     }
 
     #[test]

@@ -430,7 +430,7 @@ async fn complete_ends_the_run_with_outcome_counts_and_sanitized_failures(b: Bac
     e.clock.advance(Duration::seconds(5));
     let completion = Completion {
         outcome: RunOutcome::PartiallySucceeded,
-        reason_code: Some("provider.bad_response".into()),
+        reason_code: Some(ReasonCode::ProviderBadResponse),
         failures: vec![FailureEntry {
             reason_code: "provider.bad_response".into(),
             message: "item 7 rejected; Authorization: Bearer abc.def.ghi-SECRET-TOKEN-1234567890".into(),
@@ -795,7 +795,10 @@ async fn retry_is_refused_for_active_succeeded_and_non_retryable_runs(b: Backend
     let id = e.svc.dispatch(audit_req).await.unwrap().run.id;
     e.svc.claim(id, "w1").await.unwrap();
     e.svc
-        .complete(&lease(&e, id, "w1").await, Completion::failed(RunOutcome::Failed, "provider.unavailable", "503"))
+        .complete(
+            &lease(&e, id, "w1").await,
+            Completion::failed(RunOutcome::Failed, ReasonCode::ProviderUnavailable, "503"),
+        )
         .await
         .unwrap();
     let err = e.svc.retry(id, &oncall()).await.unwrap_err();
@@ -915,12 +918,18 @@ async fn finish_batch_writes_each_outcome_in_one_commit_and_refuses_runs_it_does
     let items = vec![
         (ids[0], Finish::Complete(Completion::succeeded(counts(&[("processed", 3)])))),
         (ids[1], Finish::Complete(Completion::succeeded(SummaryCounts::new()))),
-        (ids[2], Finish::Complete(Completion::failed(RunOutcome::Failed, "provider.unavailable", "503 token=abc"))),
+        (
+            ids[2],
+            Finish::Complete(Completion::failed(RunOutcome::Failed, ReasonCode::ProviderUnavailable, "503 token=abc")),
+        ),
         (ids[3], Finish::Block { reason: ReasonCode::ExecutionActorDisabled, message: "disabled".into() }),
         (ids[4], Finish::Complete(Completion::succeeded(SummaryCounts::new()))),
         (
             ids[1],
-            Finish::Complete(Completion { reason_code: None, ..Completion::failed(RunOutcome::Failed, "x", "y") }),
+            Finish::Complete(Completion {
+                reason_code: None,
+                ..Completion::failed(RunOutcome::Failed, ReasonCode::UnknownError, "y")
+            }),
         ),
     ];
     let mut leased = Vec::new();
@@ -982,7 +991,7 @@ async fn every_guarded_write_audits_each_run_as_it_was_written(b: Backend) {
         .svc
         .finish_batch(&[(
             lease(&e, ids[0], "w2").await,
-            Finish::Complete(Completion::failed(RunOutcome::Failed, "provider.bad_response", "bad page")),
+            Finish::Complete(Completion::failed(RunOutcome::Failed, ReasonCode::ProviderBadResponse, "bad page")),
         )])
         .await
         .unwrap();

@@ -244,7 +244,7 @@ impl Operation for Counting {
             .with("total", 3)
             .and_then(|c| c.with("succeeded", 3))
             .and_then(|c| c.with("pages", 1))
-            .map_err(|e| OperationError::failed("unknown_error", e.to_string()))?;
+            .map_err(|e| OperationError::failed(oprun_shared::ReasonCode::UnknownError, e.to_string()))?;
         ctx.progress(counts, Some(json!({"page": 1}))).await?;
         Ok(Completion::succeeded(SummaryCounts::new()))
     }

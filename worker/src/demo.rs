@@ -97,7 +97,9 @@ impl Operation for DemoCollection {
                 ("failed", failed),
                 ("pages", 1),
             ] {
-                counts.add(key, v).map_err(|e| OperationError::failed("unknown_error", e.to_string()))?;
+                counts
+                    .add(key, v)
+                    .map_err(|e| OperationError::failed(oprun_shared::ReasonCode::UnknownError, e.to_string()))?;
             }
             ctx.progress(counts, Some(json!({ "next_page": page + 1 }))).await?;
         }

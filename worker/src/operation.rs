@@ -20,7 +20,7 @@ pub enum OperationError {
     #[error("{reason}: {message}")]
     Failed {
         /// A reason code (`provider.*`, `run.payload_invalid`, …).
-        reason: String,
+        reason: ReasonCode,
         /// What happened (sanitized before it is stored).
         message: String,
     },
@@ -45,13 +45,13 @@ pub enum OperationError {
 
 impl OperationError {
     /// A failure with a reason code.
-    pub fn failed(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        OperationError::Failed { reason: reason.into(), message: message.into() }
+    pub fn failed(reason: ReasonCode, message: impl Into<String>) -> Self {
+        OperationError::Failed { reason, message: message.into() }
     }
 
     /// The run's parameters do not fit the operation.
     pub fn payload_invalid(message: impl Into<String>) -> Self {
-        Self::failed(ReasonCode::RunPayloadInvalid.as_str(), message)
+        Self::failed(ReasonCode::RunPayloadInvalid, message)
     }
 }
 
@@ -174,7 +174,7 @@ impl RunContext {
     pub fn cancelled(&self) -> Completion {
         Completion {
             outcome: oprun_shared::RunOutcome::Cancelled,
-            reason_code: Some(ReasonCode::RunCancelledByOperator.as_str().into()),
+            reason_code: Some(ReasonCode::RunCancelledByOperator),
             failures: vec![],
             counts: SummaryCounts::new(),
             checkpoint: None,

@@ -426,7 +426,7 @@ impl Runner {
             Ok(spec) => spec.clone(),
             Err(_) => {
                 let msg = format!("this deployment's catalog has no operation '{}'", run.operation);
-                let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
+                let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown, &msg);
                 return self.finish(lease, Finish::Complete(done), flags).await;
             }
         };
@@ -451,11 +451,11 @@ impl Runner {
         let Some(op) = self.operations.for_operation(&run.operation, &spec) else {
             let kind = spec.kind.clone().unwrap_or_else(|| run.operation.clone());
             let msg = format!("this worker has no handler of kind '{kind}'");
-            let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown.as_str(), &msg);
+            let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown, &msg);
             return self.finish(lease, Finish::Complete(done), flags).await;
         };
         if let Err(msg) = op.validate(&run.params, &spec) {
-            let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunPayloadInvalid.as_str(), &msg);
+            let done = Completion::failed(RunOutcome::Failed, ReasonCode::RunPayloadInvalid, &msg);
             return self.finish(lease, Finish::Complete(done), flags).await;
         }
         let ctx = Arc::new(RunContext::new(run, spec, lease.clone(), self.service.clone(), flags.clone()));
@@ -471,7 +471,7 @@ impl Runner {
                 Completion::failed(RunOutcome::Failed, reason, &message)
             }
             Ok(Err(OperationError::Blocked { reason, message })) => {
-                Completion::failed(RunOutcome::Blocked, reason.as_str(), &message)
+                Completion::failed(RunOutcome::Blocked, reason, &message)
             }
             Ok(Err(OperationError::Cancelled)) => ctx.cancelled(),
             Ok(Err(OperationError::LeaseLost)) => {
@@ -488,7 +488,7 @@ impl Runner {
                 bump(&self.stats.panics);
                 let what = if join.is_panic() { "the handler panicked" } else { "the handler was aborted" };
                 warn!("{what}; the run ends failed");
-                Completion::failed(RunOutcome::Failed, ReasonCode::RunHandlerPanicked.as_str(), what)
+                Completion::failed(RunOutcome::Failed, ReasonCode::RunHandlerPanicked, what)
             }
         };
         if ctx.lease_lost() {

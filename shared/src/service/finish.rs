@@ -37,7 +37,7 @@ pub struct Completion {
     /// A terminal outcome.
     pub outcome: RunOutcome,
     /// Why (required for failed and blocked).
-    pub reason_code: Option<String>,
+    pub reason_code: Option<ReasonCode>,
     /// Failures worth showing (sanitized and bounded on write).
     pub failures: Vec<FailureEntry>,
     /// Counts added to the run's counts.
@@ -53,11 +53,10 @@ impl Completion {
     }
 
     /// Failed (or blocked, for a permission the provider refused) with one reason.
-    pub fn failed(outcome: RunOutcome, reason: impl Into<String>, message: &str) -> Self {
-        let reason = reason.into();
+    pub fn failed(outcome: RunOutcome, reason: ReasonCode, message: &str) -> Self {
         Self {
             outcome,
-            failures: vec![FailureEntry { reason_code: reason.clone(), message: redact::sanitize(message) }],
+            failures: vec![FailureEntry { reason_code: reason.as_str().into(), message: redact::sanitize(message) }],
             reason_code: Some(reason),
             counts: SummaryCounts::new(),
             checkpoint: None,
@@ -110,11 +109,10 @@ impl OperationRunService {
             return Err(ServiceError::InvalidInput(format!("a {} run needs a reason code", completion.outcome)));
         }
         let reason = match completion.outcome {
-            RunOutcome::Cancelled => {
-                completion.reason_code.clone().or(Some(ReasonCode::RunCancelledByOperator.as_str().into()))
-            }
-            _ => completion.reason_code.clone(),
-        };
+            RunOutcome::Cancelled => completion.reason_code.or(Some(ReasonCode::RunCancelledByOperator)),
+            _ => completion.reason_code,
+        }
+        .map(|r| r.as_str().to_string());
         let write = RunWrite::complete(
             now,
             completion.outcome,

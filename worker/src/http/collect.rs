@@ -97,11 +97,11 @@ impl Operation for HttpCollect {
                     sent => sent?,
                 };
                 let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    OperationError::failed(ReasonCode::ProviderBadResponse.as_str(), format!("page is not JSON: {e}"))
+                    OperationError::failed(ReasonCode::ProviderBadResponse, format!("page is not JSON: {e}"))
                 })?;
                 let items = body.get(items_field).and_then(Value::as_array).ok_or_else(|| {
                     OperationError::failed(
-                        ReasonCode::ProviderBadResponse.as_str(),
+                        ReasonCode::ProviderBadResponse,
                         format!("page has no '{items_field}' array"),
                     )
                 })?;
@@ -119,7 +119,7 @@ impl Operation for HttpCollect {
                     ("failed", failed),
                     ("pages", 1),
                 ] {
-                    counts.add(k, v).map_err(|e| OperationError::failed("unknown_error", e.to_string()))?;
+                    counts.add(k, v).map_err(|e| OperationError::failed(ReasonCode::UnknownError, e.to_string()))?;
                 }
                 pages += 1;
                 let link = next_link(&body, &headers);
@@ -147,7 +147,7 @@ impl Operation for HttpCollect {
         let mut done = Completion { outcome, ..Completion::succeeded(SummaryCounts::new()) };
         if failed_total > 0 {
             done.failures.push(FailureEntry {
-                reason_code: "provider.item_failed".into(),
+                reason_code: ReasonCode::ProviderItemFailed.as_str().into(),
                 message: format!("{failed_total} item(s) were marked failed by provider '{}'", provider.name),
             });
         }

@@ -98,7 +98,7 @@ impl Failure {
         if self.reason == ReasonCode::ProviderPermissionMissing {
             OperationError::Blocked { reason: self.reason, message: self.message }
         } else {
-            OperationError::failed(self.reason.as_str(), self.message)
+            OperationError::failed(self.reason, self.message)
         }
     }
 }
@@ -169,7 +169,7 @@ impl Provider {
     /// The URL a next link names, resolved against the page that carried it.
     pub(super) fn link_url(&self, page: &Url, link: &str) -> Result<Url, OperationError> {
         let url = link_url(page, link).map_err(|e| {
-            OperationError::failed(ReasonCode::ProviderBadResponse.as_str(), format!("provider '{}': {e}", self.name))
+            OperationError::failed(ReasonCode::ProviderBadResponse, format!("provider '{}': {e}", self.name))
         })?;
         self.same_origin(url)
     }
@@ -179,7 +179,7 @@ impl Provider {
     fn same_origin(&self, url: Url) -> Result<Url, OperationError> {
         if url.origin() != self.base.origin() {
             return Err(OperationError::failed(
-                ReasonCode::ProviderBadResponse.as_str(),
+                ReasonCode::ProviderBadResponse,
                 format!(
                     "provider '{}' pointed to another origin ({}); not followed",
                     self.name,
