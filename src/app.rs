@@ -101,7 +101,7 @@ impl App {
         let (config, bundled) = load_config(path)?;
         let url = &config.store.url;
         let shown = redact::redact_url(url);
-        let db = oprun_shared::store::open(url, config.store.max_connections)
+        let db = oprun::config::StoreKind::open(url, config.store.max_connections)
             .await
             .map_err(|e| CliError::Runtime(format!("cannot open the store {shown}: {e}")))?;
         db.runs.migrate().await.map_err(|e| CliError::Runtime(format!("cannot migrate the store {shown}: {e}")))?;

@@ -131,11 +131,9 @@ impl Config {
     /// The URLs choose the backends: the store's scheme, a Redis URL for the
     /// Redis queue, and the SQLite queue only in a SQLite store's file.
     fn check_backends(&self, problems: &mut Problems) {
-        let url = &self.store.url;
-        let sqlite_store = url.starts_with("sqlite:");
-        problems.check(sqlite_store || url.starts_with("postgres://") || url.starts_with("postgresql://"), || {
-            "store.url: must start with sqlite: or postgres://".into()
-        });
+        let store = StoreKind::of(&self.store.url);
+        let sqlite_store = store == Some(StoreKind::Sqlite);
+        problems.check(store.is_some(), || "store.url: must start with sqlite: or postgres://".into());
         match self.queue.backend {
             QueueBackend::Redis => problems.check(
                 self.queue.url.as_deref().is_some_and(|u| u.starts_with("redis://") || u.starts_with("rediss://")),
@@ -259,5 +257,37 @@ actor = "svc-scheduler"
             let e = Config::from_toml(&base.replace(from, to), "t").unwrap_err();
             assert!(e.to_string().contains(needle), "{needle}: {e}");
         }
+    }
+}
+
+/// The store backend a `store.url` names: the one place a scheme chooses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+    /// `sqlite://PATH` or `sqlite:PATH`.
+    Sqlite,
+}
+
+impl StoreKind {
+    /// The backend `url` names, if any.
+    pub fn of(url: &str) -> Option<StoreKind> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(StoreKind::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(StoreKind::Sqlite)
+        } else {
+            None
+        }
+    }
+
+    /// Open every view of the database `url` names.
+    pub async fn open(url: &str, max_connections: u32) -> Result<oprun_shared::Database, String> {
+        let opened = match StoreKind::of(url) {
+            Some(StoreKind::Postgres) => oprun_shared::Database::postgres(url, max_connections).await,
+            Some(StoreKind::Sqlite) => oprun_shared::Database::sqlite(url, max_connections).await,
+            None => return Err("the URL is neither a postgres:// nor a sqlite: URL".into()),
+        };
+        opened.map_err(|e| e.to_string())
     }
 }

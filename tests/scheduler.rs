@@ -28,7 +28,7 @@ fn t(s: &str) -> DateTime<Utc> {
 
 /// A scheduler over its own connection pool, as a second process would have.
 async fn scheduler(e: &Env, name: &str, spec: &ScheduleSpec, clock: Arc<ManualClock>) -> Scheduler {
-    let db = oprun_shared::store::open(&e.db.url, 4).await.unwrap();
+    let db = oprun::config::StoreKind::open(&e.db.url, 4).await.unwrap();
     let service = Env::service_with(db.runs.clone(), clock.clone());
     let authorizer = Authorizer::new(db.access.clone(), common::catalog());
     let dispatcher = Dispatcher::new(service, authorizer, e.queue.clone() as Arc<dyn JobQueue>);
@@ -457,7 +457,7 @@ async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back()
         .unwrap();
 
     let s = ScheduleSpec { name: "every-second".into(), cron: "* * * * * *".into(), ..spec("overlap = \"allow\"") };
-    let db = oprun_shared::store::open(&e.db.url, 8).await.unwrap();
+    let db = oprun::config::StoreKind::open(&e.db.url, 8).await.unwrap();
     let sched = Scheduler::new(
         std::slice::from_ref(&s),
         e.dispatcher.clone(),

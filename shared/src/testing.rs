@@ -12,10 +12,7 @@ use uuid::Uuid;
 
 use crate::access::AccessStore;
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::store::{
-    Database, Guard, Inserted, PgRunStore, RunFilter, RunWrite, SqliteRunStore, StaleQuery, StaleRun, StoreError,
-    Update, Written,
-};
+use crate::store::{Database, Guard, Inserted, RunFilter, RunWrite, StaleQuery, StaleRun, StoreError, Update, Written};
 use crate::ticks::TickStore;
 use crate::tokens::TokenStore;
 use crate::{
@@ -104,24 +101,17 @@ impl TestStore {
     /// A fresh database on the test Postgres server.
     pub async fn postgres() -> Self {
         let url = fresh_postgres_database().await;
-        let store = Arc::new(PgRunStore::connect(&url, 8).await.expect("connect to the test database"));
-        store.migrate().await.expect("migrate the test database");
-        Self::over(
-            Database { runs: store.clone(), access: store.clone(), tokens: store.clone(), ticks: store, sqlite: None },
-            url,
-            None,
-        )
+        let database = Database::postgres(&url, 8).await.expect("connect to the test database");
+        database.runs.migrate().await.expect("migrate the test database");
+        Self::over(database, url, None)
     }
 
     /// A fresh SQLite file ([`kept_dir`]: left for the closing secret scan).
     pub async fn sqlite() -> Self {
         let dir = kept_dir("sqlite");
         let url = format!("sqlite://{}", dir.path().join("oprun.db").display());
-        let store = Arc::new(SqliteRunStore::connect(&url, 8).await.expect("open the test SQLite file"));
-        store.migrate().await.expect("migrate the test SQLite file");
-        let sqlite = Some(store.pool().clone());
-        let database =
-            Database { runs: store.clone(), access: store.clone(), tokens: store.clone(), ticks: store, sqlite };
+        let database = Database::sqlite(&url, 8).await.expect("open the test SQLite file");
+        database.runs.migrate().await.expect("migrate the test SQLite file");
         Self::over(database, url, Some(dir))
     }
 

@@ -651,7 +651,7 @@ impl Env {
 /// throwaway SQLite one (its temp dir is the only private field) and points
 /// every public field at `url`.
 pub async fn test_store_at(url: &str) -> TestStore {
-    let database = oprun_shared::store::open(url, 8).await.expect("connect to the private Postgres");
+    let database = oprun_shared::Database::postgres(url, 8).await.expect("connect to the private Postgres");
     database.runs.migrate().await.expect("migrate the private Postgres");
     let mut db = TestStore::sqlite().await;
     db.store = database.runs.clone();

@@ -49,9 +49,6 @@ pub enum StoreError {
         /// What is wrong.
         problem: String,
     },
-    /// The connection string is not usable.
-    #[error("database url: {0}")]
-    Url(String),
 }
 
 /// The conditions a guarded write requires; zero rows written means one of
@@ -466,20 +463,6 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
-/// Open the store a URL names: `postgres://…` or `sqlite://PATH` / `sqlite:PATH`.
-pub async fn connect(url: &str, max_connections: u32) -> Result<std::sync::Arc<dyn RunStore>, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PgRunStore::connect(url, max_connections).await?))
-    } else if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteRunStore::connect(url, max_connections).await?))
-    } else {
-        Err(StoreError::Url(format!(
-            "'{}' is neither a postgres:// nor a sqlite: URL",
-            crate::redact::excerpt(&crate::redact::redact_url(url), 80)
-        )))
-    }
-}
-
 /// Both views of one database: runs (through the service) and access truth
 /// plus tick records; and, for the embedded default, the SQLite pool the
 /// queue shares.
@@ -497,21 +480,18 @@ pub struct Database {
     pub sqlite: Option<sqlx::SqlitePool>,
 }
 
-/// Open the database a URL names (see [`connect`]).
-pub async fn open(url: &str, max_connections: u32) -> Result<Database, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+impl Database {
+    /// Every view of one Postgres database (`url`: `postgres://…`).
+    pub async fn postgres(url: &str, max_connections: u32) -> Result<Database, StoreError> {
         let s = std::sync::Arc::new(PgRunStore::connect(url, max_connections).await?);
         Ok(Database { runs: s.clone(), access: s.clone(), tokens: s.clone(), ticks: s, sqlite: None })
-    } else if url.starts_with("sqlite:") {
+    }
+
+    /// Every view of one SQLite file (`url`: `sqlite://PATH` or
+    /// `sqlite:PATH`), and its pool for the queue.
+    pub async fn sqlite(url: &str, max_connections: u32) -> Result<Database, StoreError> {
         let s = std::sync::Arc::new(SqliteRunStore::connect(url, max_connections).await?);
-        Ok(Database {
-            runs: s.clone(),
-            access: s.clone(),
-            tokens: s.clone(),
-            ticks: s.clone(),
-            sqlite: Some(s.pool().clone()),
-        })
-    } else {
-        connect(url, max_connections).await.map(|_| unreachable!("connect refuses other URLs"))
+        let sqlite = Some(s.pool().clone());
+        Ok(Database { runs: s.clone(), access: s.clone(), tokens: s.clone(), ticks: s, sqlite })
     }
 }
