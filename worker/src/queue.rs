@@ -2,7 +2,7 @@
 //! (in the run store's own file) for the embedded default. Jobs carry only a
 //! run id; the run row owns attempts and retries.
 //!
-//! Settings and what they trade (see `shared/notes/apalis-1.0.md`):
+//! Settings and what they trade (apalis 1.0, read from its source):
 //! - Redis `lock_tasks = false`: apalis's lock scans the whole active list per
 //!   task (cost grows with backlog); our run row's claim is the lock that
 //!   matters, so we skip it and keep fetch cost flat.

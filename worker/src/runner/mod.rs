@@ -5,89 +5,26 @@
 //! when the run store could not be reached, "later" (redeliver).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use oprun_shared::catalog_defaults as defaults;
 use oprun_shared::{
-    Authorizer, Claim, Completion, Decision, Finish, JobPayload, Lease, OperationRun, OperationRunService, ReasonCode,
-    RunOutcome, RunStatus, ServiceError, StoreError, TransitionError, redact,
+    Authorizer, Completion, Decision, Finish, JobPayload, Lease, OperationRun, OperationRunService, ReasonCode,
+    RunOutcome, RunStatus, ServiceError, StoreError, redact,
 };
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, warn};
 
 use crate::operation::{LeaseFlags, OperationError, Operations, RunContext};
 
-/// Counters a worker keeps (and a metrics endpoint can show).
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Jobs received.
-    pub received: AtomicU64,
-    /// Runs this worker finished (any outcome).
-    pub finished: AtomicU64,
-    /// Runs blocked by reauthorization.
-    pub blocked: AtomicU64,
-    /// Deliveries of runs that were no longer queued (duplicates, cancelled).
-    pub skipped: AtomicU64,
-    /// Payloads that did not decode.
-    pub invalid_payloads: AtomicU64,
-    /// Payloads naming no existing run.
-    pub unknown_runs: AtomicU64,
-    /// Handlers that panicked.
-    pub panics: AtomicU64,
-    /// Runs whose lease this worker lost mid-run.
-    pub leases_lost: AtomicU64,
-    /// Store failures that sent a job back to the queue.
-    pub store_errors: AtomicU64,
-}
+mod batch;
+mod stats;
 
-/// A snapshot of [`WorkerStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct StatsSnapshot {
-    /// Jobs received.
-    pub received: u64,
-    /// Runs finished.
-    pub finished: u64,
-    /// Runs blocked.
-    pub blocked: u64,
-    /// Deliveries skipped.
-    pub skipped: u64,
-    /// Undecodable payloads.
-    pub invalid_payloads: u64,
-    /// Payloads naming no run.
-    pub unknown_runs: u64,
-    /// Handler panics.
-    pub panics: u64,
-    /// Leases lost.
-    pub leases_lost: u64,
-    /// Store failures.
-    pub store_errors: u64,
-}
-
-impl WorkerStats {
-    /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StatsSnapshot {
-            received: g(&self.received),
-            finished: g(&self.finished),
-            blocked: g(&self.blocked),
-            skipped: g(&self.skipped),
-            invalid_payloads: g(&self.invalid_payloads),
-            unknown_runs: g(&self.unknown_runs),
-            panics: g(&self.panics),
-            leases_lost: g(&self.leases_lost),
-            store_errors: g(&self.store_errors),
-        }
-    }
-}
-
-fn bump(a: &AtomicU64) {
-    a.fetch_add(1, Ordering::Relaxed);
-}
+use batch::{Batches, Claimed, FinishFailed, claim_loop, finish_loop};
+use stats::bump;
+pub use stats::{StatsSnapshot, WorkerStats};
 
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,50 +57,10 @@ pub enum Retry {
     Stopped,
 }
 
-/// The most runs one claim or finish transaction takes.
-const MAX_BATCH: usize = 512;
-
 /// The first and the longest wait between tries of a finish write that met
 /// a store failure.
 const FINISH_RETRY_MIN: Duration = Duration::from_millis(100);
 const FINISH_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// A claimed run and what reauthorization said of it (`Err`: access truth
-/// could not be read).
-enum Claimed {
-    /// Leased to this worker, with what reauthorization said (`Err`: access
-    /// truth could not be read).
-    Run(Box<OperationRun>, Result<Decision, Arc<StoreError>>),
-    /// No such run.
-    NotFound,
-    /// Not queued any more (another delivery or the reconciler moved it).
-    NotQueued(RunStatus),
-}
-
-/// Why a finish write did not happen: the run moved on (`Transition`) or
-/// the store failed.
-#[derive(Debug, thiserror::Error)]
-enum FinishFailed {
-    #[error("{0}")]
-    Transition(#[source] TransitionError),
-    #[error("run store: {0}")]
-    Store(#[source] Arc<ServiceError>),
-    #[error("run store: the finish batcher stopped")]
-    Stopped,
-}
-
-type ClaimRequest = (uuid::Uuid, oneshot::Sender<Result<Claimed, Retry>>);
-type FinishRequest = (Lease, Finish, oneshot::Sender<Result<OperationRun, FinishFailed>>);
-
-/// The two batchers: every job's claim (+ reauthorization) and every run's
-/// finish go through one task each, which takes whatever is waiting (up to
-/// [`MAX_BATCH`]) and writes it in one transaction. Under load many runs
-/// share one commit (group commit); alone, a run waits for nothing.
-#[derive(Debug)]
-struct Batches {
-    claims: mpsc::UnboundedSender<ClaimRequest>,
-    finishes: mpsc::UnboundedSender<FinishRequest>,
-}
 
 /// Handles jobs for one worker process.
 #[derive(Debug, Clone)]
@@ -174,126 +71,6 @@ pub struct Runner {
     worker_id: String,
     stats: Arc<WorkerStats>,
     batches: Arc<std::sync::OnceLock<Batches>>,
-}
-
-/// Take the first waiting request and whatever else is already waiting.
-async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
-    let first = rx.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(x) => batch.push(x),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
-}
-
-/// The key reauthorization depends on: runs in one batch that share it
-/// share one decision (the same truth read at the same moment).
-fn decision_key(run: &OperationRun) -> (String, String, String, Option<String>, Option<String>, Option<String>) {
-    (
-        run.initiator.id.clone(),
-        run.operation.clone(),
-        run.workspace_id.clone(),
-        run.environment_id.clone(),
-        run.target_type.clone(),
-        run.target_id.clone(),
-    )
-}
-
-/// Batches in flight at once per batcher: while one waits for its commit,
-/// the next is already being written (the database groups the commits).
-const BATCHES_IN_FLIGHT: usize = 3;
-
-async fn claim_loop(
-    mut rx: mpsc::UnboundedReceiver<ClaimRequest>,
-    service: OperationRunService,
-    authorizer: Authorizer,
-    worker: String,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(batch) = next_batch(&mut rx).await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (service, authorizer, worker) = (service.clone(), authorizer.clone(), worker.clone());
-        tokio::spawn(async move {
-            claim_one_batch(batch, &service, &authorizer, &worker).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn claim_one_batch(
-    batch: Vec<ClaimRequest>,
-    service: &OperationRunService,
-    authorizer: &Authorizer,
-    worker: &str,
-) {
-    let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
-    match service.claim_batch(&ids, worker).await {
-        Err(e) => {
-            let e = Arc::new(e);
-            for (_, tx) in batch {
-                let _ = tx.send(Err(Retry::Store(e.clone())));
-            }
-        }
-        Ok(claims) => {
-            let mut decided: Vec<(_, Result<Decision, Arc<StoreError>>)> = Vec::new();
-            for ((_, tx), claim) in batch.into_iter().zip(claims) {
-                let claimed = match claim {
-                    Claim::Claimed(run) => {
-                        let key = decision_key(&run);
-                        let found = decided.iter().find(|(k, _)| *k == key).map(|(_, d)| d.clone());
-                        let decision = match found {
-                            Some(d) => d,
-                            None => {
-                                let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
-                                let d = authorizer.reauthorize(&run).instrument(span).await.map_err(Arc::new);
-                                decided.push((key, d.clone()));
-                                d
-                            }
-                        };
-                        Claimed::Run(run, decision)
-                    }
-                    Claim::NotFound => Claimed::NotFound,
-                    Claim::NotQueued(status) => Claimed::NotQueued(status),
-                };
-                let _ = tx.send(Ok(claimed));
-            }
-        }
-    }
-}
-
-async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(batch) = next_batch(&mut rx).await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let service = service.clone();
-        tokio::spawn(async move {
-            finish_one_batch(batch, &service).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn finish_one_batch(batch: Vec<FinishRequest>, service: &OperationRunService) {
-    let items: Vec<(Lease, Finish)> = batch.iter().map(|(lease, f, _)| (lease.clone(), f.clone())).collect();
-    match service.finish_batch(&items).await {
-        Err(e) => {
-            let e = Arc::new(e);
-            for (_, _, tx) in batch {
-                let _ = tx.send(Err(FinishFailed::Store(e.clone())));
-            }
-        }
-        Ok(results) => {
-            for ((_, _, tx), r) in batch.into_iter().zip(results) {
-                let _ = tx.send(r.map_err(|e| match e {
-                    ServiceError::Transition(t) => FinishFailed::Transition(t),
-                    other => FinishFailed::Store(Arc::new(other)),
-                }));
-            }
-        }
-    }
 }
 
 impl Runner {

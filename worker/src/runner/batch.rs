@@ -1,0 +1,174 @@
+//! The two batchers behind every worker's claims and finishes: each takes
+//! whatever requests are waiting (up to [`MAX_BATCH`]) and writes them in one
+//! transaction, with up to [`BATCHES_IN_FLIGHT`] in flight (group commit).
+
+use std::sync::Arc;
+
+use oprun_shared::{
+    Authorizer, Claim, Decision, Finish, Lease, OperationRun, OperationRunService, RunStatus, ServiceError, StoreError,
+    TransitionError,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::Retry;
+
+/// The most runs one claim or finish transaction takes.
+const MAX_BATCH: usize = 512;
+
+/// A claimed run and what reauthorization said of it (`Err`: access truth
+/// could not be read).
+pub(super) enum Claimed {
+    /// Leased to this worker, with what reauthorization said (`Err`: access
+    /// truth could not be read).
+    Run(Box<OperationRun>, Result<Decision, Arc<StoreError>>),
+    /// No such run.
+    NotFound,
+    /// Not queued any more (another delivery or the reconciler moved it).
+    NotQueued(RunStatus),
+}
+
+/// Why a finish write did not happen: the run moved on (`Transition`) or
+/// the store failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FinishFailed {
+    #[error("{0}")]
+    Transition(#[source] TransitionError),
+    #[error("run store: {0}")]
+    Store(#[source] Arc<ServiceError>),
+    #[error("run store: the finish batcher stopped")]
+    Stopped,
+}
+
+pub(super) type ClaimRequest = (uuid::Uuid, oneshot::Sender<Result<Claimed, Retry>>);
+pub(super) type FinishRequest = (Lease, Finish, oneshot::Sender<Result<OperationRun, FinishFailed>>);
+
+/// The two batchers: every job's claim (+ reauthorization) and every run's
+/// finish go through one task each, which takes whatever is waiting (up to
+/// [`MAX_BATCH`]) and writes it in one transaction. Under load many runs
+/// share one commit (group commit); alone, a run waits for nothing.
+#[derive(Debug)]
+pub(super) struct Batches {
+    pub(super) claims: mpsc::UnboundedSender<ClaimRequest>,
+    pub(super) finishes: mpsc::UnboundedSender<FinishRequest>,
+}
+
+/// Take the first waiting request and whatever else is already waiting.
+async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(x) => batch.push(x),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// The key reauthorization depends on: runs in one batch that share it
+/// share one decision (the same truth read at the same moment).
+fn decision_key(run: &OperationRun) -> (String, String, String, Option<String>, Option<String>, Option<String>) {
+    (
+        run.initiator.id.clone(),
+        run.operation.clone(),
+        run.workspace_id.clone(),
+        run.environment_id.clone(),
+        run.target_type.clone(),
+        run.target_id.clone(),
+    )
+}
+
+/// Batches in flight at once per batcher: while one waits for its commit,
+/// the next is already being written (the database groups the commits).
+const BATCHES_IN_FLIGHT: usize = 3;
+
+pub(super) async fn claim_loop(
+    mut rx: mpsc::UnboundedReceiver<ClaimRequest>,
+    service: OperationRunService,
+    authorizer: Authorizer,
+    worker: String,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(batch) = next_batch(&mut rx).await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (service, authorizer, worker) = (service.clone(), authorizer.clone(), worker.clone());
+        tokio::spawn(async move {
+            claim_one_batch(batch, &service, &authorizer, &worker).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn claim_one_batch(
+    batch: Vec<ClaimRequest>,
+    service: &OperationRunService,
+    authorizer: &Authorizer,
+    worker: &str,
+) {
+    let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
+    match service.claim_batch(&ids, worker).await {
+        Err(e) => {
+            let e = Arc::new(e);
+            for (_, tx) in batch {
+                let _ = tx.send(Err(Retry::Store(e.clone())));
+            }
+        }
+        Ok(claims) => {
+            let mut decided: Vec<(_, Result<Decision, Arc<StoreError>>)> = Vec::new();
+            for ((_, tx), claim) in batch.into_iter().zip(claims) {
+                let claimed = match claim {
+                    Claim::Claimed(run) => {
+                        let key = decision_key(&run);
+                        let found = decided.iter().find(|(k, _)| *k == key).map(|(_, d)| d.clone());
+                        let decision = match found {
+                            Some(d) => d,
+                            None => {
+                                let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
+                                let d = authorizer.reauthorize(&run).instrument(span).await.map_err(Arc::new);
+                                decided.push((key, d.clone()));
+                                d
+                            }
+                        };
+                        Claimed::Run(run, decision)
+                    }
+                    Claim::NotFound => Claimed::NotFound,
+                    Claim::NotQueued(status) => Claimed::NotQueued(status),
+                };
+                let _ = tx.send(Ok(claimed));
+            }
+        }
+    }
+}
+
+pub(super) async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(batch) = next_batch(&mut rx).await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let service = service.clone();
+        tokio::spawn(async move {
+            finish_one_batch(batch, &service).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn finish_one_batch(batch: Vec<FinishRequest>, service: &OperationRunService) {
+    let items: Vec<(Lease, Finish)> = batch.iter().map(|(lease, f, _)| (lease.clone(), f.clone())).collect();
+    match service.finish_batch(&items).await {
+        Err(e) => {
+            let e = Arc::new(e);
+            for (_, _, tx) in batch {
+                let _ = tx.send(Err(FinishFailed::Store(e.clone())));
+            }
+        }
+        Ok(results) => {
+            for ((_, _, tx), r) in batch.into_iter().zip(results) {
+                let _ = tx.send(r.map_err(|e| match e {
+                    ServiceError::Transition(t) => FinishFailed::Transition(t),
+                    other => FinishFailed::Store(Arc::new(other)),
+                }));
+            }
+        }
+    }
+}
