@@ -13,40 +13,29 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use oprun_shared::{
-    AccessStore, Clock, Initiator, JobQueue, METRICS_VIEW, ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView,
-    TickStore, TokenStore,
+    AccessStore, Clock, Initiator, JobQueue, METRICS_VIEW, ReconcileFilter, RunOutcome, RunView, TickStore, TokenStore,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
-use crate::operator::{ActionError, Operator};
+use crate::operator::Operator;
+
+mod error;
+mod input;
+mod tokens;
+
+pub use error::ApiError;
+use error::{ApiResult, log_errors};
+pub use input::{ListQuery, ReconcileBody, parse_empty_body, parse_list_query, parse_reconcile_body, parse_run_id};
+use input::{NoBody, body_json, list_filter, path_run_id};
+use tokens::caller;
+pub use tokens::{MAX_TOKEN_LIFETIME, TOKEN_PREFIX, expiry, hash_token, new_token};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Token prefix (so that leaked tokens are recognisable by scanners).
-pub const TOKEN_PREFIX: &str = "oprun_";
-
-/// The SHA-256 of a token, hex: the only form a token is stored in.
-pub fn hash_token(token: &str) -> String {
-    format!("{:x}", Sha256::digest(token.as_bytes()))
-}
-
-/// A new token: `oprun_<id>_<secret>`, its public id, and its hash.
-pub fn new_token() -> (String, String, String) {
-    let id = Uuid::new_v4().simple().to_string()[..12].to_string();
-    let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
-    let hash = hash_token(&token);
-    (token, id, hash)
-}
-
 /// What the API serves.
 #[derive(Clone)]
 pub struct ApiState {
@@ -66,204 +55,6 @@ pub struct ApiState {
     pub clock: Arc<dyn Clock>,
     /// The Prometheus recorder's handle, when metrics are on.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-}
-
-/// An API error: a status and a JSON body, and the cause behind a 5xx
-/// (never shown to the caller; logged once, by [`log_errors`]).
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    cause: Option<String>,
-}
-
-/// What a failed response carries for [`log_errors`] to log.
-#[derive(Debug, Clone)]
-struct Failure {
-    code: &'static str,
-    cause: Option<String>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), cause: None }
-    }
-
-    fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
-    }
-
-    fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
-    }
-
-    fn unavailable(e: impl std::fmt::Display) -> Self {
-        let mut err =
-            Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the run store is unavailable; try again");
-        err.cause = Some(e.to_string());
-        err
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        let mut response = (self.status, Json(body)).into_response();
-        response.extensions_mut().insert(Failure { code: self.code, cause: self.cause });
-        response
-    }
-}
-
-/// Log every error response once, with its route (as axum's error-handling
-/// example does): a server error as a warning with its cause, a refused
-/// request at debug.
-async fn log_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let response = next.run(request).await;
-    if let Some(f) = response.extensions().get::<Failure>() {
-        let status = response.status().as_u16();
-        match &f.cause {
-            Some(cause) => tracing::warn!(%method, %path, status, code = f.code, error = %cause, "api: request failed"),
-            None => tracing::debug!(%method, %path, status, code = f.code, "api: request refused"),
-        }
-    }
-    response
-}
-
-impl From<ActionError> for ApiError {
-    fn from(e: ActionError) -> Self {
-        let status = match &e {
-            ActionError::NotFound(_) => StatusCode::NOT_FOUND,
-            ActionError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ActionError::Conflict(_) => StatusCode::CONFLICT,
-            ActionError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ActionError::Store(_) => return ApiError::unavailable(&e),
-        };
-        ApiError::new(status, e.code(), e.to_string())
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-/// The caller behind the bearer token.
-async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Initiator> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| t.starts_with(TOKEN_PREFIX))
-        .ok_or_else(ApiError::unauthorized)?;
-    let actor = state
-        .tokens
-        .token_actor(&hash_token(token), state.clock.now())
-        .await
-        .map_err(ApiError::unavailable)?
-        .ok_or_else(ApiError::unauthorized)?;
-    let kind = state.access.actor_kind(&actor).await.map_err(ApiError::unavailable)?;
-    Ok(if kind.as_deref() == Some("service") { Initiator::service(actor) } else { Initiator::user(actor) })
-}
-
-/// The run id of a `/v1/runs/{id}…` path. A segment that does not decode
-/// (not UTF-8 once percent-decoded) is the same JSON 422 as any other bad id,
-/// not axum's plain-text rejection.
-fn path_run_id(path: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
-    match path {
-        Ok(Path(raw)) => run_id(&raw),
-        Err(r) => Err(ApiError::invalid(format!("the run id in the path: {} (a run id is a UUID)", r.body_text()))),
-    }
-}
-
-fn run_id(raw: &str) -> ApiResult<Uuid> {
-    raw.parse().map_err(|_| ApiError::invalid(format!("'{}' is not a run id (a UUID)", raw.escape_debug())))
-}
-
-fn body_json<T: serde::de::DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
-    let bytes = body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("bodies are at most {MAX_BODY_BYTES} bytes"),
-        ),
-        _ => ApiError::invalid(r.body_text()),
-    })?;
-    parse_body(&bytes)
-}
-
-/// A JSON request body as the handlers read it: only whitespace is `T::default()`.
-fn parse_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))
-}
-
-// What the API makes of untrusted input, without a server or a store. The
-// handlers use the same code; these are public for the fuzz target
-// `fuzz/fuzz_targets/api_bodies.rs`.
-
-/// The body of `POST /v1/reconcile`.
-pub fn parse_reconcile_body(bytes: &[u8]) -> Result<ReconcileBody, ApiError> {
-    parse_body(bytes)
-}
-
-/// The (empty) body of `POST /v1/runs/{id}/retry` and `/cancel`.
-pub fn parse_empty_body(bytes: &[u8]) -> Result<(), ApiError> {
-    parse_body::<NoBody>(bytes).map(|_| ())
-}
-
-/// The query string of `GET /v1/runs` (what follows `?`), as the run filter.
-pub fn parse_list_query(query: &str) -> Result<RunFilter, ApiError> {
-    let uri: axum::http::Uri =
-        format!("/v1/runs?{query}").parse().map_err(|_| ApiError::invalid("not a valid request URI"))?;
-    let Query(q) = Query::<ListQuery>::try_from_uri(&uri).map_err(|r| ApiError::invalid(r.body_text()))?;
-    list_filter(q)
-}
-
-/// The `{id}` of `/v1/runs/{id}…`.
-pub fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
-    run_id(raw)
-}
-
-/// Filters of `GET /v1/runs`.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// queued, running or completed.
-    status: Option<String>,
-    /// An outcome.
-    outcome: Option<String>,
-    /// One operation.
-    operation: Option<String>,
-    /// One workspace.
-    workspace: Option<String>,
-    /// Cursor: runs older than this id.
-    before: Option<String>,
-    /// Page size, 1–1000 (default 50).
-    limit: Option<u32>,
-}
-
-/// The run filter of a `GET /v1/runs` query.
-fn list_filter(q: ListQuery) -> ApiResult<RunFilter> {
-    let status = q.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
-    let outcome =
-        q.outcome.map(|s| s.parse::<RunOutcome>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit must be 1–1000"));
-    }
-    let before = q.before.as_deref().map(run_id).transpose()?;
-    Ok(RunFilter {
-        workspace_id: q.workspace,
-        operation: q.operation,
-        status,
-        outcome,
-        before,
-        limit,
-        ..RunFilter::default()
-    })
 }
 
 /// List runs the caller may see, newest first.
@@ -311,11 +102,6 @@ async fn run_audit(
     Ok(Json(json!({ "events": events })))
 }
 
-/// The (empty) body of retry and cancel.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoBody {}
-
 /// Retry a blocked or failed run.
 #[utoipa::path(post, path = "/v1/runs/{id}/retry", params(("id" = String, Path, description = "run id")), responses(
     (status = 201, description = "the new (or existing active) retry run"), (status = 403, description = "not allowed"),
@@ -352,19 +138,6 @@ async fn cancel_run(
         oprun_shared::Cancelled::Requested(run) => ("requested", run),
     };
     Ok(Json(json!({ "result": result, "run": RunView::from(&run) })))
-}
-
-/// Body of `POST /v1/reconcile`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcileBody {
-    /// Report only.
-    #[serde(default)]
-    dry_run: bool,
-    /// Only this operation.
-    operation: Option<String>,
-    /// Only this workspace.
-    workspace: Option<String>,
 }
 
 /// Move stale runs on (or, dry, report what would move).
@@ -518,18 +291,4 @@ pub async fn serve_on(
     let (router, _) = router(state);
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     Ok(())
-}
-
-/// The longest token lifetime, `10y` (humantime's years of 365.25 days). A
-/// token that should outlive it is one that is never rotated: make it without
-/// `--expires-in` (until revoked) and say so.
-pub const MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 31_557_600);
-
-/// A token's expiry from a `--expires-in` duration; an error rather than a
-/// wrapped or missing expiry when it cannot be represented.
-pub fn expiry(now: DateTime<Utc>, expires_in: Option<std::time::Duration>) -> Result<Option<DateTime<Utc>>, String> {
-    let Some(d) = expires_in else { return Ok(None) };
-    let too_long = || format!("--expires-in: {} s is too far in the future", d.as_secs());
-    let d = chrono::Duration::from_std(d).map_err(|_| too_long())?;
-    now.checked_add_signed(d).map(Some).ok_or_else(too_long)
 }

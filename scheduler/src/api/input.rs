@@ -1,0 +1,131 @@
+//! What a request brings (paths, queries, bodies), parsed and bounded: bad
+//! input is a 422 naming what is wrong, never a panic.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use oprun_shared::{RunFilter, RunOutcome, RunStatus};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::MAX_BODY_BYTES;
+use super::error::{ApiError, ApiResult};
+
+/// The run id of a `/v1/runs/{id}…` path. A segment that does not decode
+/// (not UTF-8 once percent-decoded) is the same JSON 422 as any other bad id,
+/// not axum's plain-text rejection.
+pub(super) fn path_run_id(path: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
+    match path {
+        Ok(Path(raw)) => run_id(&raw),
+        Err(r) => Err(ApiError::invalid(format!("the run id in the path: {} (a run id is a UUID)", r.body_text()))),
+    }
+}
+
+pub(super) fn run_id(raw: &str) -> ApiResult<Uuid> {
+    raw.parse().map_err(|_| ApiError::invalid(format!("'{}' is not a run id (a UUID)", raw.escape_debug())))
+}
+
+pub(super) fn body_json<T: serde::de::DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("bodies are at most {MAX_BODY_BYTES} bytes"),
+        ),
+        _ => ApiError::invalid(r.body_text()),
+    })?;
+    parse_body(&bytes)
+}
+
+/// A JSON request body as the handlers read it: only whitespace is `T::default()`.
+pub(super) fn parse_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+}
+
+// What the API makes of untrusted input, without a server or a store. The
+// handlers use the same code; these are public for the fuzz target
+// `fuzz/fuzz_targets/api_bodies.rs`.
+
+/// The body of `POST /v1/reconcile`.
+pub fn parse_reconcile_body(bytes: &[u8]) -> Result<ReconcileBody, ApiError> {
+    parse_body(bytes)
+}
+
+/// The (empty) body of `POST /v1/runs/{id}/retry` and `/cancel`.
+pub fn parse_empty_body(bytes: &[u8]) -> Result<(), ApiError> {
+    parse_body::<NoBody>(bytes).map(|_| ())
+}
+
+/// The query string of `GET /v1/runs` (what follows `?`), as the run filter.
+pub fn parse_list_query(query: &str) -> Result<RunFilter, ApiError> {
+    let uri: axum::http::Uri =
+        format!("/v1/runs?{query}").parse().map_err(|_| ApiError::invalid("not a valid request URI"))?;
+    let Query(q) = Query::<ListQuery>::try_from_uri(&uri).map_err(|r| ApiError::invalid(r.body_text()))?;
+    list_filter(q)
+}
+
+/// The `{id}` of `/v1/runs/{id}…`.
+pub fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
+    run_id(raw)
+}
+
+/// Filters of `GET /v1/runs`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// queued, running or completed.
+    status: Option<String>,
+    /// An outcome.
+    outcome: Option<String>,
+    /// One operation.
+    pub(super) operation: Option<String>,
+    /// One workspace.
+    pub(super) workspace: Option<String>,
+    /// Cursor: runs older than this id.
+    before: Option<String>,
+    /// Page size, 1–1000 (default 50).
+    limit: Option<u32>,
+}
+
+/// The run filter of a `GET /v1/runs` query.
+pub(super) fn list_filter(q: ListQuery) -> ApiResult<RunFilter> {
+    let status = q.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
+    let outcome =
+        q.outcome.map(|s| s.parse::<RunOutcome>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1–1000"));
+    }
+    let before = q.before.as_deref().map(run_id).transpose()?;
+    Ok(RunFilter {
+        workspace_id: q.workspace,
+        operation: q.operation,
+        status,
+        outcome,
+        before,
+        limit,
+        ..RunFilter::default()
+    })
+}
+
+/// The (empty) body of retry and cancel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoBody {}
+
+/// Body of `POST /v1/reconcile`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileBody {
+    /// Report only.
+    #[serde(default)]
+    pub(super) dry_run: bool,
+    /// Only this operation.
+    pub(super) operation: Option<String>,
+    /// Only this workspace.
+    pub(super) workspace: Option<String>,
+}
