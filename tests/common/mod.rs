@@ -370,9 +370,29 @@ impl WorkerHandle {
     }
 }
 
-/// Run each case once per stack.
+/// Run each case once per stack, as `postgres_redis::<case>` and
+/// `sqlite::<case>`. The cases are the root module's functions, or, written
+/// `family: [cases]`, the functions of the root's module `family`.
 #[macro_export]
 macro_rules! both_stacks {
+    ($($family:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
+        mod postgres_redis {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$family::$case(super::Stack::PostgresRedis).await;
+                }
+            )*)*
+        }
+        mod sqlite {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$family::$case(super::Stack::Sqlite).await;
+                }
+            )*)*
+        }
+    };
     ($($case:ident),* $(,)?) => {
         mod postgres_redis {
             $(

@@ -1,10 +1,11 @@
 //! Audit: what every guarded write records for each run it writes.
 
-use super::{NowForTest, counts, env, lease, oncall, sync_req};
 use chrono::Duration;
 use oprun_shared::testing::Backend;
 use oprun_shared::{Claim, Completion, Finish, Initiator, ReconcileFilter, RunOutcome, RunStatus};
 use serde_json::json;
+
+use super::{NowForTest, counts, env, lease, oncall, sync_req};
 
 /// Every guarded write audits each run as written: its id, workspace and
 /// environment, the status it left and the one it is in, its outcome, the

@@ -1,8 +1,9 @@
 //! Cancel: of a queued run (at once) and of a running one (asked to stop).
 
-use super::{actions, env, lease, oncall, sync_req};
 use oprun_shared::testing::Backend;
 use oprun_shared::{Cancelled, Completion, RunOutcome, RunStatus, SummaryCounts};
+
+use super::{actions, env, lease, oncall, sync_req};
 
 pub(crate) async fn cancel_ends_a_queued_run_at_once_and_asks_a_running_one_to_stop(b: Backend) {
     let e = env(b).await;

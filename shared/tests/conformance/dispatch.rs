@@ -1,14 +1,16 @@
 //! Dispatch: single and batched inserts, dedup of active scopes, refusals.
 
-use super::{NowForTest, actions, env, lease, sync_req};
+use std::sync::Arc;
+
 use oprun_shared::testing::Backend;
 use oprun_shared::{
     Completion, DispatchRequest, Initiator, RunFilter, RunOutcome, RunStatus, Scope, ServiceError, SourceSurface,
     SummaryCounts,
 };
 use serde_json::json;
-use std::sync::Arc;
 use tokio::sync::Barrier;
+
+use super::{NowForTest, actions, env, lease, sync_req};
 
 pub(crate) async fn dispatch_writes_a_queued_pending_run_with_its_audit_row(b: Backend) {
     let e = env(b).await;

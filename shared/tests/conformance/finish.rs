@@ -1,12 +1,13 @@
 //! Finish: complete, block and finish_batch by the lease holder.
 
-use super::{NowForTest, actions, counts, env, lease, sync_req};
 use chrono::Duration;
 use oprun_shared::testing::Backend;
 use oprun_shared::{
     BlockFrom, Completion, FailureEntry, Finish, ReasonCode, RunOutcome, RunStatus, ServiceError, SummaryCounts,
     TransitionError,
 };
+
+use super::{NowForTest, actions, counts, env, lease, sync_req};
 
 pub(crate) async fn complete_ends_the_run_with_outcome_counts_and_sanitized_failures(b: Backend) {
     let e = env(b).await;

@@ -1,6 +1,5 @@
 //! Claim and lease: claim, claim_many, claim_batch, heartbeat/progress, lease fencing.
 
-use super::{NowForTest, actions, counts, env, lease, oncall, sync_req};
 use chrono::Duration;
 use oprun_shared::testing::Backend;
 use oprun_shared::{
@@ -8,6 +7,8 @@ use oprun_shared::{
     ReconcileKind, RunOutcome, RunStatus, Scope, ServiceError, SummaryCounts, TransitionError,
 };
 use serde_json::json;
+
+use super::{NowForTest, actions, counts, env, lease, oncall, sync_req};
 
 pub(crate) async fn claim_sets_the_lease_and_a_second_claim_is_an_invalid_transition(b: Backend) {
     let e = env(b).await;

@@ -11,13 +11,14 @@ mod reads;
 mod reconcile;
 mod retry;
 
+use std::sync::Arc;
+
 use oprun_shared::testing::{Backend, TestStore};
 use oprun_shared::{
     DispatchRequest, Initiator, Lease, ManualClock, OperationRunService, Scope, ServiceConfig, SourceSurface,
     SummaryCounts, testing,
 };
 use serde_json::json;
-use std::sync::Arc;
 
 struct Env {
     svc: OperationRunService,

@@ -1,8 +1,9 @@
 //! Reads: listing by visibility, status and outcome, paged by cursor.
 
-use super::{env, oncall, sync_req};
 use oprun_shared::testing::Backend;
 use oprun_shared::{DispatchRequest, RunFilter, RunOutcome, Scope};
+
+use super::{env, oncall, sync_req};
 
 pub(crate) async fn list_filters_by_visibility_status_outcome_and_pages_by_cursor(b: Backend) {
     let e = env(b).await;

@@ -1,14 +1,16 @@
 //! Reconcile: stale running and never-claimed queued runs, dry runs, paging, concurrency.
 
-use super::{NowForTest, actions, counts, env, env_with, lease, oncall, sync_req};
+use std::sync::Arc;
+
 use chrono::Duration;
 use oprun_shared::testing::Backend;
 use oprun_shared::{
     Initiator, ReconcileFilter, ReconcileKind, RunFilter, RunOutcome, RunStatus, ServiceConfig, testing,
 };
 use serde_json::json;
-use std::sync::Arc;
 use tokio::sync::Barrier;
+
+use super::{NowForTest, actions, counts, env, env_with, lease, oncall, sync_req};
 
 pub(crate) async fn a_stale_running_run_is_requeued_while_attempts_remain(b: Backend) {
     let e = env(b).await;

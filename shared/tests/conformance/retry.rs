@@ -1,12 +1,13 @@
 //! Retry: the linked new run and the refusals.
 
-use super::{actions, env, lease, oncall, sync_req};
 use oprun_shared::testing::Backend;
 use oprun_shared::{
     BlockFrom, Completion, DispatchRequest, Initiator, RunFilter, RunOutcome, RunStatus, ServiceError, SourceSurface,
     SummaryCounts, TransitionError,
 };
 use serde_json::json;
+
+use super::{actions, env, lease, oncall, sync_req};
 
 pub(crate) async fn retry_creates_a_linked_queued_run_and_a_second_retry_returns_it(b: Backend) {
     let e = env(b).await;
