@@ -120,12 +120,12 @@ pub(crate) async fn cancel_and_reconcile_through_the_api(stack: Stack) {
     assert_eq!((after.status, after.attempt), (RunStatus::Queued, 2));
 }
 
-pub(crate) async fn audit_rows(e: &Env) -> usize {
+async fn audit_rows(e: &Env) -> usize {
     rows(e, "SELECT CAST(COUNT(*) AS TEXT) FROM audit_events").await[0].parse().unwrap()
 }
 
 /// A running `test.slow` run in `ws`/`env` claimed an hour ago by a worker that vanished.
-pub(crate) async fn stale_run(a: &Api, actor: &str, ws: &str, env: &str) -> uuid::Uuid {
+async fn stale_run(a: &Api, actor: &str, ws: &str, env: &str) -> uuid::Uuid {
     let run = a.dispatch(actor, ws, env, "test.slow", json!({})).await;
     a.claim_as_vanished_worker(run.id).await;
     run.id

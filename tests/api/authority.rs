@@ -92,7 +92,7 @@ const ACCESS_TABLES: [(&str, &str); 7] = [
     ),
 ];
 
-pub(crate) async fn access_tables(e: &Env) -> Vec<(&'static str, Vec<String>)> {
+async fn access_tables(e: &Env) -> Vec<(&'static str, Vec<String>)> {
     let mut out = vec![];
     for (table, sql) in ACCESS_TABLES {
         out.push((table, rows(e, sql).await));

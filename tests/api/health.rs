@@ -12,12 +12,12 @@ use crate::common::{Env, Stack};
 
 /// Make the env's store unreachable: the Postgres database is dropped (its
 /// connections terminated); the SQLite store's pool is closed.
-pub(crate) async fn lose_the_store(e: &Env) {
+async fn lose_the_store(e: &Env) {
     lose(&e.db).await;
 }
 
 /// Make `db` unreachable (see [`lose_the_store`]).
-pub(crate) async fn lose(db: &oprun_shared::testing::TestStore) {
+async fn lose(db: &oprun_shared::testing::TestStore) {
     match &db.database.sqlite {
         None => {
             use sqlx::Connection;

@@ -54,7 +54,7 @@ pub(crate) async fn metrics_need_a_token_that_may_view_metrics_in_every_active_w
 
 /// A sample of the Prometheus exposition `text`: the value of the series
 /// `name` whose label set is exactly `labels`.
-pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut want: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     want.sort();
     text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
@@ -79,7 +79,7 @@ pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
 }
 
 /// Every series of `name` in `text` (for "nothing else was counted").
-pub(crate) fn series_of<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
+fn series_of<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
@@ -111,7 +111,7 @@ impl Api {
 /// A provider on a local port: `POST /call/{env}` answers `script` in
 /// order, then 200 with the body it got. Returns the `graph` provider set
 /// up on it and the directory holding its token file.
-pub(crate) async fn scripted_provider(
+async fn scripted_provider(
     script: Vec<(u16, Option<&'static str>)>,
 ) -> (oprun_worker::http::Providers, tempfile::TempDir) {
     type Script = Arc<std::sync::Mutex<std::collections::VecDeque<(u16, Option<&'static str>)>>>;

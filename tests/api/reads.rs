@@ -44,7 +44,7 @@ pub(crate) async fn schedules_show_recent_decisions_in_visible_workspaces_only(s
 }
 
 /// The access truth plus `admin-1`, who holds `access.manage` in contoso.
-pub(crate) fn with_workspace_admin() -> String {
+fn with_workspace_admin() -> String {
     let mut text = ACCESS.replacen("[roles]\n", "[roles]\nadmin = [\"runs.view\", \"access.manage\"]\n", 1);
     text.push_str("\n[[actors]]\nid = \"admin-1\"\nkind = \"user\"\n");
     text.push_str("[[memberships]]\nactor = \"admin-1\"\nworkspace = \"contoso\"\nrole = \"admin\"\n");

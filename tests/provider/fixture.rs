@@ -48,7 +48,7 @@ pub(crate) struct Fix {
 }
 
 /// The next link is an absolute URL on the server's origin.
-pub(crate) const NEXT_ABSOLUTE: usize = 0;
+const NEXT_ABSOLUTE: usize = 0;
 
 /// The next link is an absolute-path reference (`/v1.0/coll/x?page=2`).
 pub(crate) const NEXT_ABSOLUTE_PATH: usize = 1;
@@ -66,16 +66,11 @@ pub(crate) const SIG: &str = "sv-sas-signature-value-3Fq9";
 pub(crate) const AMZ_SIG: &str = "aws-signature-value-7c1e";
 
 #[derive(serde::Deserialize)]
-pub(crate) struct PageQuery {
+struct PageQuery {
     pub(crate) page: Option<usize>,
 }
 
-pub(crate) async fn collection(
-    State(fix): State<Arc<Fix>>,
-    Query(q): Query<PageQuery>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn collection(State(fix): State<Arc<Fix>>, Query(q): Query<PageQuery>, uri: Uri, headers: HeaderMap) -> Response {
     fix.seen.lock().unwrap().push(format!("GET {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
     let page = q.page.unwrap_or(1);
     let path = uri.path().to_string();
@@ -140,7 +135,7 @@ pub(crate) async fn collection(
 }
 
 /// Any other request: recorded, 404.
-pub(crate) async fn elsewhere(State(fix): State<Arc<Fix>>, method: axum::http::Method, uri: Uri) -> Response {
+async fn elsewhere(State(fix): State<Arc<Fix>>, method: axum::http::Method, uri: Uri) -> Response {
     fix.seen.lock().unwrap().push(format!("{method} {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
     (StatusCode::NOT_FOUND, "no such route").into_response()
 }

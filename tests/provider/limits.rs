@@ -33,7 +33,7 @@ pub(crate) async fn the_provider_concurrency_limit_holds_under_fifty_runs(stack:
 
 /// A provider that answers 200 and then streams `{"value": [` and spaces
 /// (64 KiB every 5 ms, for 30 s) without a Content-Length; counts requests.
-pub(crate) async fn endless_body_server() -> (String, Arc<AtomicUsize>) {
+async fn endless_body_server() -> (String, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

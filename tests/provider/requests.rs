@@ -57,7 +57,7 @@ pub(crate) async fn http_call_sends_the_params_and_classifies_the_answer(stack: 
     assert_eq!(p.fix.call_bodies.lock().unwrap()[1], done.params, "the refused call carried the params too");
 }
 
-pub(crate) async fn dispatch_scope(e: &Env, op: &str, scope: Scope) -> OperationRun {
+async fn dispatch_scope(e: &Env, op: &str, scope: Scope) -> OperationRun {
     let req = DispatchRequest {
         operation: op.into(),
         scope,
