@@ -1,0 +1,201 @@
+//! The catalog and the access truth every end-to-end test runs on.
+
+use std::sync::Arc;
+
+use oprun_shared::{AccessFile, Catalog};
+
+/// The catalog the end-to-end tests use: `test.count` (environment scope,
+/// provider graph) runs [`Counting`]; `test.slow` walks the demo collection.
+pub const CATALOG: &str = r#"
+capabilities = ["inventory.sync", "report.build"]
+
+[operations."test.count"]
+kind = "count"
+capability = "inventory.sync"
+scope = "environment"
+provider = "graph"
+lease = "20s"
+heartbeat = "2s"
+max_attempts = 3
+
+[operations."test.fanout"]
+kind = "count"
+capability = "inventory.sync"
+scope = "environment"
+provider = "graph"
+dedup = "none"
+
+[operations."test.collect"]
+kind = "http.collect"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+lease = "20s"
+heartbeat = "1s"
+max_attempts = 3
+settings = { path = "/coll/{environment}" }
+
+[operations."test.call"]
+kind = "http.call"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+settings = { path = "/call/{environment}", method = "POST" }
+
+[operations."test.slow"]
+kind = "demo"
+capability = "inventory.sync"
+scope = "environment"
+lease = "3s"
+heartbeat = "1s"
+max_attempts = 3
+resumable = true
+
+[operations."test.report"]
+kind = "count"
+capability = "report.build"
+scope = "workspace"
+dedup = "none"
+
+[operations."test.collect_campaign"]
+kind = "http.collect"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+lease = "20s"
+heartbeat = "1s"
+max_attempts = 50
+resumable = true
+settings = { path = "/campaign/{environment}/{target_id}", items = "value" }
+
+# tests/load.rs: one provider call per run, and a scheduled one per tick.
+[operations."load.call"]
+kind = "http.call"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+max_attempts = 3
+settings = { path = "/load/{target_id}", method = "POST" }
+
+[operations."load.tick"]
+kind = "http.call"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+settings = { path = "/tick/{environment}", method = "POST" }
+"#;
+
+/// Access truth for the end-to-end tests: one actor and one environment per
+/// reauthorization case, so that a single edit breaks each run differently.
+pub const ACCESS: &str = r#"
+[roles]
+operator = ["inventory.sync", "report.build", "runs.view", "runs.retry", "runs.cancel", "runs.reconcile"]
+automation = ["inventory.sync", "report.build"]
+viewer = ["runs.view"]
+
+[[actors]]
+id = "ops-user-1"
+kind = "user"
+[[actors]]
+id = "cap-user"
+kind = "user"
+[[actors]]
+id = "gone-user"
+kind = "user"
+[[actors]]
+id = "svc-scheduler"
+kind = "service"
+[[actors]]
+id = "viewer-1"
+kind = "user"
+[[actors]]
+id = "fab-user"
+kind = "user"
+
+[[workspaces]]
+id = "contoso"
+[[workspaces]]
+id = "fabrikam"
+
+[[environments]]
+id = "contoso-prod"
+workspace = "contoso"
+[[environments]]
+id = "contoso-dev"
+workspace = "contoso"
+[[environments]]
+id = "contoso-moving"
+workspace = "contoso"
+[[environments]]
+id = "contoso-revoked"
+workspace = "contoso"
+[[environments]]
+id = "contoso-lab"
+workspace = "contoso"
+status = "suspended"
+[[environments]]
+id = "fabrikam-prod"
+workspace = "fabrikam"
+
+[[memberships]]
+actor = "ops-user-1"
+workspace = "contoso"
+role = "operator"
+[[memberships]]
+actor = "cap-user"
+workspace = "contoso"
+role = "operator"
+[[memberships]]
+actor = "gone-user"
+workspace = "contoso"
+role = "operator"
+[[memberships]]
+actor = "svc-scheduler"
+workspace = "contoso"
+role = "automation"
+[[memberships]]
+actor = "svc-scheduler"
+workspace = "fabrikam"
+role = "automation"
+[[memberships]]
+actor = "viewer-1"
+workspace = "contoso"
+role = "viewer"
+[[memberships]]
+actor = "fab-user"
+workspace = "fabrikam"
+role = "operator"
+
+[[provider_connections]]
+environment = "contoso-prod"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-dev"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-moving"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-revoked"
+provider = "graph"
+[[provider_connections]]
+environment = "contoso-lab"
+provider = "graph"
+[[provider_connections]]
+environment = "fabrikam-prod"
+provider = "graph"
+"#;
+
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::from_toml(CATALOG).expect("test catalog"))
+}
+
+pub fn access(text: &str) -> AccessFile {
+    let caps = oprun_shared::access::grantable_capabilities(&catalog());
+    AccessFile::from_toml(text, "test access", Some(&caps)).expect("test access file")
+}
