@@ -11,9 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Env, Reaped, Stack, exit_within};
-use oprun_shared::{
-    DispatchRequest, Initiator, OperationRun, ReconcileKind, RunOutcome, RunStatus, Scope, SourceSurface,
-};
+use oprun_shared::{OperationRun, ReconcileKind, RunOutcome, RunStatus};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oprun");
@@ -23,22 +21,8 @@ async fn a_killed_worker_s_run_is_requeued_and_finished_by_another_from_its_chec
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("oprun.toml");
     std::fs::write(&cfg, common::binary_config(&e, dir.path(), "http://127.0.0.1:9")).unwrap();
-    let req = DispatchRequest {
-        operation: "test.slow".into(),
-        scope: Scope {
-            workspace_id: "contoso".into(),
-            environment_id: Some("contoso-prod".into()),
-            ..Scope::default()
-        },
-        initiator: Initiator::user("ops-user-1"),
-        source: SourceSurface::Cli,
-        context: json!({}),
-        params: json!({"pages": 40, "page_size": 5, "page_delay_ms": 100}),
-    };
-    let run = match e.dispatcher.dispatch(req).await.unwrap() {
-        oprun_scheduler::DispatchOutcome::Dispatched { run, .. } => run,
-        other => panic!("{other:?}"),
-    };
+    let req = common::prod_request("test.slow", json!({"pages": 40, "page_size": 5, "page_delay_ms": 100}));
+    let run = e.dispatch_new(req).await;
     let mut child = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "worker"])
         .env_remove("OPRUN_DATABASE_URL")
@@ -89,22 +73,9 @@ async fn a_killed_worker_s_run_is_requeued_and_finished_by_another_from_its_chec
 
 /// A `test.slow` run of `pages` pages, `page_delay_ms` each.
 async fn dispatch_slow(e: &Env, pages: u64, page_delay_ms: u64) -> OperationRun {
-    let req = DispatchRequest {
-        operation: "test.slow".into(),
-        scope: Scope {
-            workspace_id: "contoso".into(),
-            environment_id: Some("contoso-prod".into()),
-            ..Scope::default()
-        },
-        initiator: Initiator::user("ops-user-1"),
-        source: SourceSurface::Cli,
-        context: json!({}),
-        params: json!({"pages": pages, "page_size": 5, "page_delay_ms": page_delay_ms}),
-    };
-    match e.dispatcher.dispatch(req).await.unwrap() {
-        oprun_scheduler::DispatchOutcome::Dispatched { run, .. } => *run,
-        other => panic!("{other:?}"),
-    }
+    let req =
+        common::prod_request("test.slow", json!({"pages": pages, "page_size": 5, "page_delay_ms": page_delay_ms}));
+    e.dispatch_new(req).await
 }
 
 /// Start `oprun worker` with `worker.shutdown_grace = grace`, wait until

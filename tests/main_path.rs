@@ -26,6 +26,20 @@ fn req(op: &str, actor: &str, env: Option<&str>) -> DispatchRequest {
     }
 }
 
+/// A scheduler of `spec` over the env's store, on `clock`, 5 s on-time tolerance.
+fn scheduler(e: &Env, spec: ScheduleSpec, clock: Arc<ManualClock>, name: &str) -> Scheduler {
+    Scheduler::new(
+        &[spec],
+        e.dispatcher.clone(),
+        e.db.access.clone(),
+        e.db.ticks.clone(),
+        clock,
+        name,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
 async fn dispatched(e: &Env, r: DispatchRequest) -> OperationRun {
     match e.dispatcher.dispatch(r).await.expect("dispatch") {
         DispatchOutcome::Dispatched { run, deduplicated: false, push_failed: false } => *run,
@@ -49,16 +63,7 @@ actor = "svc-scheduler"
     // A fixed half-minute, so that exactly one whole minute falls in the window.
     let start: chrono::DateTime<chrono::Utc> = "2026-11-02T09:00:30Z".parse().unwrap();
     let clock = Arc::new(ManualClock::new(start));
-    let sched = Scheduler::new(
-        &[spec],
-        e.dispatcher.clone(),
-        e.db.access.clone(),
-        e.db.ticks.clone(),
-        clock.clone(),
-        "sched-test",
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let sched = scheduler(&e, spec, clock.clone(), "sched-test");
     // The next whole minute, one second late.
     let tick = start + chrono::Duration::seconds(31);
     clock.set(tick);
@@ -221,16 +226,7 @@ actor = "svc-scheduler"
     )
     .unwrap();
     let clock = Arc::new(ManualClock::new("2026-11-02T09:00:30Z".parse().unwrap()));
-    let sched = Scheduler::new(
-        &[spec],
-        e.dispatcher.clone(),
-        e.db.access.clone(),
-        e.db.ticks.clone(),
-        clock.clone(),
-        "s",
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let sched = scheduler(&e, spec, clock.clone(), "s");
     clock.advance(chrono::Duration::seconds(31));
     let decided = sched.run_once().await.unwrap();
     assert_eq!(decided.len(), 1);

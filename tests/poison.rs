@@ -11,8 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, Stack};
-use oprun_scheduler::DispatchOutcome;
-use oprun_shared::{DispatchRequest, Initiator, JobQueue, RunOutcome, Scope, SourceSurface};
+use oprun_shared::{JobQueue, RunOutcome};
 use oprun_worker::queue::Queue;
 use serde_json::json;
 
@@ -104,22 +103,7 @@ async fn raw_bytes_in_the_queue_are_acknowledged_counted_and_the_worker_goes_on(
         e.queue.push_value(json!("placeholder")).await.unwrap();
     }
     let ids = store_raw_payloads(&e.queue, &raw).await;
-    let req = DispatchRequest {
-        operation: "test.count".into(),
-        scope: Scope {
-            workspace_id: "contoso".into(),
-            environment_id: Some("contoso-prod".into()),
-            ..Scope::default()
-        },
-        initiator: Initiator::user("ops-user-1"),
-        source: SourceSurface::Cli,
-        context: json!({}),
-        params: json!({}),
-    };
-    let run = match e.dispatcher.dispatch(req).await.unwrap() {
-        DispatchOutcome::Dispatched { run, .. } => run,
-        other => panic!("{other:?}"),
-    };
+    let run = e.dispatch_new(common::prod_request("test.count", json!({}))).await;
     let runner = e.runner("w1");
     let stats = runner.stats().clone();
     let worker = e.start_worker(runner);

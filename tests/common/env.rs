@@ -127,6 +127,14 @@ impl Env {
     }
 
     /// Wait until the run is completed (at most `secs`).
+    /// Dispatch `req`; the run it wrote (anything else fails the test).
+    pub async fn dispatch_new(&self, req: oprun_shared::DispatchRequest) -> OperationRun {
+        match self.dispatcher.dispatch(req).await.unwrap() {
+            oprun_scheduler::DispatchOutcome::Dispatched { run, .. } => *run,
+            other => panic!("{other:?}"),
+        }
+    }
+
     pub async fn until_completed(&self, id: Uuid, secs: u64) -> OperationRun {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
@@ -250,4 +258,21 @@ pub async fn reconcile_later(e: &Env, secs: i64) -> oprun_shared::ReconcileRepor
     )
     .await
     .unwrap()
+}
+
+/// A dispatch of `operation` with `params` by `ops-user-1` from the CLI, on
+/// `contoso` / `contoso-prod`.
+pub fn prod_request(operation: &str, params: serde_json::Value) -> oprun_shared::DispatchRequest {
+    oprun_shared::DispatchRequest {
+        operation: operation.into(),
+        scope: oprun_shared::Scope {
+            workspace_id: "contoso".into(),
+            environment_id: Some("contoso-prod".into()),
+            ..oprun_shared::Scope::default()
+        },
+        initiator: oprun_shared::Initiator::user("ops-user-1"),
+        source: oprun_shared::SourceSurface::Cli,
+        context: json!({}),
+        params,
+    }
 }
