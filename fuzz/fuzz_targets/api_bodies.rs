@@ -1,4 +1,4 @@
-//! What the operator HTTP API makes of request input (`scheduler/src/api.rs`):
+//! What the operator HTTP API makes of request input (`scheduler/src/api/input.rs`):
 //! the JSON body of `POST /v1/reconcile`, the empty body of retry and cancel
 //! (both through the handlers' `body_json`), the query string of
 //! `GET /v1/runs` (axum's `Query` extractor, then the filter checks) and a

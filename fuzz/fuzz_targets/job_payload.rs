@@ -1,4 +1,4 @@
-//! What a worker does with a raw queue payload (`worker/src/runner.rs`,
+//! What a worker does with a raw queue payload (`worker/src/runner/`,
 //! `Runner::handle_job`): the queue's bytes decoded as JSON, then only
 //! `run_id` read as a `JobPayload`; a payload that does not decode is
 //! sanitized and excerpted for the warning log line. Any input must be

@@ -124,7 +124,7 @@ impl RunReport {
     /// The pages this run fetched more times than the exact condition
     /// allows (empty: fine), with the fetch count and the allowance.
     ///
-    /// The condition, from `HttpCollect::execute` (worker/src/http.rs): an
+    /// The condition, from `HttpCollect::execute` (worker/src/http/collect.rs): an
     /// attempt starts at the page its checkpoint's `next` link names (page 1
     /// without a checkpoint), and for each page fetches it, then stores the
     /// page's counts and the next page's link as the checkpoint in one

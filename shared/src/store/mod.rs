@@ -1,6 +1,6 @@
 //! Run stores: the only code that reads or writes `operation_runs` and
 //! `audit_events`. One trait, a Postgres and a SQLite implementation, one
-//! conformance suite (`shared/tests/conformance.rs`) that both pass.
+//! conformance suite (`shared/tests/conformance/`) that both pass.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
