@@ -1,0 +1,49 @@
+//! `oprun bench` on the embedded default: every run checked.
+
+use super::*;
+
+#[test]
+fn bench_runs_the_real_path_and_checks_every_run() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let out = oprun(
+        dir.path(),
+        &["bench", "--runs", "60", "--concurrency", "8", "--dispatchers", "4", "--baseline", "--json"],
+    );
+    let v = json(&out);
+    assert_eq!(v["check"]["runs_in_store"], 60, "{v}");
+    assert_eq!(v["check"]["succeeded_first_attempt"], 60);
+    assert_eq!(v["check"]["operation_executions"], 60);
+    assert!(v["runs_per_second"].as_f64().unwrap() > 0.0);
+    assert!(v["baseline_jobs_per_second"].as_f64().unwrap() > 0.0);
+    // A store that already holds other tenants is refused: the bench replaces access truth.
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    let other = oprun_shared::testing::kept_dir("cli");
+    assert!(oprun(other.path(), &["access", "apply", access]).status.success());
+    let out = oprun(other.path(), &["bench", "--runs", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scratch store"));
+}
+
+#[test]
+fn bench_truth_only_writes_and_checks_every_run_without_the_queue() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let out =
+        oprun(dir.path(), &["bench", "--truth-only", "--runs", "70", "--batch", "32", "--dispatchers", "3", "--json"]);
+    let v = json(&out);
+    assert_eq!(v["mode"], "truth_only", "{v}");
+    assert_eq!(v["check"]["runs_in_store"], 70, "{v}");
+    assert_eq!(v["check"]["succeeded_first_attempt"], 70, "{v}");
+    assert!(v["runs_per_second"].as_f64().unwrap() > 0.0);
+    // The runs are in the store as the service finished them.
+    let listed = json(&oprun(
+        dir.path(),
+        &["runs", "list", "--workspace", "bench", "--status", "completed", "--limit", "100", "--json"],
+    ));
+    let listed = listed.as_array().expect("a list of runs");
+    assert_eq!(listed.len(), 70);
+    assert!(listed.iter().all(|r| r["outcome"] == "succeeded" && r["attempt"] == 1), "{listed:?}");
+    // It measures the truth alone: a queue-side option is a usage error.
+    let out = oprun(dir.path(), &["bench", "--truth-only", "--baseline"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--truth-only cannot be combined"));
+}

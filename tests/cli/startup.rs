@@ -1,0 +1,118 @@
+//! Start-up and shutdown edges: missing provider tokens, huge durations, a reader that goes away.
+
+use super::*;
+
+#[test]
+fn a_missing_provider_token_is_a_start_up_error_naming_the_variable_or_file() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let p = dir.path();
+    for (source, needle) in [
+        ("token_env = \"OPRUN_TEST_SURELY_UNSET_TOKEN\"", "OPRUN_TEST_SURELY_UNSET_TOKEN"),
+        ("token_file = \"/nonexistent/graph.token\"", "/nonexistent/graph.token"),
+    ] {
+        let cfg = p.join("oprun.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "capabilities = [\"inventory.sync\"]\n[store]\nurl = \"sqlite://{}/x.db\"\n\
+                 [providers.graph]\nbase_url = \"http://127.0.0.1:9\"\n{source}\n\
+                 [operations.sync]\nkind = \"http.collect\"\nprovider = \"graph\"\ncapability = \"inventory.sync\"\n\
+                 scope = \"environment\"\nsettings = {{ path = \"/x\" }}\n",
+                p.display()
+            ),
+        )
+        .unwrap();
+        let err = usage_error(p, &["--config", cfg.to_str().unwrap(), "worker"], needle);
+        assert!(err.contains(needle) && err.contains("providers.graph"), "{err}");
+    }
+}
+
+#[test]
+fn huge_durations_are_a_usage_error_naming_the_field() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    // --expires-in: too long to store (chrono overflow: the token never
+    // expired), too long to add to now (a panic), zero, or past the cap.
+    for lifetime in ["100000000000y", "1000000y", "11y", "0s"] {
+        let err = usage_error(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", lifetime], lifetime);
+        assert!(err.contains("--expires-in") && !err.contains("panicked"), "{lifetime}: {err}");
+    }
+    assert_eq!(count(p, "SELECT COUNT(*) FROM api_tokens"), 0, "no token was written");
+    let ok = json(&oprun(p, &["token", "create", "--actor", "ops-user-1", "--expires-in", "10y", "--json"]));
+    let at: chrono::DateTime<chrono::Utc> = ok["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(at > chrono::Utc::now() + chrono::Duration::days(3650), "expires_at {at}");
+    // Config durations.
+    let op = "capabilities = [\"inventory.sync\"]\n[operations.sync]\nkind = \"demo\"\ncapability = \"inventory.sync\"\n\
+              scope = \"environment\"\n";
+    for (text, field) in [
+        ("[scheduler]\ntick = \"100000000000y\"\n", "scheduler.tick"),
+        ("[scheduler]\nreconcile_interval = \"1000000y\"\n", "scheduler.reconcile_interval"),
+        ("[scheduler]\nlease_grace = \"1000000y\"\n", "scheduler.lease_grace"),
+        ("[queue]\nheartbeat = \"100000000000y\"\n", "queue.heartbeat"),
+        ("[queue]\npoll_interval = \"1000000y\"\n", "queue.poll_interval"),
+        ("[worker]\nshutdown_grace = \"1000000y\"\n", "worker.shutdown_grace"),
+        (&format!("{op}lease = \"100000000000y\"\n"), "lease"),
+        (&format!("{op}queued_stale_after = \"1000000y\"\n"), "queued_stale_after"),
+        (
+            "[providers.graph]\nbase_url = \"http://127.0.0.1:9\"\ntoken_env = \"X\"\nretry_after_cap = \"1000000y\"\n",
+            "providers.graph.retry_after_cap",
+        ),
+        (
+            "[providers.graph]\nbase_url = \"http://127.0.0.1:9\"\ntoken_env = \"X\"\nrequest_timeout = \"1000000y\"\n",
+            "providers.graph.request_timeout",
+        ),
+        (
+            "capabilities = [\"inventory.sync\"]\n[operations.sync]\nkind = \"demo\"\ncapability = \"inventory.sync\"\n\
+             scope = \"workspace\"\n[[schedules]]\nname = \"s\"\ncron = \"* * * * *\"\noperation = \"sync\"\n\
+             workspace = \"contoso\"\nactor = \"svc-scheduler\"\nmisfire_window = \"1000000y\"\n",
+            "misfire_window",
+        ),
+    ] {
+        let cfg = p.join("huge.toml");
+        std::fs::write(&cfg, format!("{text}\n[store]\nurl = \"sqlite://{}/huge.db\"\n", p.display())).unwrap();
+        let err = usage_error(p, &["--config", cfg.to_str().unwrap(), "runs", "list"], field);
+        assert!(err.contains(field) && err.contains("at most"), "{field}: {err}");
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_every_command_quietly() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    let scope = ["--workspace", "contoso", "--environment", "contoso-prod", "--as", "ops-user-1"];
+    let dispatch = [&["dispatch", "demo.inventory_sync"][..], &scope].concat();
+    let quiet = |args: &[&str]| {
+        let out = oprun_closed_stdout(p, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    };
+    for args in [
+        &["access", "apply", access][..],
+        &["runs", "list"],
+        &dispatch,
+        &[&dispatch[..], &["--json"]].concat(),
+        &["runs", "list"],
+        &["runs", "list", "--json"],
+        &["reconcile", "--dry-run"],
+        &["token", "create", "--actor", "ops-user-1"],
+        &["migrate"],
+    ] {
+        quiet(args);
+    }
+    // The commands still did their work: the run was dispatched (the second
+    // dispatch found it active), the token written.
+    let listed = runs(p);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(count(p, "SELECT COUNT(*) FROM api_tokens"), 1);
+    let id = listed[0]["id"].as_str().unwrap();
+    quiet(&["runs", "show", id]);
+    quiet(&["runs", "show", id, "--json"]);
+    quiet(&["runs", "cancel", id, "--as", "ops-user-1"]);
+}
