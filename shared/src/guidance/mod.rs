@@ -1,0 +1,217 @@
+//! Guidance: what one run means for one viewer, derived on read and never
+//! stored. A run becomes a [`ResolutionCase`]: a title, the reason (from
+//! [`translate`]), the impact, exactly one primary action the viewer can take,
+//! optional secondary actions, the records it rests on and the raw technical
+//! details. It is authorization-safe: every action's capability is held by the
+//! viewer (a remedy the viewer cannot perform becomes "Ask a workspace admin
+//! to …"), and it names nothing but the run, its scope and the chain ids the
+//! caller passes in (already filtered to what the viewer may see).
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::lifecycle::{RunOutcome, RunStatus};
+use crate::reason::{self, NextStep, Retryability, STEP_CONTACT_ADMIN, STEP_RETRY};
+use crate::viewer::RUNS_RETRY;
+
+mod derive;
+#[cfg(test)]
+mod tests;
+
+pub use derive::guidance;
+
+/// What the caller knows about a run beyond the run itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuidanceContext {
+    /// The capability the run's operation requires (from the catalog).
+    pub operation_capability: Option<String>,
+    /// Whether the catalog lets operators retry the operation.
+    pub retryable_by_operators: bool,
+    /// Earlier runs this run retries, visible to the viewer, oldest first.
+    pub retry_chain: Vec<Uuid>,
+    /// A newer (active) run retrying this one, if the viewer may see it.
+    pub retried_by: Option<Uuid>,
+}
+
+/// How urgent a case is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Nothing was done and nothing will be until someone acts.
+    Critical,
+    /// Something needs a look, or a retry will probably do.
+    Warning,
+    /// For information.
+    Info,
+    /// Done.
+    Success,
+}
+
+/// Where a case stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    /// The run failed; the primary action is what to do about it.
+    ActionRequired,
+    /// The run was refused (authorization, access, a permission); no work ran.
+    Blocked,
+    /// The run finished with part of its work failed.
+    NeedsReview,
+    /// Nothing to do: the run is queued or running, was cancelled, or a newer
+    /// run retries it.
+    Informational,
+    /// The run succeeded.
+    Resolved,
+    /// The run ended for a reason this version does not recognise (or is in a
+    /// state it should never be in).
+    Unknown,
+}
+
+/// What an action does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Go somewhere: a record, access management, technical details.
+    Navigation,
+    /// Retry the run (a new run, `retry_of` this one).
+    Retry,
+    /// Ask a workspace admin; needs no capability.
+    ContactAdmin,
+    /// Nothing to do.
+    None,
+}
+
+/// One thing the viewer can do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Action {
+    /// A stable key (`retry`, `grant_capability`, `contact_admin`, `view_retry`, `none`, …).
+    pub key: String,
+    /// What to do, in words.
+    pub label: String,
+    /// What kind of action it is.
+    pub kind: ActionKind,
+    /// The capability it needs; always one the viewer holds.
+    pub requires_capability: Option<String>,
+}
+
+/// Action key: follow the newer run that retries this one.
+pub const ACTION_VIEW_RETRY: &str = "view_retry";
+/// Action key: nothing to do.
+pub const ACTION_NONE: &str = "none";
+
+impl Action {
+    /// Nothing to do, with a label saying why.
+    fn none(label: impl Into<String>) -> Self {
+        Self { key: ACTION_NONE.into(), label: label.into(), kind: ActionKind::None, requires_capability: None }
+    }
+
+    /// A translated next step as an action.
+    fn from_step(step: NextStep) -> Self {
+        let kind = match step.key.as_str() {
+            STEP_CONTACT_ADMIN => ActionKind::ContactAdmin,
+            STEP_RETRY => ActionKind::Retry,
+            _ => ActionKind::Navigation,
+        };
+        let requires_capability = reason::required_capability(&step.key).map(str::to_string);
+        Self { key: step.key, label: step.label, kind, requires_capability }
+    }
+
+    /// Retry the run.
+    fn retry(label: &str) -> Self {
+        Self {
+            key: STEP_RETRY.into(),
+            label: label.into(),
+            kind: ActionKind::Retry,
+            requires_capability: Some(RUNS_RETRY.into()),
+        }
+    }
+}
+
+/// The scope a case belongs to (the run's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaseScope {
+    /// The run's workspace.
+    pub workspace_id: String,
+    /// The run's environment, if any.
+    pub environment_id: Option<String>,
+}
+
+/// How a referenced run relates to the case's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceRelation {
+    /// The run itself.
+    This,
+    /// An earlier run this one retries.
+    RetryOf,
+    /// A newer run retrying this one.
+    RetriedBy,
+}
+
+/// The `kind` of every source reference: an OperationRun.
+pub const SOURCE_KIND_RUN: &str = "operation_run";
+
+/// A record the case rests on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceRef {
+    /// Always [`SOURCE_KIND_RUN`].
+    pub kind: String,
+    /// The run's id.
+    pub id: Uuid,
+    /// How it relates to the case's run.
+    pub relation: SourceRelation,
+}
+
+impl SourceRef {
+    fn run(id: Uuid, relation: SourceRelation) -> Self {
+        Self { kind: SOURCE_KIND_RUN.into(), id, relation }
+    }
+}
+
+/// The raw facts behind a case, for the technically minded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TechnicalDetails {
+    /// The run's reason code exactly as stored.
+    pub reason_code: Option<String>,
+    /// How the reason code translates for retries, when there is one.
+    pub retryability: Option<Retryability>,
+    /// The operation type.
+    pub operation: String,
+    /// The attempt number.
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// The run's status.
+    pub status: RunStatus,
+    /// The run's outcome.
+    pub outcome: RunOutcome,
+    /// The worker holding the lease, while running.
+    pub lease_owner: Option<String>,
+}
+
+/// What one run means for one viewer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolutionCase {
+    /// `operation_run:<id>`: one case per run.
+    pub key: String,
+    /// The run's scope.
+    pub scope: CaseScope,
+    /// How urgent it is.
+    pub severity: Severity,
+    /// Where it stands.
+    pub status: CaseStatus,
+    /// A one-line title.
+    pub title: String,
+    /// Why the run is where it is.
+    pub reason: String,
+    /// What it means for the work.
+    pub impact: String,
+    /// The one thing to do next (possibly "nothing").
+    pub primary_action: Action,
+    /// Other things the viewer can do.
+    pub secondary_actions: Vec<Action>,
+    /// The run, its visible retry chain and its visible newer retry.
+    pub source_refs: Vec<SourceRef>,
+    /// The raw facts, including the reason code as stored.
+    pub technical: TechnicalDetails,
+}

@@ -1,0 +1,270 @@
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::*;
+use crate::counts::SummaryCounts;
+use crate::lifecycle::SourceSurface;
+use crate::reason::{ReasonCode, Retryability, STEP_CONTACT_ADMIN, STEP_GRANT_CAPABILITY, STEP_REVIEW_DETAILS};
+use crate::run::{FailureEntry, Initiator, OperationRun};
+use crate::viewer::{ACCESS_MANAGE, RUNS_RETRY, Viewer};
+
+const OP_CAP: &str = "inventory.sync";
+
+fn at() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_750_000_000, 0).unwrap()
+}
+
+fn run(status: RunStatus, outcome: RunOutcome, reason_code: Option<&str>) -> OperationRun {
+    let completed = status == RunStatus::Completed;
+    OperationRun {
+        id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+        operation: OP_CAP.into(),
+        workspace_id: "ws-contoso".into(),
+        environment_id: Some("env-prod".into()),
+        target_type: None,
+        target_id: None,
+        initiator: Initiator::user("carol"),
+        source_surface: SourceSurface::Cli,
+        context: json!({}),
+        params: json!({"top": 100}),
+        dedup_key: None,
+        status,
+        outcome,
+        reason_code: reason_code.map(str::to_string),
+        failure_summary: reason_code
+            .map(|c| vec![FailureEntry { reason_code: c.into(), message: "it went wrong".into() }])
+            .unwrap_or_default(),
+        summary_counts: SummaryCounts::new(),
+        checkpoint: None,
+        attempt: 1,
+        max_attempts: 3,
+        retry_of: Some(Uuid::from_u128(0xdead)),
+        lease_owner: (status == RunStatus::Running).then(|| "worker-1".to_string()),
+        lease_expires_at: None,
+        heartbeat_at: None,
+        cancel_requested_at: None,
+        queued_at: at(),
+        repushed_at: None,
+        created_at: at(),
+        started_at: Some(at()),
+        completed_at: completed.then(at),
+        updated_at: at(),
+    }
+}
+
+fn admin() -> Viewer {
+    Viewer::new("ada", ["runs.view", "runs.retry", "access.manage", OP_CAP])
+}
+
+fn plain() -> Viewer {
+    Viewer::new("bob", ["runs.view"])
+}
+
+fn ctx() -> GuidanceContext {
+    GuidanceContext {
+        operation_capability: Some(OP_CAP.into()),
+        retryable_by_operators: true,
+        retry_chain: Vec::new(),
+        retried_by: None,
+    }
+}
+
+fn outcome_for(code: ReasonCode) -> RunOutcome {
+    if code.as_str().starts_with("execution.") || code == ReasonCode::ProviderPermissionMissing {
+        RunOutcome::Blocked
+    } else {
+        RunOutcome::Failed
+    }
+}
+
+fn all_actions(case: &ResolutionCase) -> impl Iterator<Item = &Action> {
+    std::iter::once(&case.primary_action).chain(&case.secondary_actions)
+}
+
+fn assert_safe(case: &ResolutionCase, viewer: &Viewer) {
+    for action in all_actions(case) {
+        assert!(!action.label.is_empty(), "empty action label in {case:?}");
+        if let Some(cap) = &action.requires_capability {
+            assert!(viewer.can(cap), "{} offered {} needing {cap}", viewer.actor_id, action.key);
+        }
+        if action.kind == ActionKind::Retry {
+            assert!(viewer.can(RUNS_RETRY) && viewer.can(OP_CAP), "{} offered a retry", viewer.actor_id);
+        }
+    }
+    assert!(
+        case.secondary_actions.iter().all(|a| a.kind != ActionKind::None && a.key != case.primary_action.key),
+        "secondary actions repeat the primary or say nothing: {case:?}"
+    );
+}
+
+#[test]
+fn every_reason_code_gives_one_safe_primary_action_to_an_admin_and_a_plain_viewer() {
+    for &code in ReasonCode::ALL {
+        let r = run(RunStatus::Completed, outcome_for(code), Some(code.as_str()));
+        for viewer in [admin(), plain()] {
+            let case = guidance(&r, &viewer, &ctx());
+            assert_safe(&case, &viewer);
+            assert!(!case.title.is_empty() && !case.reason.is_empty() && !case.impact.is_empty(), "{code}");
+            assert_eq!(case.technical.reason_code.as_deref(), Some(code.as_str()));
+            assert!(
+                case.source_refs.contains(&SourceRef::run(r.id, SourceRelation::This)),
+                "{code}: the run itself is not among the sources"
+            );
+            assert_eq!(case.scope.workspace_id, "ws-contoso");
+            assert_eq!(case.scope.environment_id.as_deref(), Some("env-prod"));
+            if outcome_for(code) == RunOutcome::Blocked {
+                assert_eq!(case.status, CaseStatus::Blocked, "{code}");
+            } else {
+                assert_eq!(case.status, CaseStatus::ActionRequired, "{code}");
+            }
+            if code.retryability() == Retryability::RetryNow && viewer.actor_id == "ada" {
+                assert_eq!(case.primary_action.kind, ActionKind::Retry, "{code}");
+            }
+            if viewer.actor_id == "bob" {
+                assert!(all_actions(&case).all(|a| a.kind != ActionKind::Retry), "{code}");
+            }
+        }
+    }
+}
+
+#[test]
+fn capability_missing_tells_an_admin_to_grant_it_and_an_operator_to_ask_an_admin() {
+    let r = run(RunStatus::Completed, RunOutcome::Blocked, Some("execution.capability_missing"));
+
+    let case = guidance(&r, &admin(), &ctx());
+    assert_eq!(case.status, CaseStatus::Blocked);
+    assert_eq!(case.severity, Severity::Critical);
+    assert_eq!(case.primary_action.key, STEP_GRANT_CAPABILITY);
+    assert_eq!(case.primary_action.requires_capability.as_deref(), Some(ACCESS_MANAGE));
+    assert!(case.primary_action.label.contains("'inventory.sync'"), "{}", case.primary_action.label);
+    assert!(case.primary_action.label.ends_with("then retry"), "{}", case.primary_action.label);
+    assert_eq!(case.secondary_actions, vec![Action::retry("Retry the run")]);
+
+    let operator = Viewer::new("olga", ["runs.view", "runs.retry"]);
+    for viewer in [plain(), operator] {
+        let case = guidance(&r, &viewer, &ctx());
+        assert_eq!(case.primary_action.kind, ActionKind::ContactAdmin);
+        assert_eq!(case.primary_action.key, STEP_CONTACT_ADMIN);
+        assert_eq!(case.primary_action.requires_capability, None);
+        assert!(
+            case.primary_action.label.starts_with("Ask a workspace admin to grant"),
+            "{}",
+            case.primary_action.label
+        );
+        assert!(case.secondary_actions.is_empty(), "{:?}", case.secondary_actions);
+        assert_safe(&case, &viewer);
+    }
+}
+
+#[test]
+fn retry_is_not_offered_while_a_newer_retry_exists() {
+    let r = run(RunStatus::Completed, RunOutcome::Failed, Some("provider.throttled"));
+    let newer = Uuid::from_u128(42);
+    let context = GuidanceContext { retried_by: Some(newer), ..ctx() };
+    let case = guidance(&r, &admin(), &context);
+    assert!(all_actions(&case).all(|a| a.kind != ActionKind::Retry), "{case:?}");
+    assert_eq!(case.primary_action.key, ACTION_VIEW_RETRY);
+    assert_eq!(case.status, CaseStatus::Informational);
+    assert!(case.source_refs.contains(&SourceRef::run(newer, SourceRelation::RetriedBy)));
+
+    let without = guidance(&r, &admin(), &ctx());
+    assert_eq!(without.primary_action.kind, ActionKind::Retry);
+    assert_eq!(without.severity, Severity::Warning);
+}
+
+#[test]
+fn retry_is_not_offered_when_operators_may_not_retry_the_operation() {
+    let context = GuidanceContext { retryable_by_operators: false, ..ctx() };
+    for code in ["provider.timeout", "execution.actor_disabled", "unknown_error"] {
+        let r = run(RunStatus::Completed, RunOutcome::Failed, Some(code));
+        let case = guidance(&r, &admin(), &context);
+        assert!(all_actions(&case).all(|a| a.kind != ActionKind::Retry), "{code}: {case:?}");
+        assert!(all_actions(&case).all(|a| !a.label.contains("retry the run")), "{code}: {case:?}");
+    }
+}
+
+#[test]
+fn a_viewer_without_the_operation_capability_is_sent_to_an_admin_to_retry() {
+    let r = run(RunStatus::Completed, RunOutcome::Failed, Some("run.lease_expired"));
+    let viewer = Viewer::new("olga", ["runs.view", "runs.retry"]);
+    let case = guidance(&r, &viewer, &ctx());
+    assert_eq!(case.primary_action.kind, ActionKind::ContactAdmin);
+    assert_eq!(case.primary_action.label, "Ask a workspace admin to retry the run");
+    assert_safe(&case, &viewer);
+}
+
+#[test]
+fn succeeded_run_is_resolved_with_nothing_to_do() {
+    let r = run(RunStatus::Completed, RunOutcome::Succeeded, None);
+    for viewer in [admin(), plain()] {
+        let case = guidance(&r, &viewer, &ctx());
+        assert_eq!(case.status, CaseStatus::Resolved);
+        assert_eq!(case.severity, Severity::Success);
+        assert_eq!(case.primary_action.kind, ActionKind::None);
+        assert!(case.secondary_actions.is_empty());
+        assert_eq!(case.technical.reason_code, None);
+    }
+}
+
+#[test]
+fn unknown_code_is_an_unknown_case_with_the_fallback_and_one_primary_action() {
+    let r = run(RunStatus::Completed, RunOutcome::Failed, Some("vendor.exploded"));
+    for viewer in [admin(), plain(), Viewer::new("eve", Vec::<String>::new())] {
+        let case = guidance(&r, &viewer, &ctx());
+        assert_eq!(case.status, CaseStatus::Unknown);
+        assert!(case.title.contains(reason::UNRECOGNISED_LABEL), "{}", case.title);
+        assert!(case.reason.contains("vendor.exploded"), "{}", case.reason);
+        assert_eq!(case.technical.reason_code.as_deref(), Some("vendor.exploded"));
+        assert_ne!(case.primary_action.kind, ActionKind::None);
+        assert_safe(&case, &viewer);
+    }
+}
+
+#[test]
+fn sources_are_the_run_and_only_the_chain_the_caller_passed() {
+    let r = run(RunStatus::Completed, RunOutcome::Failed, Some("provider.unavailable"));
+    let case = guidance(&r, &plain(), &ctx());
+    assert_eq!(case.source_refs, vec![SourceRef::run(r.id, SourceRelation::This)], "retry_of leaked");
+
+    let chain = vec![Uuid::from_u128(1), Uuid::from_u128(2)];
+    let case = guidance(&r, &plain(), &GuidanceContext { retry_chain: chain.clone(), ..ctx() });
+    let ids: Vec<_> = case.source_refs.iter().map(|s| (s.id, s.relation)).collect();
+    assert_eq!(
+        ids,
+        vec![(r.id, SourceRelation::This), (chain[0], SourceRelation::RetryOf), (chain[1], SourceRelation::RetryOf)]
+    );
+    assert!(case.source_refs.iter().all(|s| s.kind == SOURCE_KIND_RUN));
+}
+
+#[test]
+fn active_partial_and_cancelled_runs_get_their_own_cases() {
+    let queued = guidance(&run(RunStatus::Queued, RunOutcome::Pending, None), &plain(), &ctx());
+    assert_eq!((queued.status, queued.severity), (CaseStatus::Informational, Severity::Info));
+
+    let running = guidance(&run(RunStatus::Running, RunOutcome::Pending, None), &plain(), &ctx());
+    assert_eq!(running.status, CaseStatus::Informational);
+    assert!(running.title.to_lowercase().contains("in progress"));
+    assert_eq!(running.technical.lease_owner.as_deref(), Some("worker-1"));
+
+    let partial = guidance(&run(RunStatus::Completed, RunOutcome::PartiallySucceeded, None), &plain(), &ctx());
+    assert_eq!((partial.status, partial.severity), (CaseStatus::NeedsReview, Severity::Warning));
+    assert_eq!(partial.primary_action.key, STEP_REVIEW_DETAILS);
+
+    let r = run(RunStatus::Completed, RunOutcome::Cancelled, Some("run.cancelled_by_operator"));
+    let cancelled = guidance(&r, &admin(), &ctx());
+    assert_eq!(cancelled.status, CaseStatus::Informational);
+    assert_eq!(cancelled.primary_action.kind, ActionKind::None);
+}
+
+#[test]
+fn case_serializes_in_snake_case() {
+    let r = run(RunStatus::Completed, RunOutcome::Failed, Some("provider.timeout"));
+    let v = serde_json::to_value(guidance(&r, &admin(), &ctx())).unwrap();
+    assert_eq!(v["status"], "action_required");
+    assert_eq!(v["severity"], "warning");
+    assert_eq!(v["primary_action"]["kind"], "retry");
+    assert_eq!(v["source_refs"][0]["relation"], "this");
+    assert_eq!(v["source_refs"][0]["kind"], "operation_run");
+    assert_eq!(v["technical"]["reason_code"], "provider.timeout");
+    assert_eq!(v["technical"]["outcome"], "failed");
+}
