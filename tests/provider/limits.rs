@@ -9,7 +9,7 @@ use oprun_shared::RunOutcome;
 use serde_json::json;
 
 use super::fixture::{provider, provider_with, providers_at};
-use super::{PAGE_1, dispatch, run_one};
+use super::{PAGE_1, dispatch, run_on, run_one};
 use crate::common::{Env, Stack};
 
 pub(crate) async fn the_provider_concurrency_limit_holds_under_fifty_runs(stack: Stack) {
@@ -78,10 +78,7 @@ pub(crate) async fn an_oversized_response_body_is_a_bad_response(stack: Stack) {
     let e = Env::new(stack).await;
     let (base, hits) = endless_body_server().await;
     let (providers, _dir) = providers_at(&base, 0, 4, "");
-    let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
-    let worker = e.start_worker(e.http_runner("w1", &providers));
-    let done = e.until_completed(run.id, 60).await;
-    worker.stop().await;
+    let done = run_on(&e, &providers, "test.collect", json!({})).await;
     assert_eq!(
         (done.outcome, done.reason_code.as_deref()),
         (RunOutcome::Failed, Some("provider.bad_response")),

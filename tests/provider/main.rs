@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use common::{Env, Stack};
 use fixture::Provider;
+use oprun_worker::http::Providers;
 
 async fn dispatch(e: &Env, op: &str, env: &str, params: Value) -> OperationRun {
     let req = DispatchRequest {
@@ -35,8 +36,14 @@ async fn dispatch(e: &Env, op: &str, env: &str, params: Value) -> OperationRun {
 }
 
 async fn run_one(e: &Env, p: &Provider, op: &str) -> OperationRun {
-    let run = dispatch(e, op, "contoso-prod", json!({"note": "hello"})).await;
-    let worker = e.start_worker(e.http_runner("w1", &p.providers));
+    run_on(e, &p.providers, op, json!({"note": "hello"})).await
+}
+
+/// Dispatch `op` on contoso-prod with `params` and run it to its end on one
+/// worker over `providers`.
+async fn run_on(e: &Env, providers: &Providers, op: &str, params: Value) -> OperationRun {
+    let run = dispatch(e, op, "contoso-prod", params).await;
+    let worker = e.start_worker(e.http_runner("w1", providers));
     let done = e.until_completed(run.id, 60).await;
     worker.stop().await;
     done

@@ -7,7 +7,7 @@ use oprun_shared::RunOutcome;
 use serde_json::json;
 
 use super::fixture::{provider, provider_with, providers_at};
-use super::{PAGE_1, dispatch, primary_action, run_one};
+use super::{PAGE_1, primary_action, run_on, run_one};
 use crate::common::{Env, Stack};
 
 pub(crate) async fn transient_failures_are_retried_within_the_budget(stack: Stack) {
@@ -149,10 +149,7 @@ pub(crate) async fn a_refused_connection_is_retried_within_the_budget_then_unava
         l.local_addr().unwrap().port()
     }; // closed again: connections to it are refused
     let (providers, _dir) = providers_at(&format!("http://127.0.0.1:{port}"), 2, 4, "");
-    let run = dispatch(&e, "test.collect", "contoso-prod", json!({})).await;
-    let worker = e.start_worker(e.http_runner("w1", &providers));
-    let done = e.until_completed(run.id, 60).await;
-    worker.stop().await;
+    let done = run_on(&e, &providers, "test.collect", json!({})).await;
     assert_eq!(
         (done.outcome, done.reason_code.as_deref()),
         (RunOutcome::Failed, Some("provider.unavailable")),
