@@ -131,12 +131,9 @@ impl App {
         self.parse_access(&text, &path.display().to_string()).map(Some)
     }
 
-    /// Open the queue the config names.
+    /// The queue: the run store's own.
     pub async fn queue(&self) -> CliResult<Arc<oprun_worker::queue::Queue>> {
-        oprun_worker::queue::Queue::open(&self.config.queue, self.db.sqlite.clone())
-            .await
-            .map(Arc::new)
-            .map_err(|e| CliError::Runtime(format!("cannot open the queue: {e:#}")))
+        Ok(Arc::new(oprun_worker::queue::Queue::new(self.db.runs.clone())))
     }
 }
 

@@ -11,15 +11,13 @@ use std::path::{Path, PathBuf};
 use oprun_scheduler::config::{ApiConfig, ScheduleSpec, SchedulerConfig, validate_schedules};
 use oprun_shared::config::{ConfigError, Problems, StoreConfig};
 use oprun_shared::{Catalog, OperationSpec};
-use oprun_worker::config::{ProviderConfig, QueueBackend, QueueConfig, WorkerConfig, validate_providers};
+use oprun_worker::config::{ProviderConfig, QueueConfig, WorkerConfig, validate_providers};
 use serde::{Deserialize, Serialize};
 
 /// The environment variable that overrides `api.bind`.
 pub const API_BIND_VAR: &str = "OPRUN_API_BIND";
 /// The environment variable that overrides `store.url`.
 pub const DATABASE_URL_VAR: &str = "OPRUN_DATABASE_URL";
-/// The environment variable that overrides `queue.url` (and makes the queue Redis).
-pub const QUEUE_URL_VAR: &str = "OPRUN_QUEUE_URL";
 /// The environment variable that names the config file.
 pub const CONFIG_VAR: &str = "OPRUN_CONFIG";
 
@@ -75,8 +73,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Apply environment overrides (`OPRUN_DATABASE_URL`, `OPRUN_API_BIND`,
-    /// `OPRUN_QUEUE_URL`); an empty variable overrides nothing.
+    /// Apply environment overrides (`OPRUN_DATABASE_URL`, `OPRUN_API_BIND`);
+    /// an empty variable overrides nothing.
     pub fn with_env_overrides(mut self) -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         if let Some(url) = var(DATABASE_URL_VAR) {
@@ -84,10 +82,6 @@ impl Config {
         }
         if let Some(bind) = var(API_BIND_VAR) {
             self.api.bind = bind;
-        }
-        if let Some(url) = var(QUEUE_URL_VAR) {
-            self.queue.url = Some(url);
-            self.queue.backend = QueueBackend::Redis;
         }
         self
     }
@@ -128,21 +122,10 @@ impl Config {
         problems.into_result()
     }
 
-    /// The URLs choose the backends: the store's scheme, a Redis URL for the
-    /// Redis queue, and the SQLite queue only in a SQLite store's file.
+    /// The store's URL chooses its backend (the queue is the store).
     fn check_backends(&self, problems: &mut Problems) {
         let store = StoreKind::of(&self.store.url);
-        let sqlite_store = store == Some(StoreKind::Sqlite);
         problems.check(store.is_some(), || "store.url: must start with sqlite: or postgres://".into());
-        match self.queue.backend {
-            QueueBackend::Redis => problems.check(
-                self.queue.url.as_deref().is_some_and(|u| u.starts_with("redis://") || u.starts_with("rediss://")),
-                || "queue.url: the redis backend needs a redis:// URL".into(),
-            ),
-            QueueBackend::Sqlite => problems.check(sqlite_store, || {
-                "queue.backend: the sqlite queue lives in the store's SQLite file; with a Postgres store use queue.backend = \"redis\"".into()
-            }),
-        }
     }
 }
 
@@ -157,7 +140,7 @@ mod tests {
     fn an_empty_file_is_the_embedded_default() {
         let c = Config::from_toml("", "t").unwrap();
         assert_eq!(c.store.url, DEFAULT_DATABASE_URL);
-        assert_eq!(c.queue.backend, QueueBackend::Sqlite);
+        assert_eq!(c.queue, QueueConfig::default());
         assert_eq!(c.api.bind, "127.0.0.1:8080");
     }
 
@@ -169,8 +152,11 @@ mod tests {
         assert!(e.to_string().contains("worker.concurrency"), "{e}");
         let e = Config::from_toml("[queue]\npoll_interval = \"0s\"\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("queue.poll_interval"), "{e}");
-        let e = Config::from_toml("[store]\nurl = \"postgres://x/y\"\n", "f.toml").unwrap_err();
-        assert!(e.to_string().contains("queue.backend"), "{e}");
+        // The queue is the store: a Postgres store needs nothing else, and
+        // the old queue settings are refused by name.
+        Config::from_toml("[store]\nurl = \"postgres://x/y\"\n", "f.toml").unwrap();
+        let e = Config::from_toml("[queue]\nbackend = \"redis\"\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("backend"), "{e}");
         let e = Config::from_toml("[api]\nbind = \"everywhere\"\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("api.bind"), "{e}");
     }

@@ -26,7 +26,6 @@ async fn a_killed_worker_s_run_is_requeued_and_finished_by_another_from_its_chec
     let mut child = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "worker"])
         .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

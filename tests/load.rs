@@ -65,7 +65,7 @@ fn config(e: &Env, dir: &FsPath, base: &str) -> String {
     std::fs::write(&token, common::provider_token("load")).unwrap();
     format!(
         "{catalog}\n[store]\nurl = \"{url}\"\nmax_connections = 16\n\
-         [queue]\nbackend = \"redis\"\nurl = \"{redis}\"\nnamespace = \"{ns}\"\npoll_interval = \"50ms\"\n\
+         [queue]\npoll_interval = \"50ms\"\n\
          [worker]\nconcurrency = {WORKER_CONCURRENCY}\nshutdown_grace = \"5s\"\n\
          [scheduler]\ntick = \"250ms\"\nreconcile_interval = \"2s\"\n[api]\nenabled = false\n\
          [providers.graph]\nbase_url = \"{base}\"\ntoken_file = \"{token}\"\nconcurrency = 64\n\
@@ -74,8 +74,6 @@ fn config(e: &Env, dir: &FsPath, base: &str) -> String {
          workspace = \"contoso\"\nenvironment = \"contoso-dev\"\nactor = \"svc-scheduler\"\noverlap = \"allow\"\n",
         catalog = common::CATALOG,
         url = e.db.url,
-        redis = e.queue_config.url.as_deref().unwrap(),
-        ns = e.queue_config.namespace,
         token = token.display(),
     )
 }
@@ -161,6 +159,7 @@ impl Drop for Processes {
 
 fn load_request(i: u64) -> DispatchRequest {
     DispatchRequest {
+        available_at: None,
         operation: "load.call".into(),
         scope: Scope {
             workspace_id: "contoso".into(),

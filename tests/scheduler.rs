@@ -255,6 +255,7 @@ async fn stale_run(e: &Env, workspace: &str, environment: &str, worker: &str) ->
 /// A dispatch of `operation` in `workspace`/`environment` by the scheduler's actor.
 fn request(operation: &str, workspace: &str, environment: &str) -> oprun_shared::DispatchRequest {
     oprun_shared::DispatchRequest {
+        available_at: None,
         operation: operation.into(),
         scope: oprun_shared::Scope {
             workspace_id: workspace.into(),

@@ -406,6 +406,7 @@ impl Scheduler {
                 "correlation_id": Uuid::now_v7(),
             }),
             params: spec.params.clone(),
+            available_at: None,
         };
         Ok(match self.dispatcher.dispatch(req).await? {
             DispatchOutcome::Dispatched { run, deduplicated: false, .. } => {

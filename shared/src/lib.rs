@@ -38,7 +38,9 @@ pub use service::{
     BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, Lease, LeaseState,
     OperationRunService, ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
-pub use store::{Database, RunFilter, RunStore, StaleRun, StoreError, Update, Written};
+pub use store::{
+    ClaimedReady, Database, ReadyClaim, RunFilter, RunStore, StaleRun, StoreError, Update, Wakeups, Written,
+};
 pub use ticks::{TickDecision, TickRecord, TickStore};
 pub use tokens::TokenStore;
 pub use view::{RunDetail, RunView, run_detail};

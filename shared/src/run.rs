@@ -113,6 +113,9 @@ pub struct OperationRun {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// When it was (re)queued: the clock for never-started detection.
     pub queued_at: DateTime<Utc>,
+    /// When a queued run may be claimed (at dispatch: now, or the time asked
+    /// for with `--at`/`--in`).
+    pub available_at: DateTime<Utc>,
     /// When the reconciler last pushed its job again.
     pub repushed_at: Option<DateTime<Utc>>,
     /// Written.

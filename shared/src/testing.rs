@@ -300,6 +300,7 @@ pub fn run(now: DateTime<Utc>) -> OperationRun {
         cancel_requested_at: None,
         queued_at: now,
         repushed_at: None,
+        available_at: now,
         created_at: now,
         started_at: None,
         completed_at: None,
@@ -432,5 +433,17 @@ impl RunStore for FaultyStore {
     }
     async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError> {
         self.inner.audit_for_run(run_id).await
+    }
+    async fn claim_ready(&self, claim: &crate::ReadyClaim) -> Result<crate::ClaimedReady, StoreError> {
+        self.inner.claim_ready(claim).await
+    }
+    async fn count_ready(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.count_ready(now).await
+    }
+    async fn wake_workers(&self) -> Result<(), StoreError> {
+        self.inner.wake_workers().await
+    }
+    async fn wakeups(&self) -> Result<Box<dyn crate::Wakeups>, StoreError> {
+        self.inner.wakeups().await
     }
 }

@@ -1,57 +1,102 @@
-//! `--baseline`: the same N jobs through bare apalis on the same queue (a
-//! namespace of its own), no run truth: what the truth costs is the ratio.
+//! `--baseline`: the same N jobs through a bare batched job queue on the
+//! same Postgres database, with no run truth — what graphile-worker's batched
+//! mode does: one jobs table; batched insert (`unnest`), batched lock
+//! (`FOR UPDATE SKIP LOCKED`), batched delete. The full path's rate over it
+//! is what the truth costs compared with a plain job queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use oprun_shared::JobQueue;
-use oprun_worker::queue::{JobHandler, Queue, WorkerOptions, run_worker};
-use serde_json::Value;
-use tokio::sync::watch;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinSet;
 
 use crate::app::{App, CliError, CliResult};
+use oprun::config::StoreKind;
 
-struct Count(Arc<AtomicU64>);
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS oprun_bench_jobs (\
+    id BIGSERIAL PRIMARY KEY, queue TEXT NOT NULL, payload JSONB NOT NULL, \
+    run_at TIMESTAMPTZ NOT NULL DEFAULT now(), attempts INTEGER NOT NULL DEFAULT 0, \
+    locked_at TIMESTAMPTZ, locked_by TEXT); \
+    CREATE INDEX IF NOT EXISTS oprun_bench_jobs_ready ON oprun_bench_jobs (run_at, id) WHERE locked_at IS NULL; \
+    TRUNCATE oprun_bench_jobs";
 
-#[async_trait]
-impl JobHandler for Count {
-    async fn handle(&self, _payload: Value) -> Result<(), oprun_worker::Retry> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+const INSERT: &str = "INSERT INTO oprun_bench_jobs (queue, payload) \
+    SELECT 'bench', jsonb_build_object('run_id', x) FROM unnest($1::uuid[]) AS x";
+
+const LOCK: &str = "UPDATE oprun_bench_jobs SET locked_at = now(), locked_by = $1, attempts = attempts + 1 \
+    WHERE id IN (SELECT id FROM oprun_bench_jobs WHERE locked_at IS NULL AND run_at <= now() \
+    ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id";
+
+const DELETE: &str = "DELETE FROM oprun_bench_jobs WHERE id = ANY($1)";
+
+/// A bare batched queue: `dispatchers` tasks insert N jobs in batches of
+/// `batch`, `workers` tasks lock up to `claim` at a time and delete what
+/// they ran. Jobs per second, from the first insert to the last delete.
+pub(super) async fn baseline(app: &App, n: u64, dispatchers: usize, batch: u64, claim: usize) -> CliResult<f64> {
+    let url = &app.config.store.url;
+    if StoreKind::of(url) != Some(StoreKind::Postgres) {
+        return Err(CliError::Usage("--baseline needs a Postgres store (store.url = postgres://…)".into()));
     }
-}
-
-/// Bare apalis: the same N jobs, no run truth.
-pub(super) async fn baseline(app: &App, n: u64, concurrency: usize) -> CliResult<f64> {
-    let mut cfg = app.config.queue.clone();
-    cfg.namespace = format!("{}-baseline-{}", cfg.namespace, uuid::Uuid::now_v7().simple());
-    let queue = Queue::open(&cfg, app.db.sqlite.clone()).await.map_err(|e| CliError::Runtime(format!("{e:#}")))?;
-    let count = Arc::new(AtomicU64::new(0));
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let opts =
-        WorkerOptions { name_prefix: "bench-baseline".into(), concurrency, shutdown_grace: Duration::from_secs(10) };
-    let started = Instant::now();
-    let (q, c) = (queue.clone(), cfg.clone());
-    let handler = Arc::new(Count(count.clone()));
-    let worker = tokio::spawn(async move {
-        run_worker(q, c, opts, handler, async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        })
+    let rt = |e: sqlx::Error| CliError::Runtime(format!("baseline queue: {e}"));
+    let workers = 4usize;
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(dispatchers + workers).unwrap_or(16))
+        .connect(url)
         .await
-    });
-    let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
-    queue.push_many(&ids).await.map_err(|e| CliError::Runtime(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while count.load(Ordering::Relaxed) < n {
-        if Instant::now() > deadline {
-            return Err(CliError::Runtime("baseline did not finish in 10 minutes".into()));
+        .map_err(rt)?;
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(rt)?;
+    let done = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks: JoinSet<Result<(), sqlx::Error>> = JoinSet::new();
+    for _ in 0..dispatchers {
+        let (pool, next) = (pool.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let from = next.fetch_add(batch, Ordering::Relaxed);
+                if from >= n {
+                    return Ok(());
+                }
+                let ids: Vec<uuid::Uuid> = (0..batch.min(n - from)).map(|_| uuid::Uuid::now_v7()).collect();
+                sqlx::query(INSERT).bind(ids).execute(&pool).await?;
+            }
+        });
+    }
+    for w in 0..workers {
+        let (pool, done) = (pool.clone(), done.clone());
+        let limit = i64::try_from(claim).unwrap_or(256);
+        tasks.spawn(async move {
+            let me = format!("baseline-{w}");
+            while done.load(Ordering::Relaxed) < n {
+                let ids: Vec<i64> = sqlx::query_scalar(LOCK).bind(&me).bind(limit).fetch_all(&pool).await?;
+                if ids.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                sqlx::query(DELETE).bind(&ids).execute(&pool).await?;
+                done.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    // Any task's error ends the bench at once with it.
+    while done.load(Ordering::Relaxed) < n {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(rt(e)),
+                Some(Err(e)) => return Err(CliError::Runtime(format!("baseline task: {e}"))),
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(CliError::Runtime("baseline did not finish in 10 minutes".into()));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    let _ = stop_tx.send(true);
-    let _ = worker.await;
+    tasks.abort_all();
+    sqlx::query("DROP TABLE oprun_bench_jobs").execute(&pool).await.map_err(rt)?;
     Ok(rate)
 }

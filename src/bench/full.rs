@@ -128,6 +128,15 @@ pub(super) async fn bench_full(
                 stats.snapshot().finished
             )));
         }
+        // A worker that died ends the bench at once, with its error.
+        if worker.is_finished() {
+            let why = match worker.await {
+                Ok(Ok(())) => "it stopped".to_string(),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => e.to_string(),
+            };
+            return Err(CliError::Runtime(format!("the worker died after {} runs: {why}", stats.snapshot().finished)));
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
@@ -139,7 +148,7 @@ pub(super) async fn bench_full(
     let rate = n as f64 / elapsed.as_secs_f64();
     let mut report = json!({
         "store": app.db.runs.backend(),
-        "queue": format!("{:?}", app.config.queue.backend).to_lowercase(),
+        "queue": "run store",
         "runs": n,
         "concurrency": args.concurrency,
         "dispatchers": args.dispatchers,
@@ -155,9 +164,10 @@ pub(super) async fn bench_full(
     });
     let ok = seen == n && succeeded == n && executions == n;
     if args.baseline {
-        let base = super::baseline::baseline(app, n, args.concurrency).await?;
+        let claim = args.concurrency.clamp(1, oprun_worker::queue::MAX_CLAIM);
+        let base = super::baseline::baseline(app, n, args.dispatchers, args.batch, claim).await?;
         report["baseline_jobs_per_second"] = json!(base);
-        report["truth_cost_ratio"] = json!(base / rate);
+        report["full_over_baseline"] = json!(rate / base);
     }
     // A failed check outranks a reader that went away.
     let printed = print_report(&report, args.json);

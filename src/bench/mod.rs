@@ -8,8 +8,8 @@
 //! One file per mode:
 //! - `full.rs`: the real path (default; `--rate` paces the dispatch to read
 //!   queue latency below the maximum rate);
-//! - `baseline.rs`: `--baseline`, the same N no-op jobs through bare apalis
-//!   on the same queue;
+//! - `baseline.rs`: `--baseline`, the same N jobs through a bare batched
+//!   job queue on the same Postgres database;
 //! - `truth.rs`: `--truth-only`, the run truth alone, no queue, no worker;
 //! - `reconcile.rs`: `--stale N`, one timed reconcile pass over N stale runs.
 
@@ -93,7 +93,8 @@ pub struct BenchArgs {
     /// Instead: time one reconcile pass over this many stale runs.
     #[arg(long)]
     pub stale: Option<u64>,
-    /// Also push N bare apalis jobs on the same queue and print the ratio.
+    /// Also run N jobs through a bare batched Postgres job queue (one jobs
+    /// table, no run truth) and print the full path's rate over it.
     #[arg(long)]
     pub baseline: bool,
     /// Instead: the same N runs through the run truth alone (dispatch,
@@ -128,7 +129,7 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
     if existing.iter().any(|w| w != "bench" && w != "bench-stale") {
         return Err(CliError::Usage(format!(
             "bench needs a scratch store (it replaces the access tables); this one has workspaces {existing:?}. \
-             Point OPRUN_DATABASE_URL (and OPRUN_QUEUE_URL) at an empty database"
+             Point OPRUN_DATABASE_URL at an empty database"
         )));
     }
     let catalog = Arc::new(Catalog::from_toml(BENCH_CATALOG).map_err(|e| CliError::Runtime(e.to_string()))?);
@@ -209,6 +210,7 @@ async fn check_runs(service: &OperationRunService) -> CliResult<Checked> {
 /// One bench run of `operation` in `workspace`, as the bench's service actor.
 fn bench_request(operation: &str, workspace: &str) -> DispatchRequest {
     DispatchRequest {
+        available_at: None,
         operation: operation.into(),
         scope: Scope { workspace_id: workspace.into(), ..Scope::default() },
         initiator: Initiator::service("bench-actor"),

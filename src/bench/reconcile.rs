@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use oprun_scheduler::Dispatcher;
 use oprun_shared::{Catalog, DispatchRequest, Initiator, JobQueue, OperationRunService, ServiceConfig};
-use oprun_worker::queue::Queue;
 use serde_json::json;
 
 use super::{bench_request, print_report};
@@ -40,10 +39,7 @@ pub(super) async fn bench_reconcile(
         ids.extend(batch);
     }
     let setup_secs = setup.elapsed().as_secs_f64();
-    let mut cfg = app.config.queue.clone();
-    cfg.namespace = format!("{}-stale-{}", cfg.namespace, uuid::Uuid::now_v7().simple());
-    let queue: Arc<dyn JobQueue> =
-        Arc::new(Queue::open(&cfg, app.db.sqlite.clone()).await.map_err(|e| rt(format!("{e:#}")))?);
+    let queue: Arc<dyn JobQueue> = app.queue().await?;
     let authorizer = oprun_shared::Authorizer::new(app.db.access.clone(), catalog);
     let dispatcher = Dispatcher::new(service.clone(), authorizer, queue.clone());
     let filter = oprun_shared::ReconcileFilter { workspace_id: Some("bench-stale".into()), ..Default::default() };
@@ -66,17 +62,17 @@ pub(super) async fn bench_reconcile(
     }
     let report_json = json!({
         "store": app.db.runs.backend(),
-        "queue": format!("{:?}", app.config.queue.backend).to_lowercase(),
+        "queue": "run store",
         "stale_runs": n,
         "setup_seconds": setup_secs,
         "reconcile_seconds": secs,
         "runs_reconciled_per_second": n as f64 / secs,
-        "check": {"requeued": requeued, "queued_on_attempt_2": queued, "jobs_pushed": depth, "lost_races": report.lost_races},
+        "check": {"requeued": requeued, "queued_on_attempt_2": queued, "ready_to_claim": depth, "lost_races": report.lost_races},
     });
     let printed = print_report(&report_json, json_out);
     if requeued != n || queued != n || depth != Some(n) {
         return Err(rt(format!(
-            "check failed: {requeued} requeued, {queued} queued on attempt 2, {depth:?} jobs pushed (want {n} each)"
+            "check failed: {requeued} requeued, {queued} queued on attempt 2, {depth:?} ready to claim (want {n} each)"
         )));
     }
     printed

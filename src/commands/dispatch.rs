@@ -84,6 +84,7 @@ pub async fn dispatch(path: Option<&Path>, args: DispatchArgs) -> CliResult<()> 
         source: SourceSurface::Cli,
         context: serde_json::json!({ "correlation_id": uuid::Uuid::now_v7() }),
         params,
+        available_at: None,
     };
     let outcome = dispatcher.dispatch(req).await.map_err(|e| match e {
         DispatchError::Invalid(m) => CliError::Usage(m),

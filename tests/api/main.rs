@@ -107,6 +107,7 @@ impl Api {
 
     async fn dispatch(&self, actor: &str, ws: &str, env: &str, op: &str, params: Value) -> OperationRun {
         let req = DispatchRequest {
+            available_at: None,
             operation: op.into(),
             scope: Scope { workspace_id: ws.into(), environment_id: Some(env.into()), ..Scope::default() },
             initiator: Initiator::user(actor),

@@ -23,7 +23,6 @@ fn oprun(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .env_remove("OPRUN_CONFIG")
         .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
         .env("RUST_LOG", "warn")
         .output()
         .expect("run oprun");
@@ -61,7 +60,6 @@ fn oprun_closed_stdout(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .env_remove("OPRUN_CONFIG")
         .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
         .env("RUST_LOG", "warn")
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())

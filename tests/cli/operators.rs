@@ -10,7 +10,6 @@ fn up_on_the_embedded_default_shows_succeeded_and_blocked_runs_with_guidance() {
         .current_dir(dir.path())
         .env_remove("OPRUN_CONFIG")
         .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
         .env("OPRUN_API_BIND", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

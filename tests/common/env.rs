@@ -13,7 +13,7 @@ use oprun_shared::{
     Authorizer, Clock, Completion, JobQueue, OperationRun, OperationRunService, RunStatus, RunStore, ServiceConfig,
     SummaryCounts, SystemClock,
 };
-use oprun_worker::config::{QueueBackend, QueueConfig};
+use oprun_worker::config::QueueConfig;
 use oprun_worker::queue::{Queue, WorkerOptions, run_worker};
 use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
 use serde_json::json;
@@ -66,21 +66,8 @@ impl Env {
         })
         .await;
         db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
-        let queue_config = match stack {
-            Stack::PostgresRedis => QueueConfig {
-                backend: QueueBackend::Redis,
-                url: Some(testing::require_env(testing::REDIS_URL_VAR)),
-                namespace: format!("oprun-test-{}", Uuid::now_v7().simple()),
-                poll_interval: Duration::from_millis(50),
-                ..QueueConfig::default()
-            },
-            Stack::Sqlite => QueueConfig {
-                backend: QueueBackend::Sqlite,
-                poll_interval: Duration::from_millis(50),
-                ..QueueConfig::default()
-            },
-        };
-        let queue = Arc::new(Queue::open(&queue_config, db.database.sqlite.clone()).await.expect("open the queue"));
+        let queue_config = test_queue_config();
+        let queue = Arc::new(Queue::new(db.store.clone()));
         let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
         let authorizer = Authorizer::new(db.access.clone(), catalog());
         let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
@@ -160,26 +147,17 @@ impl Env {
     pub async fn with_parts(stack: Stack, db: TestStore, queue_config: QueueConfig) -> Self {
         init_logs();
         db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
-        let queue = Arc::new(Queue::open(&queue_config, db.database.sqlite.clone()).await.expect("open the queue"));
+        let queue = Arc::new(Queue::new(db.store.clone()));
         let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
         let authorizer = Authorizer::new(db.access.clone(), catalog());
         let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
         Self { stack, db, queue, queue_config, service, authorizer, dispatcher, counting: Counting::default() }
     }
 
-    /// Postgres + Redis: a fresh database on the test Postgres, the queue on
-    /// the Redis at `url` (a private server a test may kill and restart).
-    pub async fn with_redis_url(stack: Stack, url: &str) -> Self {
-        assert_eq!(stack, Stack::PostgresRedis, "a Redis URL only makes sense on the Postgres + Redis stack");
-        let db = TestStore::new(testing::Backend::Postgres).await;
-        Self::with_parts(stack, db, redis_queue_config(url)).await
-    }
-
-    /// Postgres + Redis on the store `db` (e.g. [`test_store_at`] a private
-    /// Postgres), the queue on the shared test Redis.
+    /// Postgres on the store `db` (e.g. [`test_store_at`] a private
+    /// Postgres).
     pub async fn with_store(db: TestStore) -> Self {
-        let url = testing::require_env(testing::REDIS_URL_VAR);
-        Self::with_parts(Stack::PostgresRedis, db, redis_queue_config(&url)).await
+        Self::with_parts(Stack::PostgresRedis, db, test_queue_config()).await
     }
 
     /// [`Env::start_worker`] with `concurrency` slots instead of 4.
@@ -218,15 +196,9 @@ impl WorkerHandle {
     }
 }
 
-/// A Redis queue config on `url` in a fresh namespace.
-pub fn redis_queue_config(url: &str) -> QueueConfig {
-    QueueConfig {
-        backend: QueueBackend::Redis,
-        url: Some(url.to_string()),
-        namespace: format!("oprun-test-{}", Uuid::now_v7().simple()),
-        poll_interval: Duration::from_millis(50),
-        ..QueueConfig::default()
-    }
+/// The tests' queue settings: an idle worker looks every 50 ms.
+pub fn test_queue_config() -> QueueConfig {
+    QueueConfig { poll_interval: Duration::from_millis(50) }
 }
 
 /// A migrated store on the Postgres database at `url` (a private server).
@@ -264,6 +236,7 @@ pub async fn reconcile_later(e: &Env, secs: i64) -> oprun_shared::ReconcileRepor
 /// `contoso` / `contoso-prod`.
 pub fn prod_request(operation: &str, params: serde_json::Value) -> oprun_shared::DispatchRequest {
     oprun_shared::DispatchRequest {
+        available_at: None,
         operation: operation.into(),
         scope: oprun_shared::Scope {
             workspace_id: "contoso".into(),

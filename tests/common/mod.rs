@@ -13,7 +13,7 @@ mod process;
 #[allow(unused_imports)]
 pub use catalog::{ACCESS, CATALOG, access, catalog};
 #[allow(unused_imports)]
-pub use env::{Counting, Env, WorkerHandle, prod_request, reconcile_later, redis_queue_config, test_store_at};
+pub use env::{Counting, Env, WorkerHandle, prod_request, reconcile_later, test_queue_config, test_store_at};
 #[allow(unused_imports)]
 pub use logs::{SECRET_MARK, TEST_LOG_FILTER, capture_logs, dump_tables, init_logs, provider_token};
 #[allow(unused_imports)]

@@ -5,25 +5,17 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{CATALOG, Env, Stack, provider_token};
+use super::{CATALOG, Env, provider_token};
 
-/// A config file for the `oprun` binary on this env's store and queue, with a
+/// A config file for the `oprun` binary on this env's store (its queue), with a
 /// `graph` provider at `provider_base` (its token in a file under `dir`).
 pub fn binary_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> String {
     let token_file = dir.join("graph.token");
     if !token_file.exists() {
         std::fs::write(&token_file, provider_token("binary-config")).unwrap();
     }
-    let queue = match e.stack {
-        Stack::PostgresRedis => format!(
-            "backend = \"redis\"\nurl = \"{}\"\nnamespace = \"{}\"\n",
-            e.queue_config.url.as_deref().unwrap(),
-            e.queue_config.namespace
-        ),
-        Stack::Sqlite => "backend = \"sqlite\"\n".to_string(),
-    };
     format!(
-        "{CATALOG}\n[store]\nurl = \"{url}\"\nmax_connections = 4\n[queue]\n{queue}poll_interval = \"50ms\"\n\
+        "{CATALOG}\n[store]\nurl = \"{url}\"\nmax_connections = 4\n[queue]\npoll_interval = \"50ms\"\n\
          [worker]\nconcurrency = 2\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n\
          [providers.graph]\nbase_url = \"{provider_base}\"\ntoken_file = \"{token}\"\n",
         url = e.db.url,
@@ -53,7 +45,6 @@ pub fn spawn_oprun(role: &str, cfg: &std::path::Path, log: &std::path::Path, rus
     Command::new(env!("CARGO_BIN_EXE_oprun"))
         .args(["--config", cfg.to_str().expect("a UTF-8 config path"), role])
         .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
         .env_remove("OPRUN_CONFIG")
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())

@@ -88,29 +88,21 @@ async fn campaign_fixture() -> Arc<Campaign> {
     fix
 }
 
-/// The binary's config: this env's store and queue, more worker slots than
-/// `binary_config`'s 2, and the fixture as the `graph` provider.
-///
-/// The queue heartbeat is 500 ms with 2 misses: the jobs a killed worker had
-/// fetched (apalis-redis fetches 10 at a time into the worker's in-flight
-/// set, most not yet claimed) go back to the queue when a live worker's
-/// heartbeat finds the dead one silent for 1 s. With the default 5 s × 3 and
-/// workers that live under a second, every fetched job would sit there until
-/// the last worker, and after a few kills no worker would have anything to do.
+/// The binary's config: this env's store (its queue), more worker slots
+/// than `binary_config`'s 2, and the fixture as the `graph` provider. A
+/// killed worker holds only runs it claimed (it claims only for free slots),
+/// which the reconciler requeues once their leases expire.
 fn campaign_config(e: &Env, dir: &FsPath, base: &str) -> String {
     let token = dir.join("graph.token");
     std::fs::write(&token, common::provider_token("campaign")).unwrap();
     format!(
         "{catalog}\n[store]\nurl = \"{url}\"\nmax_connections = 8\n\
-         [queue]\nbackend = \"redis\"\nurl = \"{redis}\"\nnamespace = \"{ns}\"\npoll_interval = \"50ms\"\n\
-         heartbeat = \"500ms\"\nmissed_heartbeats = 2\n\
+         [queue]\npoll_interval = \"50ms\"\n\
          [worker]\nconcurrency = {CAMPAIGN_CONCURRENCY}\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n\
          [providers.graph]\nbase_url = \"{base}\"\ntoken_file = \"{token}\"\nconcurrency = 32\n\
          request_timeout = \"10s\"\n",
         catalog = common::CATALOG,
         url = e.db.url,
-        redis = e.queue_config.url.as_deref().unwrap(),
-        ns = e.queue_config.namespace,
         token = token.display(),
     )
 }

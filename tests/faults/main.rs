@@ -11,7 +11,6 @@ mod common;
 mod campaign;
 mod kills;
 mod postgres_restart;
-mod redis_restart;
 
 use oprun_scheduler::DispatchOutcome;
 use oprun_shared::{DispatchRequest, Initiator, OperationRun, Scope, SourceSurface};
@@ -56,6 +55,7 @@ fn free_port() -> u16 {
 
 fn request(op: &str, env: &str, target: Option<&str>, params: Value) -> DispatchRequest {
     DispatchRequest {
+        available_at: None,
         operation: op.into(),
         scope: Scope {
             workspace_id: "contoso".into(),

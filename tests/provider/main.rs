@@ -22,6 +22,7 @@ use oprun_worker::http::Providers;
 
 async fn dispatch(e: &Env, op: &str, env: &str, params: Value) -> OperationRun {
     let req = DispatchRequest {
+        available_at: None,
         operation: op.into(),
         scope: Scope { workspace_id: "contoso".into(), environment_id: Some(env.into()), ..Scope::default() },
         initiator: Initiator::user("ops-user-1"),

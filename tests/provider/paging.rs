@@ -78,7 +78,6 @@ pub(crate) async fn a_killed_worker_resumes_the_collection_from_its_checkpoint(s
     let mut child = Command::new(env!("CARGO_BIN_EXE_oprun"))
         .args(["--config", cfg.to_str().unwrap(), "worker"])
         .env_remove("OPRUN_DATABASE_URL")
-        .env_remove("OPRUN_QUEUE_URL")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

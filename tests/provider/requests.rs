@@ -65,6 +65,7 @@ async fn dispatch_scope(e: &Env, op: &str, scope: Scope) -> OperationRun {
         source: SourceSurface::Cli,
         context: json!({}),
         params: json!({}),
+        available_at: None,
     };
     match e.dispatcher.dispatch(req).await.unwrap() {
         DispatchOutcome::Dispatched { run, .. } => *run,

@@ -1,8 +1,7 @@
 //! The worker's sections of the config file: `[queue]`, `[worker]` and
 //! `[providers.NAME]`, their named defaults, and the one check of each —
 //! including that an operation's `provider` is one the worker can call. The
-//! binary puts these sections into the file and checks the queue URL's
-//! scheme (it chooses the backend).
+//! binary puts these sections into the file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,61 +12,28 @@ use oprun_shared::config::Problems;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-/// Which queue carries jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueBackend {
-    /// apalis-redis (production).
-    Redis,
-    /// apalis-sqlite, in the store's SQLite file (embedded default).
-    Sqlite,
-}
-
-/// The job queue.
+/// The queue: the run store itself (see `queue`). Only how an idle worker
+/// waits is set here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// `sqlite` (default: the store's file) or `redis`.
-    pub backend: QueueBackend,
-    /// The Redis URL (for `redis`). Overridden by `OPRUN_QUEUE_URL`.
-    pub url: Option<String>,
-    /// The queue's name (Redis key namespace / SQLite job type).
-    pub namespace: String,
-    /// How often an idle worker polls for jobs.
+    /// How long an idle worker waits for a wake-up before it looks for
+    /// ready runs anyway (wake-ups come at once from dispatches in the same
+    /// process and, on Postgres, from any process).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How often a worker tells the queue it is alive.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat: Duration,
-    /// Heartbeats a worker may miss before the queue hands its in-flight
-    /// jobs to others.
-    pub missed_heartbeats: u32,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self {
-            backend: QueueBackend::Sqlite,
-            url: None,
-            namespace: "oprun".into(),
-            poll_interval: Duration::from_millis(100),
-            heartbeat: Duration::from_secs(5),
-            missed_heartbeats: 3,
-        }
+        Self { poll_interval: Duration::from_millis(100) }
     }
 }
 
 impl QueueConfig {
-    /// Add what is wrong with `[queue]` (but its URL: see the module doc).
+    /// Add what is wrong with `[queue]`.
     pub fn validate(&self, problems: &mut Problems) {
-        problems.check(
-            !self.namespace.is_empty()
-                && self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c)),
-            || "queue.namespace: use letters, digits, '-', '_', ':' and '.'".into(),
-        );
         problems.positive_at_most_max("queue.poll_interval", self.poll_interval);
-        problems.positive_at_most_max("queue.heartbeat", self.heartbeat);
-        problems.check(self.missed_heartbeats != 0, || "queue.missed_heartbeats: must be at least 1".into());
     }
 }
 

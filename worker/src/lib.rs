@@ -7,5 +7,5 @@ pub mod operation;
 pub mod runner;
 
 pub use operation::{Operation, OperationError, Operations, RunContext};
-pub use runner::{JobResult, Retry, Runner, StatsSnapshot, WorkerStats};
+pub use runner::{ClaimedRun, JobResult, Retry, Runner, StatsSnapshot, WorkerStats};
 pub mod queue;

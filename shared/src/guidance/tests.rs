@@ -45,6 +45,7 @@ fn run(status: RunStatus, outcome: RunOutcome, reason_code: Option<&str>) -> Ope
         cancel_requested_at: None,
         queued_at: at(),
         repushed_at: None,
+        available_at: at(),
         created_at: at(),
         started_at: Some(at()),
         completed_at: completed.then(at),

@@ -37,6 +37,8 @@ pub struct DispatchRequest {
     pub context: Value,
     /// The operation's parameters.
     pub params: Value,
+    /// When the run may start (`None`: now; a time in the past means now).
+    pub available_at: Option<DateTime<Utc>>,
 }
 
 /// A dispatched run.
@@ -184,6 +186,7 @@ impl OperationRunService {
             cancel_requested_at: None,
             queued_at: now,
             repushed_at: None,
+            available_at: req.available_at.unwrap_or(now).max(now),
             created_at: now,
             started_at: None,
             completed_at: None,

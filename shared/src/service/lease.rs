@@ -15,7 +15,7 @@ use crate::counts::SummaryCounts;
 use crate::lifecycle::{RunStatus, Transition, TransitionError};
 use crate::redact;
 use crate::run::OperationRun;
-use crate::store::{Guard, LeaseEnds, RunWrite};
+use crate::store::{Guard, LeaseEnds, ReadyClaim, RunWrite};
 
 /// One attempt's hold on a run: the worker that claimed it and the attempt
 /// that claim started. Every write the attempt makes after its claim is
@@ -114,6 +114,32 @@ impl OperationRunService {
             }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Claim up to `limit` ready runs for `worker`: queued, their time come,
+    /// taken round-robin across scopes (see [`RunStore::claim_ready`]);
+    /// `cursor` carries the round robin from one claim to the next. Each
+    /// claimed run is running, leased, and audited.
+    ///
+    /// [`RunStore::claim_ready`]: crate::RunStore::claim_ready
+    #[instrument(name = "claim_ready", skip_all, fields(limit, worker = %worker), err)]
+    pub async fn claim_ready(
+        &self,
+        worker: &str,
+        limit: u32,
+        cursor: &mut Option<String>,
+    ) -> Result<Vec<OperationRun>, ServiceError> {
+        let now = self.clock.now();
+        let write = RunWrite::claim(worker, now, self.lease_ends(now));
+        let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
+        let claimed = self.store.claim_ready(&ReadyClaim::new(write, audit, now, limit, cursor.take())).await?;
+        *cursor = claimed.last_scope;
+        Ok(claimed.runs)
+    }
+
+    /// Tell waiting workers that runs became ready (a dispatch, a requeue).
+    pub async fn wake_workers(&self) -> Result<(), ServiceError> {
+        Ok(self.store.wake_workers().await?)
     }
 
     /// The lease expiry of a run claimed now, by its operation (the

@@ -1,12 +1,13 @@
-//! Reconcile: the sweeps that move stale runs on, so that none stays running
-//! or queued forever.
-//! Running runs whose lease expired are requeued, cancelled or expired;
-//! queued runs no worker claimed are pushed again, then expired. Each sweep
+//! Reconcile: the sweep that moves stale runs on, so that none stays running
+//! forever. Running runs whose lease expired are requeued, cancelled or
+//! expired. Queued runs are left alone: the run row is the job, so a queued
+//! run cannot be lost, and one that waits in a long backlog is healthy work
+//! (it starts when a worker has a slot; `oprun runs show` says so). Each sweep
 //! pages through its candidates ([`OperationRunService::sweep`]) and moves
 //! each page with guarded writes that re-check staleness inside the
 //! statement, so several reconcilers may run at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -48,25 +49,20 @@ pub enum ReconcileKind {
     ExpiredLease,
     /// Lease expired on a run an operator asked to cancel: cancelled.
     CancelledStale,
-    /// Queued too long: its job is pushed again.
-    Repush,
-    /// Queued far too long: failed `run.never_started`.
-    ExpiredNeverStarted,
 }
 
 impl ReconcileKind {
     /// The run's job must be pushed (again) to the queue.
     pub fn needs_push(self) -> bool {
-        matches!(self, ReconcileKind::Requeued | ReconcileKind::Repush)
+        matches!(self, ReconcileKind::Requeued)
     }
 
     /// The audited action of the write.
     fn action(self) -> &'static str {
         match self {
             ReconcileKind::Requeued => Transition::Requeue.action(),
-            ReconcileKind::Repush => Transition::Repush.action(),
             ReconcileKind::CancelledStale => Transition::Cancel.action(),
-            ReconcileKind::ExpiredLease | ReconcileKind::ExpiredNeverStarted => Transition::Expire.action(),
+            ReconcileKind::ExpiredLease => Transition::Expire.action(),
         }
     }
 
@@ -87,12 +83,6 @@ impl ReconcileKind {
                 run.max_attempts
             ),
             ReconcileKind::CancelledStale => "lease expired on a run an operator asked to cancel".to_string(),
-            ReconcileKind::Repush => {
-                format!("queued since {} and never claimed: its job is pushed again", run.queued_at.to_rfc3339())
-            }
-            ReconcileKind::ExpiredNeverStarted => {
-                format!("queued since {} and never claimed, even after a re-push", run.queued_at.to_rfc3339())
-            }
         }
     }
 }
@@ -237,7 +227,6 @@ impl OperationRunService {
         let mut report = ReconcileReport { dry_run, ..Default::default() };
         let mut sink = ReportSink { report: &mut report, to_push };
         self.reconcile_running(pass, filter, &mut sink).await?;
-        self.reconcile_queued(pass, filter, &mut sink).await?;
         Ok(report)
     }
 
@@ -297,67 +286,6 @@ impl OperationRunService {
             let mut out = PageResult::default();
             for m in moves {
                 out.append(self.apply_move(pass, m).await?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Queued runs no worker claimed: after their operation's
-    /// `queued_stale_after` their job is pushed again (once), after twice
-    /// that they fail `run.never_started`.
-    async fn reconcile_queued(
-        &self,
-        pass: Pass<'_>,
-        filter: &ReconcileFilter,
-        sink: &mut ReportSink<'_>,
-    ) -> Result<(), ServiceError> {
-        let now = pass.now;
-        let default_stale = crate::catalog::defaults::queued_stale_after();
-        let stale_after = |op: &str| chrono_dur(self.catalog.get(op).map_or(default_stale, |s| s.queued_stale_after));
-        let shortest = (self.catalog.operations.values().map(|s| s.queued_stale_after))
-            .chain([default_stale])
-            .min()
-            .unwrap_or(default_stale);
-        let sweep = Sweep { status: RunStatus::Queued, cutoff: now - chrono_dur(shortest), filter, in_flight: 1 };
-        self.sweep(sweep, sink, |page| async move {
-            // Group by operation: each has its own threshold, and the guard
-            // re-checks it inside the write.
-            let mut by_op: BTreeMap<&str, (Vec<&StaleRun>, Vec<&StaleRun>)> = BTreeMap::new();
-            for run in &page {
-                let t = stale_after(&run.operation);
-                let age = now - run.queued_at;
-                let entry = by_op.entry(run.operation.as_str()).or_default();
-                if age >= t * 2 {
-                    entry.1.push(run);
-                } else if age >= t && run.repushed_at.is_none() {
-                    entry.0.push(run);
-                }
-            }
-            let never_started = ReasonCode::RunNeverStarted;
-            let mut out = PageResult::default();
-            for (op, (repush, expire)) in by_op {
-                let t = stale_after(op);
-                let repush = Move {
-                    kind: ReconcileKind::Repush,
-                    runs: repush,
-                    guard: Guard::queued_before(now - t, true),
-                    write: RunWrite::repush(now),
-                    reason: never_started,
-                };
-                out.append(self.apply_move(pass, repush).await?);
-                let expire = Move {
-                    kind: ReconcileKind::ExpiredNeverStarted,
-                    runs: expire,
-                    guard: Guard::queued_before(now - t * 2, false),
-                    write: RunWrite::expire(
-                        now,
-                        never_started.as_str(),
-                        "no worker claimed the run, even after its job was pushed again".into(),
-                    ),
-                    reason: never_started,
-                };
-                out.append(self.apply_move(pass, expire).await?);
             }
             Ok(out)
         })

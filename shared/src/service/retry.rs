@@ -54,6 +54,7 @@ impl OperationRunService {
             source: SourceSurface::Retry,
             context: Value::Object(context),
             params: old.params.clone(),
+            available_at: None,
         };
         let mut run = self.new_run(&req, spec, now)?;
         run.retry_of = Some(old.id);

@@ -145,6 +145,8 @@ pub struct RunWrite {
     pub(crate) cancel_requested_at: Option<DateTime<Utc>>,
     pub(crate) queued_at: Option<DateTime<Utc>>,
     pub(crate) repushed_at: Option<Option<DateTime<Utc>>>,
+    /// When a queued run may be claimed.
+    pub(crate) available_at: Option<DateTime<Utc>>,
     /// Set only if not yet set.
     pub(crate) started_at: Option<DateTime<Utc>>,
     pub(crate) completed_at: Option<DateTime<Utc>>,
@@ -233,6 +235,7 @@ impl RunWrite {
             lease_expires_at: Some(None),
             heartbeat_at: Some(None),
             queued_at: Some(now),
+            available_at: Some(now),
             repushed_at: Some(None),
             ..Self::default()
         }
@@ -390,6 +393,60 @@ pub struct StaleQuery {
 /// The most a list returns in one page.
 pub const MAX_PAGE: u32 = 1000;
 
+/// A claim of ready runs: queued, their `available_at` come, taken fairly
+/// across scopes (see [`RunStore::claim_ready`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadyClaim {
+    /// The claim write (always [`RunWrite::claim`]).
+    pub(crate) write: RunWrite,
+    /// The audit row written per run claimed.
+    pub(crate) audit: AuditEntry,
+    /// The instant: runs available at or before it are ready.
+    pub(crate) now: DateTime<Utc>,
+    /// At most this many runs.
+    pub(crate) limit: u32,
+    /// Round-robin cursor: start with the scopes after this scope key (the
+    /// last one the previous claim took from); `None` starts at the first.
+    pub(crate) after_scope: Option<String>,
+}
+
+impl ReadyClaim {
+    /// Claim up to `limit` ready runs with `write` (a [`RunWrite::claim`]),
+    /// auditing each with `audit`, starting after the scope `after_scope`.
+    pub fn new(
+        write: RunWrite,
+        audit: AuditEntry,
+        now: DateTime<Utc>,
+        limit: u32,
+        after_scope: Option<String>,
+    ) -> Self {
+        Self { write, audit, now, limit, after_scope }
+    }
+}
+
+/// What a claim of ready runs took.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClaimedReady {
+    /// The runs claimed (running, leased), oldest first within a scope.
+    pub runs: Vec<OperationRun>,
+    /// The scope key the next claim should start after (the last scope this
+    /// one took from).
+    pub last_scope: Option<String>,
+}
+
+/// Wakes a worker waiting for ready runs: a dispatch, a requeue, or (at the
+/// latest) the poll interval. Built by [`RunStore::wakeups`].
+#[async_trait]
+pub trait Wakeups: Send {
+    /// Forget wake-ups seen so far: call before a claim, so that a wake-up
+    /// that arrives while it runs is not lost.
+    fn arm(&mut self);
+
+    /// Wait for a wake-up that arrived since [`arm`](Self::arm), or for
+    /// `max` at most.
+    async fn wait(&mut self, max: std::time::Duration);
+}
+
 /// The run store.
 #[async_trait]
 pub trait RunStore: Send + Sync + std::fmt::Debug {
@@ -461,11 +518,27 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// A run's audit rows, oldest first.
     async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Claim ready runs in one transaction with their audit rows: queued
+    /// runs whose `available_at` has come, taken round-robin across scopes
+    /// (a scope's backlog delays another scope's run by at most about one
+    /// claim), oldest first within a scope, skipping runs another claim
+    /// holds. Two claims never take the same run.
+    async fn claim_ready(&self, claim: &ReadyClaim) -> Result<ClaimedReady, StoreError>;
+
+    /// Runs queued and ready at `now` (the queue's depth).
+    async fn count_ready(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Tell waiting workers (in this process and, where the backend can,
+    /// in others) that runs became ready.
+    async fn wake_workers(&self) -> Result<(), StoreError>;
+
+    /// A waiter for [`wake_workers`](Self::wake_workers)' wake-ups.
+    async fn wakeups(&self) -> Result<Box<dyn Wakeups>, StoreError>;
 }
 
 /// Both views of one database: runs (through the service) and access truth
-/// plus tick records; and, for the embedded default, the SQLite pool the
-/// queue shares.
+/// plus tick records; and, for the embedded default, its SQLite pool.
 #[derive(Debug, Clone)]
 pub struct Database {
     /// The run store.
@@ -476,7 +549,8 @@ pub struct Database {
     pub tokens: std::sync::Arc<dyn crate::tokens::TokenStore>,
     /// The schedule ticks.
     pub ticks: std::sync::Arc<dyn crate::ticks::TickStore>,
-    /// The SQLite pool, when the database is SQLite.
+    /// The SQLite pool, when the database is SQLite (for tools that read
+    /// the file itself).
     pub sqlite: Option<sqlx::SqlitePool>,
 }
 
@@ -488,7 +562,7 @@ impl Database {
     }
 
     /// Every view of one SQLite file (`url`: `sqlite://PATH` or
-    /// `sqlite:PATH`), and its pool for the queue.
+    /// `sqlite:PATH`), and its pool.
     pub async fn sqlite(url: &str, max_connections: u32) -> Result<Database, StoreError> {
         let s = std::sync::Arc::new(SqliteRunStore::connect(url, max_connections).await?);
         let sqlite = Some(s.pool().clone());

@@ -47,7 +47,7 @@ static INSERT_RUNS_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::ne
         "$9::text[], $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::text[], ",
         "$16::jsonb[], $17::jsonb[], $18::jsonb[], $19::int4[], $20::int4[], $21::uuid[], $22::text[], ",
         "$23::timestamptz[], $24::timestamptz[], $25::timestamptz[], $26::timestamptz[], $27::timestamptz[], ",
-        "$28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[]) ",
+        "$28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[], $39::timestamptz[]) ",
         "ON CONFLICT (dedup_key) WHERE ",
         ACTIVE_KEYED,
         " DO NOTHING RETURNING *), ",
@@ -62,6 +62,19 @@ static INSERT_RUNS_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::ne
         "SELECT * FROM w",
     ]
     .concat()
+});
+
+/// The channel of "runs became ready" notices (a dispatch, a requeue).
+const READY_CHANNEL: &str = "oprun_runs_ready";
+
+/// Each scope's ready runs, locked, skipping rows other claims hold.
+static PICK_READY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let key = runs::SCOPE_KEY;
+    format!(
+        "SELECT p.id FROM unnest($1::text[]) AS s(k) CROSS JOIN LATERAL (\
+         SELECT id FROM operation_runs WHERE status = 'queued' AND {key} = s.k AND available_at <= $2 \
+         ORDER BY {key}, available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) p LIMIT $4"
+    )
 });
 
 impl Backend for Postgres {
@@ -183,8 +196,48 @@ impl Backend for Postgres {
             .bind(audits().map(|a| a.action.as_str()).collect::<Vec<_>>())
             .bind(audits().map(|a| a.from_status.map(|s| s.as_str())).collect::<Vec<_>>())
             .bind(audits().map(|a| a.reason_code.as_deref()).collect::<Vec<_>>())
-            .bind(audits().map(|a| Json(&a.details)).collect::<Vec<_>>());
+            .bind(audits().map(|a| Json(&a.details)).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.available_at).collect::<Vec<_>>());
         let rows = q.fetch_all(&mut *conn).await?;
         rows.iter().map(runs::run_from_row).collect()
+    }
+
+    /// One statement: each scope's ready runs through a `LATERAL` scan of
+    /// the ready index, `FOR UPDATE SKIP LOCKED` (rows another claim holds
+    /// are passed over, not waited for).
+    async fn pick_ready(
+        conn: &mut PgConnection,
+        scopes: &[String],
+        now: DateTime<Utc>,
+        per_scope: i64,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let ids = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(PICK_READY.as_str()))
+            .bind(scopes)
+            .bind(now)
+            .bind(per_scope)
+            .bind(limit)
+            .fetch_all(conn)
+            .await?;
+        Ok(ids)
+    }
+
+    type Listener = sqlx::postgres::PgListener;
+
+    async fn notify_ready(pool: &Pool<Self>) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT pg_notify('{READY_CHANNEL}', '')"))).execute(pool).await?;
+        Ok(())
+    }
+
+    async fn listen_ready(pool: &Pool<Self>) -> Result<Option<Self::Listener>, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(READY_CHANNEL).await?;
+        Ok(Some(listener))
+    }
+
+    async fn next_ready(listener: &mut Self::Listener) -> Result<(), StoreError> {
+        listener.recv().await?;
+        while listener.next_buffered().is_some() {}
+        Ok(())
     }
 }

@@ -19,7 +19,7 @@ use crate::audit::AuditEntry;
 use crate::run::OperationRun;
 use crate::store::sql::run_store::insert_audit;
 use crate::store::sql::runs;
-use crate::store::sql::{Backend, SqlStore, Stmt, fetch_rows};
+use crate::store::sql::{Backend, Cols, SqlStore, Stmt, fetch_rows};
 use crate::store::{Guard, RunWrite, StoreError};
 
 /// Runs, audit, access, tokens and ticks in one SQLite file.
@@ -102,11 +102,13 @@ impl Backend for Sqlite {
     }
 
     async fn fetch(conn: &mut SqliteConnection, stmt: Stmt) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        let stmt = stmt.with_fixed_width_times();
         let args = stmt.arguments::<Sqlite>(|_, _| Err("SQLite has no arrays: list the ids".into()))?;
         fetch_rows::<Sqlite>(conn, stmt, args).await
     }
 
     async fn execute(conn: &mut SqliteConnection, stmt: Stmt) -> Result<u64, sqlx::Error> {
+        let stmt = stmt.with_fixed_width_times();
         let args = stmt.arguments::<Sqlite>(|_, _| Err("SQLite has no arrays: list the ids".into()))?;
         Ok(sqlx::query_with(sqlx::AssertSqlSafe(stmt.sql), args).execute(conn).await?.rows_affected())
     }
@@ -162,6 +164,43 @@ impl Backend for Sqlite {
         }
         insert_audit::<Sqlite>(&mut *conn, &entries).await?;
         Ok(written)
+    }
+
+    /// One statement a scope, inside the claim's `BEGIN IMMEDIATE`: the
+    /// write lock is the claim's, so no row can be taken twice.
+    async fn pick_ready(
+        conn: &mut SqliteConnection,
+        scopes: &[String],
+        now: DateTime<Utc>,
+        per_scope: i64,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut ids = Vec::new();
+        for scope in scopes {
+            let left = limit - ids.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            for row in Self::fetch(&mut *conn, runs::select_ready_in_scope(scope, now, per_scope.min(left))).await? {
+                ids.push(row.uuid("id")?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// SQLite has no notices: workers in other processes poll.
+    type Listener = ();
+
+    async fn notify_ready(_: &Pool<Self>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn listen_ready(_: &Pool<Self>) -> Result<Option<()>, StoreError> {
+        Ok(None)
+    }
+
+    async fn next_ready(_: &mut ()) -> Result<(), StoreError> {
+        std::future::pending().await
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod audit;
 mod cancel;
+mod claim;
 mod dispatch;
 mod finish;
 mod lease;
@@ -39,6 +40,7 @@ async fn env_with(b: Backend, config: ServiceConfig) -> Env {
 
 fn sync_req(env: &str) -> DispatchRequest {
     DispatchRequest {
+        available_at: None,
         operation: "inventory.sync".into(),
         scope: Scope { workspace_id: "contoso".into(), environment_id: Some(env.into()), ..Scope::default() },
         initiator: Initiator::user("ops-user-1"),
@@ -120,6 +122,12 @@ conformance!(
         block_ends_a_running_or_queued_run_blocked_with_its_reason,
         finish_batch_writes_each_outcome_in_one_commit_and_refuses_runs_it_does_not_hold,
     ],
+    claim: [
+        a_backlog_in_one_scope_does_not_delay_another_scopes_run,
+        claims_take_turns_across_scopes,
+        a_run_dispatched_for_later_is_claimed_only_when_its_time_comes,
+        concurrent_claims_never_take_the_same_run,
+    ],
     cancel: [
         cancel_ends_a_queued_run_at_once_and_asks_a_running_one_to_stop,
     ],
@@ -127,7 +135,7 @@ conformance!(
         a_stale_running_run_is_requeued_while_attempts_remain,
         a_stale_running_run_without_attempts_left_fails_with_lease_expired,
         a_stale_running_run_that_was_asked_to_cancel_ends_cancelled,
-        a_queued_run_never_claimed_is_repushed_once_then_fails_never_started,
+        a_queued_run_that_waits_long_is_left_queued_by_the_reconciler,
         a_dry_run_reconcile_changes_nothing_and_reports_what_it_would_do,
         reconcile_pages_through_more_runs_than_one_page_and_honours_filters,
         two_concurrent_reconcilers_move_each_run_exactly_once,

@@ -84,28 +84,17 @@ pub(crate) async fn a_stale_running_run_that_was_asked_to_cancel_ends_cancelled(
     assert_eq!(e.svc.get(id).await.unwrap().outcome, RunOutcome::Cancelled);
 }
 
-pub(crate) async fn a_queued_run_never_claimed_is_repushed_once_then_fails_never_started(b: Backend) {
+/// The run row is the job: a queued run cannot be lost, so however long it
+/// waits (a backlog, no worker yet) the reconciler leaves it queued.
+pub(crate) async fn a_queued_run_that_waits_long_is_left_queued_by_the_reconciler(b: Backend) {
     let e = env(b).await;
     let id = e.svc.dispatch(sync_req("contoso-prod")).await.unwrap().run.id;
-    e.clock.advance(Duration::minutes(4));
-    assert!(e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap().actions.is_empty());
-    e.clock.advance(Duration::minutes(2)); // 6 min > 5 min
+    e.clock.advance(Duration::days(2));
     let report = e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap();
-    assert_eq!(report.count(ReconcileKind::Repush), 1);
-    assert_eq!(report.to_push(), vec![id]);
+    assert!(report.actions.is_empty(), "{report:?}");
     let run = e.svc.get(id).await.unwrap();
-    assert_eq!(run.status, RunStatus::Queued);
-    assert_eq!(run.repushed_at, Some(e.clock.now_for_test()));
-    // Reported once, not on every pass.
-    e.clock.advance(Duration::minutes(1));
-    assert!(e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap().actions.is_empty());
-    e.clock.advance(Duration::minutes(4)); // 11 min > 10 min
-    let report = e.svc.reconcile(&oncall(), &ReconcileFilter::default(), false).await.unwrap();
-    assert_eq!(report.count(ReconcileKind::ExpiredNeverStarted), 1);
-    let run = e.svc.get(id).await.unwrap();
-    assert_eq!((run.status, run.outcome), (RunStatus::Completed, RunOutcome::Failed));
-    assert_eq!(run.reason_code.as_deref(), Some("run.never_started"));
-    assert_eq!(actions(&e, id).await, vec!["run.dispatch", "run.repush", "run.expire"]);
+    assert_eq!((run.status, run.outcome), (RunStatus::Queued, RunOutcome::Pending));
+    assert_eq!(actions(&e, id).await, vec!["run.dispatch"]);
 }
 
 pub(crate) async fn a_dry_run_reconcile_changes_nothing_and_reports_what_it_would_do(b: Backend) {
@@ -118,7 +107,7 @@ pub(crate) async fn a_dry_run_reconcile_changes_nothing_and_reports_what_it_woul
     let dry = e.svc.reconcile(&oncall(), &ReconcileFilter::default(), true).await.unwrap();
     assert!(dry.dry_run);
     assert_eq!(dry.count(ReconcileKind::Requeued), 1);
-    assert_eq!(dry.count(ReconcileKind::Repush), 1);
+    assert_eq!(dry.actions.len(), 1, "the queued run is left alone: {dry:?}");
     let after = e.svc.list(&RunFilter { limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(before, after, "dry run wrote nothing");
     assert_eq!(actions(&e, stale).await.len(), 2);

@@ -68,7 +68,7 @@ async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
 
 /// The key reauthorization depends on: runs in one batch that share it
 /// share one decision (the same truth read at the same moment).
-fn decision_key(run: &OperationRun) -> (String, String, String, Option<String>, Option<String>, Option<String>) {
+fn decision_key(run: &OperationRun) -> DecisionKey {
     (
         run.initiator.id.clone(),
         run.operation.clone(),
@@ -77,6 +77,33 @@ fn decision_key(run: &OperationRun) -> (String, String, String, Option<String>, 
         run.target_type.clone(),
         run.target_id.clone(),
     )
+}
+
+/// What reauthorization said of each key a batch met: runs that share a
+/// key share one decision (the same truth read at the same moment).
+#[derive(Default)]
+pub(super) struct Decisions {
+    seen: Vec<(DecisionKey, Result<Decision, Arc<StoreError>>)>,
+}
+
+type DecisionKey = (String, String, String, Option<String>, Option<String>, Option<String>);
+
+impl Decisions {
+    /// Reauthorize `run` against current truth (once per key).
+    pub(super) async fn reauthorize(
+        &mut self,
+        authorizer: &Authorizer,
+        run: &OperationRun,
+    ) -> Result<Decision, Arc<StoreError>> {
+        let key = decision_key(run);
+        if let Some((_, d)) = self.seen.iter().find(|(k, _)| *k == key) {
+            return d.clone();
+        }
+        let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
+        let d = authorizer.reauthorize(run).instrument(span).await.map_err(Arc::new);
+        self.seen.push((key, d.clone()));
+        d
+    }
 }
 
 /// Batches in flight at once per batcher: while one waits for its commit,
@@ -115,21 +142,11 @@ async fn claim_one_batch(
             }
         }
         Ok(claims) => {
-            let mut decided: Vec<(_, Result<Decision, Arc<StoreError>>)> = Vec::new();
+            let mut decided = Decisions::default();
             for ((_, tx), claim) in batch.into_iter().zip(claims) {
                 let claimed = match claim {
                     Claim::Claimed(run) => {
-                        let key = decision_key(&run);
-                        let found = decided.iter().find(|(k, _)| *k == key).map(|(_, d)| d.clone());
-                        let decision = match found {
-                            Some(d) => d,
-                            None => {
-                                let span = tracing::info_span!("reauthorize", operation = %run.operation, workspace = %run.workspace_id);
-                                let d = authorizer.reauthorize(&run).instrument(span).await.map_err(Arc::new);
-                                decided.push((key, d.clone()));
-                                d
-                            }
-                        };
+                        let decision = decided.reauthorize(authorizer, &run).await;
                         Claimed::Run(run, decision)
                     }
                     Claim::NotFound => Claimed::NotFound,

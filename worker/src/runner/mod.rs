@@ -22,9 +22,24 @@ use crate::operation::{LeaseFlags, OperationError, Operations, RunContext};
 mod batch;
 mod stats;
 
-use batch::{Batches, Claimed, FinishFailed, claim_loop, finish_loop};
-use stats::bump;
+use batch::{Batches, Claimed, Decisions, FinishFailed, claim_loop, finish_loop};
 pub use stats::{StatsSnapshot, WorkerStats};
+use stats::{bump, bump_by};
+
+/// A run this worker claimed, and what reauthorization said of it (`Err`:
+/// access truth could not be read).
+#[derive(Debug)]
+pub struct ClaimedRun {
+    run: Box<OperationRun>,
+    decision: Result<Decision, Arc<StoreError>>,
+}
+
+impl ClaimedRun {
+    /// The run, as claimed.
+    pub fn run(&self) -> &OperationRun {
+        &self.run
+    }
+}
 
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,8 +140,8 @@ impl Runner {
                 return Ok(JobResult::InvalidPayload(e.to_string()));
             }
         };
-        let (run, decision) = match self.claim(id).await {
-            Ok(Claimed::Run(run, decision)) => (*run, decision),
+        let claimed = match self.claim(id).await {
+            Ok(Claimed::Run(run, decision)) => ClaimedRun { run, decision },
             Ok(Claimed::NotFound) => {
                 bump(&self.stats.unknown_runs);
                 metrics::counter!("oprun_jobs_unknown_run_total").increment(1);
@@ -145,8 +160,36 @@ impl Runner {
                 return Err(e);
             }
         };
+        Ok(self.run_claimed(claimed).await)
+    }
+
+    /// Claim up to `limit` ready runs (fairly across scopes: `cursor`
+    /// carries the round robin from one claim to the next) and reauthorize
+    /// each against current truth.
+    pub async fn claim_ready(&self, limit: u32, cursor: &mut Option<String>) -> Result<Vec<ClaimedRun>, Retry> {
+        let runs = match self.service.claim_ready(&self.worker_id, limit, cursor).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                bump(&self.stats.store_errors);
+                return Err(Retry::Store(Arc::new(e)));
+            }
+        };
+        bump_by(&self.stats.received, runs.len());
+        let mut decided = Decisions::default();
+        let mut out = Vec::with_capacity(runs.len());
+        for run in runs {
+            let decision = decided.reauthorize(&self.authorizer, &run).await;
+            out.push(ClaimedRun { run: Box::new(run), decision });
+        }
+        Ok(out)
+    }
+
+    /// Run a claimed run to its end.
+    pub async fn run_claimed(&self, claimed: ClaimedRun) -> JobResult {
+        let ClaimedRun { run, decision } = claimed;
+        let run = *run;
         if let Some(started) = run.started_at {
-            let waited = (started - run.queued_at).to_std().unwrap_or_default().as_secs_f64();
+            let waited = (started - run.available_at.max(run.queued_at)).to_std().unwrap_or_default().as_secs_f64();
             metrics::histogram!("oprun_queue_latency_seconds", "operation" => run.operation.clone()).record(waited);
         }
         let leases = metrics::gauge!("oprun_active_leases");
@@ -161,7 +204,7 @@ impl Runner {
                 metrics::histogram!("oprun_run_duration_seconds", "operation" => run.operation.clone()).record(secs);
             }
         }
-        Ok(result)
+        result
     }
 
     /// Reauthorize, run and finish a claimed run. Every path ends in a

@@ -71,3 +71,8 @@ impl WorkerStats {
 pub(super) fn bump(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
 }
+
+/// Add `n` to a counter.
+pub(super) fn bump_by(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+}

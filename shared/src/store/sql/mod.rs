@@ -149,6 +149,19 @@ impl Stmt {
         self
     }
 
+    /// The statement with its times bound as fixed-width RFC 3339 text
+    /// (nanoseconds, `+00:00`): SQLite compares times as text, and the
+    /// driver's own encoding drops trailing zero digits, so that
+    /// `…:05+00:00` would sort after `…:05.5+00:00`.
+    pub(crate) fn with_fixed_width_times(mut self) -> Self {
+        for arg in &mut self.args {
+            if let Arg::Time(t) = arg {
+                *arg = Arg::Text(t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, false)));
+            }
+        }
+        self
+    }
+
     /// The arguments in the driver's form; `uuids` binds an `Arg::Uuids`
     /// (Postgres's `uuid[]`; a backend without arrays refuses it).
     pub(crate) fn arguments<DB>(
@@ -298,12 +311,41 @@ pub trait Backend: sqlx::Database<Row: Cols> {
         conn: &mut Self::Connection,
         chunk: &[(OperationRun, AuditEntry)],
     ) -> impl Future<Output = Result<Vec<OperationRun>, StoreError>> + Send;
+
+    /// The ids of the ready runs of `scopes`, scope by scope in that order,
+    /// at most `per_scope` of each and `limit` in all; where the backend
+    /// has row locks, locked until the transaction ends and skipping rows
+    /// another transaction holds (so that concurrent claims never wait for
+    /// each other nor take the same run).
+    fn pick_ready(
+        conn: &mut Self::Connection,
+        scopes: &[String],
+        now: DateTime<Utc>,
+        per_scope: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
+
+    /// A connection that hears other processes' [`notify_ready`](Self::notify_ready).
+    type Listener: Send + 'static;
+
+    /// Tell other processes that runs became ready (nothing where the
+    /// backend cannot: they poll).
+    fn notify_ready(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Start hearing other processes' notices (`None`: the backend has none).
+    fn listen_ready(pool: &Pool<Self>) -> impl Future<Output = Result<Option<Self::Listener>, StoreError>> + Send;
+
+    /// The next notice (and any others already arrived).
+    fn next_ready(listener: &mut Self::Listener) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// A run store (runs, audit, access, tokens, ticks) over one pool of a
 /// [`Backend`].
 pub struct SqlStore<B: Backend> {
     pub(crate) pool: Pool<B>,
+    /// Wake-ups of this process's waiting workers (a counter each waiter
+    /// compares with the last value it saw).
+    pub(crate) wake: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl<B: Backend> std::fmt::Debug for SqlStore<B> {
@@ -314,14 +356,14 @@ impl<B: Backend> std::fmt::Debug for SqlStore<B> {
 
 impl<B: Backend> Clone for SqlStore<B> {
     fn clone(&self) -> Self {
-        Self { pool: self.pool.clone() }
+        Self { pool: self.pool.clone(), wake: self.wake.clone() }
     }
 }
 
 impl<B: Backend> SqlStore<B> {
     /// Use an existing pool.
     pub fn from_pool(pool: Pool<B>) -> Self {
-        Self { pool }
+        Self { pool, wake: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)) }
     }
 
     /// The pool.

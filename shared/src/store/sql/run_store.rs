@@ -8,10 +8,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::runs::{self, BRIEF_COLUMNS, SELECT_ACTIVE_FOR_KEY, SELECT_AUDIT_FOR_RUN, SELECT_RUN};
-use super::{Backend, SqlStore, Stmt};
+use super::{Backend, Cols, SqlStore, Stmt};
 use crate::audit::{AuditEntry, AuditEvent};
+use crate::lifecycle::RunStatus;
 use crate::run::OperationRun;
-use crate::store::{Guard, Inserted, RunFilter, RunStore, RunWrite, StaleQuery, StaleRun, StoreError, Update, Written};
+use crate::store::{
+    ClaimedReady, Guard, Inserted, ReadyClaim, RunFilter, RunStore, RunWrite, StaleQuery, StaleRun, StoreError, Update,
+    Wakeups, Written,
+};
 
 /// Ids a statement names at most (SQLite binds one each).
 const IDS_PER_STATEMENT: usize = 1000;
@@ -57,6 +61,60 @@ async fn update_in<B: Backend>(
         }
     }
     Ok(written)
+}
+
+/// The scope keys with queued runs after `after`, at most `limit`.
+async fn queued_scopes<B: Backend>(
+    conn: &mut B::Connection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = B::fetch(conn, runs::select_queued_scopes(after, limit)).await?;
+    Ok(rows.iter().map(|r| r.text("k")).collect::<Result<_, _>>()?)
+}
+
+/// The scope key of a run (as [`runs::SCOPE_KEY`] computes it).
+fn scope_key(run: &OperationRun) -> String {
+    format!("{}/{}", run.workspace_id, run.environment_id.as_deref().unwrap_or(""))
+}
+
+/// A worker's wait for ready runs: this process's wake-ups and, where the
+/// backend has them, other processes' notices.
+struct Waiter<B: Backend> {
+    local: tokio::sync::watch::Receiver<u64>,
+    remote: Option<B::Listener>,
+}
+
+#[async_trait]
+impl<B: Backend> Wakeups for Waiter<B> {
+    fn arm(&mut self) {
+        self.local.borrow_and_update();
+    }
+
+    async fn wait(&mut self, max: std::time::Duration) {
+        let local = async {
+            if self.local.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let remote = async {
+            match self.remote.as_mut() {
+                // A lost connection reconnects on the next call; until then
+                // the poll stands in.
+                Some(l) => {
+                    if B::next_ready(l).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = local => {}
+            () = remote => {}
+            () = tokio::time::sleep(max) => {}
+        }
+    }
 }
 
 impl<B: Backend> SqlStore<B> {
@@ -229,5 +287,47 @@ impl<B: Backend> RunStore for SqlStore<B> {
 
     async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError> {
         self.fetch(Stmt::new(SELECT_AUDIT_FOR_RUN).arg(run_id)).await?.iter().map(runs::audit_from_row).collect()
+    }
+
+    async fn claim_ready(&self, c: &ReadyClaim) -> Result<ClaimedReady, StoreError> {
+        if c.limit == 0 {
+            return Ok(ClaimedReady::default());
+        }
+        let limit = i64::from(c.limit);
+        let mut tx = B::begin_write(&self.pool).await?;
+        // Round robin: the scopes after the last one served, and from the
+        // first again once past the last.
+        let mut scopes = queued_scopes::<B>(&mut tx, c.after_scope.as_deref().unwrap_or(""), limit).await?;
+        if scopes.is_empty() && c.after_scope.is_some() {
+            scopes = queued_scopes::<B>(&mut tx, "", limit).await?;
+        }
+        if scopes.is_empty() {
+            tx.rollback().await?;
+            return Ok(ClaimedReady::default());
+        }
+        let n = i64::try_from(scopes.len()).unwrap_or(limit);
+        let per_scope = (limit + n - 1) / n;
+        let ids = B::pick_ready(&mut tx, &scopes, c.now, per_scope, limit).await?;
+        let runs =
+            update_in::<B>(&mut tx, &ids, &Guard::from(RunStatus::Queued), &c.write, c.now, Some(&c.audit)).await?;
+        tx.commit().await?;
+        let last_scope = runs.iter().map(scope_key).max();
+        Ok(ClaimedReady { runs, last_scope })
+    }
+
+    async fn count_ready(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let rows = self.fetch(runs::count_ready(now)).await?;
+        let n = rows.first().map(|r| r.bigint("n")).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn wake_workers(&self) -> Result<(), StoreError> {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        B::notify_ready(&self.pool).await
+    }
+
+    async fn wakeups(&self) -> Result<Box<dyn Wakeups>, StoreError> {
+        let remote = B::listen_ready(&self.pool).await?;
+        Ok(Box::new(Waiter::<B> { local: self.wake.subscribe(), remote }))
     }
 }

@@ -17,7 +17,7 @@ pub(crate) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_i
     actor_kind, actor_id, source_surface, context, params, dedup_key, status, outcome, reason_code, \
     failure_summary, summary_counts, checkpoint, attempt, max_attempts, retry_of, lease_owner, \
     lease_expires_at, heartbeat_at, cancel_requested_at, queued_at, repushed_at, created_at, started_at, \
-    completed_at, updated_at";
+    completed_at, updated_at, available_at";
 
 /// Every column of `audit_events` but its id, in insert order.
 pub(crate) const AUDIT_COLUMNS: &str = "at, actor_kind, actor_id, action, run_id, workspace_id, environment_id, \
@@ -34,6 +34,47 @@ const STALE_COLUMNS: &str =
 /// which an upsert's `ON CONFLICT (dedup_key) WHERE …` must name.
 pub(crate) const ACTIVE_KEYED: &str = "dedup_key IS NOT NULL AND status IN ('queued', 'running')";
 
+/// The scope key fair claiming takes turns by: workspace and environment.
+/// Identical to the expression of the ready index (migration 0006), so that
+/// the index serves every statement that names it.
+pub(crate) const SCOPE_KEY: &str = "(workspace_id || '/' || COALESCE(environment_id, ''))";
+
+/// The scope keys that have queued runs, in key order, after `after` (`""`:
+/// from the first), at most `limit`: a skip scan over the ready index, one
+/// index probe per scope, however long each scope's backlog.
+pub(crate) fn select_queued_scopes(after: &str, limit: i64) -> Stmt {
+    let next = |from: &str| {
+        format!(
+            "(SELECT {SCOPE_KEY} FROM operation_runs WHERE status = 'queued' AND {SCOPE_KEY} > {from} ORDER BY {SCOPE_KEY} LIMIT 1)"
+        )
+    };
+    Stmt::new(format!(
+        "WITH RECURSIVE s(k, n) AS (SELECT {}, 1 UNION ALL SELECT {}, s.n + 1 FROM s WHERE s.k IS NOT NULL AND s.n < $2) \
+         SELECT k FROM s WHERE k IS NOT NULL",
+        next("$1"),
+        next("s.k")
+    ))
+    .arg(after)
+    .arg(limit)
+}
+
+/// The ids of one scope's ready runs, ready longest first, at most `limit`
+/// (the backends that lock rows add their clause).
+pub(crate) fn select_ready_in_scope(scope: &str, now: DateTime<Utc>, limit: i64) -> Stmt {
+    Stmt::new(format!(
+        "SELECT id FROM operation_runs WHERE status = 'queued' AND {SCOPE_KEY} = $1 AND available_at <= $2 \
+         ORDER BY {SCOPE_KEY}, available_at, id LIMIT $3"
+    ))
+    .arg(scope)
+    .arg(now)
+    .arg(limit)
+}
+
+/// How many runs are queued and ready at `now`.
+pub(crate) fn count_ready(now: DateTime<Utc>) -> Stmt {
+    Stmt::new("SELECT COUNT(*) AS n FROM operation_runs WHERE status = 'queued' AND available_at <= $1").arg(now)
+}
+
 /// One run by id.
 pub(crate) const SELECT_RUN: &str = "SELECT * FROM operation_runs WHERE id = $1";
 
@@ -45,7 +86,7 @@ pub(crate) const SELECT_ACTIVE_FOR_KEY: &str =
 pub(crate) const SELECT_AUDIT_FOR_RUN: &str = "SELECT * FROM audit_events WHERE run_id = $1 ORDER BY id";
 
 /// Insert `runs` (a run whose dedup key an active run holds is left out),
-/// returning each run written. 31 binds a run: at most 1,000 runs a statement.
+/// returning each run written. 32 binds a run: at most 1,000 runs a statement.
 pub(crate) fn insert_runs<'a>(runs: impl IntoIterator<Item = &'a OperationRun>) -> Stmt {
     let mut q = Stmt::new(format!("INSERT INTO operation_runs ({RUN_COLUMNS}) VALUES "));
     for (i, run) in runs.into_iter().enumerate() {
@@ -92,6 +133,7 @@ fn run_values(run: &OperationRun) -> Vec<super::Arg> {
         run.started_at.into(),
         run.completed_at.into(),
         run.updated_at.into(),
+        run.available_at.into(),
     ]
 }
 
@@ -254,6 +296,9 @@ fn push_write(q: &mut Stmt, c: &RunWrite, now: DateTime<Utc>) {
     if let Some(v) = c.repushed_at {
         q.push(", repushed_at = ").bind(v);
     }
+    if let Some(v) = c.available_at {
+        q.push(", available_at = ").bind(v);
+    }
     if let Some(v) = c.started_at {
         q.push(", started_at = COALESCE(started_at, ").bind(v).push(")");
     }
@@ -339,6 +384,7 @@ pub(crate) fn run_from_row(row: &impl Cols) -> Result<OperationRun, StoreError> 
         started_at: row.opt_time("started_at")?,
         completed_at: row.opt_time("completed_at")?,
         updated_at: row.time("updated_at")?,
+        available_at: row.time("available_at")?,
     })
 }
 
