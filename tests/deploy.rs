@@ -104,7 +104,7 @@ fn every_yaml_file_parses_and_the_configmap_holds_a_valid_config() {
 fn the_compose_file_and_dockerfile_have_the_needed_shape() {
     let compose = load_yaml(&deploy().join("compose.yaml"));
     let services = &compose[0]["services"];
-    for s in ["postgres", "redis", "migrate", "scheduler", "worker"] {
+    for s in ["postgres", "migrate", "scheduler", "worker"] {
         assert!(!services[s].is_badvalue(), "compose service {s}");
     }
     assert_eq!(services["scheduler"]["deploy"]["replicas"].as_i64(), Some(2));

@@ -124,6 +124,9 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
         return Err(CliError::Usage("--truth-only cannot be combined with --baseline, --rate or --stale".into()));
     }
     let app = App::open(path).await?;
+    if args.baseline && app.db.runs.backend() != "postgres" {
+        return Err(CliError::Usage("--baseline needs a Postgres store (store.url = postgres://…)".into()));
+    }
     // A scratch store only: the bench replaces the access tables.
     let existing = app.db.access.active_workspaces().await.map_err(|e| CliError::Runtime(e.to_string()))?;
     if existing.iter().any(|w| w != "bench" && w != "bench-stale") {

@@ -37,9 +37,34 @@ pub struct DispatchArgs {
     /// Parameters, a JSON object.
     #[arg(long, default_value = "{}")]
     pub params: String,
+    /// Start no earlier than this time (RFC 3339, e.g. 2026-12-05T06:00:00Z).
+    #[arg(long, value_parser = parse_at, conflicts_with = "delay")]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Start no earlier than this long from now (e.g. 90s, 10m, 2h).
+    #[arg(long = "in", value_parser = parse_in, value_name = "DELAY")]
+    pub delay: Option<std::time::Duration>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--at`: an RFC 3339 time.
+fn parse_at(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e} (e.g. 2026-12-05T06:00:00Z)"))
+}
+
+/// The longest `--in`: a year.
+const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+/// `--in`: a delay of at most a year.
+fn parse_in(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 90s, 10m, 2h)"))?;
+    if d > MAX_DELAY {
+        return Err("at most a year (366d)".into());
+    }
+    Ok(d)
 }
 
 /// `--params`: a JSON object (checked before any store is opened).
@@ -84,7 +109,13 @@ pub async fn dispatch(path: Option<&Path>, args: DispatchArgs) -> CliResult<()> 
         source: SourceSurface::Cli,
         context: serde_json::json!({ "correlation_id": uuid::Uuid::now_v7() }),
         params,
-        available_at: None,
+        available_at: match (args.at, args.delay) {
+            (Some(at), _) => Some(at),
+            (None, Some(d)) => {
+                Some(app.clock.now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))
+            }
+            (None, None) => None,
+        },
     };
     let outcome = dispatcher.dispatch(req).await.map_err(|e| match e {
         DispatchError::Invalid(m) => CliError::Usage(m),

@@ -5,16 +5,17 @@ use super::*;
 #[test]
 fn bench_runs_the_real_path_and_checks_every_run() {
     let dir = oprun_shared::testing::kept_dir("cli");
-    let out = oprun(
-        dir.path(),
-        &["bench", "--runs", "60", "--concurrency", "8", "--dispatchers", "4", "--baseline", "--json"],
-    );
+    let out = oprun(dir.path(), &["bench", "--runs", "60", "--concurrency", "8", "--dispatchers", "4", "--json"]);
     let v = json(&out);
     assert_eq!(v["check"]["runs_in_store"], 60, "{v}");
     assert_eq!(v["check"]["succeeded_first_attempt"], 60);
     assert_eq!(v["check"]["operation_executions"], 60);
     assert!(v["runs_per_second"].as_f64().unwrap() > 0.0);
-    assert!(v["baseline_jobs_per_second"].as_f64().unwrap() > 0.0);
+    // The bare-queue baseline is a Postgres queue: on SQLite it is refused
+    // before anything runs.
+    let out = oprun(oprun_shared::testing::kept_dir("cli").path(), &["bench", "--runs", "10", "--baseline"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--baseline needs a Postgres store"));
     // A store that already holds other tenants is refused: the bench replaces access truth.
     let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
     let other = oprun_shared::testing::kept_dir("cli");

@@ -24,6 +24,10 @@ fn bad_dispatch_input_exits_2_and_writes_nothing() {
         (vec!["dispatch", "demo.inventory_sync", "--workspace", "contoso", "--as", "ops-user-1"], "environment"),
         (vec!["dispatch", "demo.inventory_sync", "--as", "ops-user-1"], "--workspace"),
         ([&base[..], &["--as", "ops-user-1", "--params", r#"{"client_secret":"x"}"#]].concat(), "client_secret"),
+        ([&base[..], &["--as", "ops-user-1", "--in", "10years"]].concat(), "at most a year"),
+        ([&base[..], &["--as", "ops-user-1", "--in", "soon"]].concat(), "--in"),
+        ([&base[..], &["--as", "ops-user-1", "--at", "tomorrow"]].concat(), "--at"),
+        ([&base[..], &["--as", "ops-user-1", "--at", "2026-12-05T06:00:00Z", "--in", "1h"]].concat(), "cannot be used"),
     ];
     for (args, needle) in cases {
         let err = usage_error(p, &args, &format!("{args:?}"));
@@ -95,4 +99,21 @@ fn a_refused_dispatch_exits_3_with_the_reason_and_leaves_an_audit_row() {
     assert_eq!(v["result"], "dispatched");
     assert_eq!(v["run"]["status"], "queued");
     assert_eq!(runs(p).len(), 1);
+}
+
+/// `--in` dispatches a queued run that may start only after the delay.
+#[test]
+fn dispatch_in_writes_a_queued_run_available_after_the_delay() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    let before = chrono::Utc::now();
+    let args = ["dispatch", "demo.inventory_sync", "--workspace", "contoso", "--environment", "contoso-prod"];
+    let out = oprun(p, &[&args[..], &["--as", "ops-user-1", "--in", "2h", "--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["run"]["status"], "queued", "{v}");
+    let at: chrono::DateTime<chrono::Utc> = v["run"]["available_at"].as_str().unwrap().parse().unwrap();
+    assert!(at >= before + chrono::Duration::hours(2) && at <= chrono::Utc::now() + chrono::Duration::hours(2), "{at}");
 }

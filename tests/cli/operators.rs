@@ -163,8 +163,9 @@ fn without_as_the_cli_acts_and_audits_as_the_local_administrator() {
         assert!(help.contains("local administrator"), "{args:?} --help says why --as is needed: {help}");
     }
     assert!(runs(p).is_empty());
-    // A queued run nobody claimed for an hour: the reconcile without --as
-    // fails it, audited as the local administrator.
+    // A run whose worker died an hour ago (its lease long expired): the
+    // reconcile without --as moves it on, audited as the local
+    // administrator.
     let scope = ["--workspace", "contoso", "--environment", "contoso-prod", "--as", "ops-user-1", "--json"];
     let out = oprun(p, &[&["dispatch", "demo.inventory_sync"][..], &scope].concat());
     let id = json(&out)["run"]["id"].as_str().unwrap().to_string();
@@ -173,18 +174,21 @@ fn without_as_the_cli_acts_and_audits_as_the_local_administrator() {
         use sqlx::Connection;
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
         let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
-        sqlx::query("UPDATE operation_runs SET queued_at = $1, created_at = $1")
-            .bind(hour_ago)
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(
+            "UPDATE operation_runs SET queued_at = $1, created_at = $1, status = 'running', \
+             lease_owner = 'dead-worker', lease_expires_at = $1, heartbeat_at = $1, started_at = $1",
+        )
+        .bind(hour_ago)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     });
     let report = json(&oprun(p, &["reconcile", "--json"]));
     assert_eq!(report["actions"][0]["run_id"], id.as_str(), "{report}");
     assert_eq!(report["actions"].as_array().unwrap().len(), 1, "{report}");
     let by_admin = count(
         p,
-        "SELECT COUNT(*) FROM audit_events WHERE action = 'run.expire' AND reason_code = 'run.never_started' \
+        "SELECT COUNT(*) FROM audit_events WHERE action IN ('run.requeue', 'run.expire') \
          AND actor_kind = 'user' AND actor_id = 'local-admin'",
     );
     assert_eq!(by_admin, 1, "the reconcile's audit row names the local administrator");

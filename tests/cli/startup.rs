@@ -50,7 +50,7 @@ fn huge_durations_are_a_usage_error_naming_the_field() {
         ("[scheduler]\ntick = \"100000000000y\"\n", "scheduler.tick"),
         ("[scheduler]\nreconcile_interval = \"1000000y\"\n", "scheduler.reconcile_interval"),
         ("[scheduler]\nlease_grace = \"1000000y\"\n", "scheduler.lease_grace"),
-        ("[queue]\nheartbeat = \"100000000000y\"\n", "queue.heartbeat"),
+        ("[queue]\npoll_interval = \"100000000000y\"\n", "queue.poll_interval"),
         ("[queue]\npoll_interval = \"1000000y\"\n", "queue.poll_interval"),
         ("[worker]\nshutdown_grace = \"1000000y\"\n", "worker.shutdown_grace"),
         (&format!("{op}lease = \"100000000000y\"\n"), "lease"),
