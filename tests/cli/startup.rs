@@ -116,3 +116,80 @@ fn a_reader_that_goes_away_ends_every_command_quietly() {
     quiet(&["runs", "show", id, "--json"]);
     quiet(&["runs", "cancel", id, "--as", "ops-user-1"]);
 }
+
+/// `oprun args` in `dir` on the store at `db_url` (`None`: the embedded
+/// default in `dir`), started now; stdout and stderr captured.
+fn spawn_on(dir: &Path, db_url: Option<&str>, args: &[&str]) -> std::process::Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(dir).env_remove("OPRUN_CONFIG").env("RUST_LOG", "warn");
+    match db_url {
+        Some(url) => cmd.env("OPRUN_DATABASE_URL", url),
+        None => cmd.env_remove("OPRUN_DATABASE_URL"),
+    };
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start oprun")
+}
+
+/// Wait for `child`; what it printed on stderr, and its exit code.
+fn finish(child: std::process::Child, what: &str) -> Option<i32> {
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    out.status.code()
+}
+
+/// A fresh, empty Postgres database on the test server; its URL.
+fn fresh_postgres_database() -> String {
+    let admin = oprun_shared::testing::require_env(oprun_shared::testing::POSTGRES_URL_VAR);
+    let name = format!("oprun_race_{}", uuid::Uuid::now_v7().simple());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test Postgres");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await.unwrap();
+    });
+    let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
+    format!("{base}/{name}")
+}
+
+/// Processes started at the same instant on a fresh store all succeed:
+/// several that each apply the schema first (`migrate`, `reconcile`, `runs
+/// list`, `access apply`), then, on the store just made, a worker beside a
+/// dispatch and a reconcile. Three tries on each store.
+#[test]
+fn processes_started_together_on_a_fresh_store_all_succeed() {
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    for try_no in 0..3 {
+        for pg in [false, true] {
+            let dir = oprun_shared::testing::kept_dir("cli");
+            let p = dir.path();
+            let url = pg.then(fresh_postgres_database);
+            let url = url.as_deref();
+            let store = if pg { "postgres" } else { "sqlite" };
+            let first: Vec<(&str, std::process::Child)> = [
+                ("migrate", vec!["migrate"]),
+                ("migrate again", vec!["migrate"]),
+                ("reconcile", vec!["reconcile", "--json"]),
+                ("runs list", vec!["runs", "list", "--json"]),
+                ("access apply", vec!["access", "apply", access]),
+            ]
+            .into_iter()
+            .map(|(what, args)| (what, spawn_on(p, url, &args)))
+            .collect();
+            for (what, child) in first {
+                assert_eq!(finish(child, what), Some(0), "{store} try {try_no}: {what} on a fresh store");
+            }
+            let scope = ["--workspace", "contoso", "--environment", "contoso-prod", "--as", "ops-user-1"];
+            let worker = spawn_on(p, url, &["worker"]);
+            let dispatch = spawn_on(p, url, &[&["dispatch", "demo.inventory_sync"][..], &scope].concat());
+            let reconcile = spawn_on(p, url, &["reconcile"]);
+            assert_eq!(
+                finish(dispatch, "dispatch"),
+                Some(0),
+                "{store} try {try_no}: dispatch beside a starting worker"
+            );
+            assert_eq!(finish(reconcile, "reconcile"), Some(0), "{store} try {try_no}: reconcile beside them");
+            std::thread::sleep(Duration::from_millis(500));
+            let sent = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
+            assert!(sent.success());
+            assert_eq!(finish(worker, "worker"), Some(0), "{store} try {try_no}: the worker exits 0 on SIGTERM");
+        }
+    }
+}

@@ -53,6 +53,26 @@ impl SqliteRunStore {
     }
 }
 
+/// Take the migration lock of the store file `db` (none for an in-memory
+/// store); it is held until the returned file is dropped.
+async fn lock_for_migration(db: &std::path::Path) -> Result<Option<std::fs::File>, StoreError> {
+    let name = db.as_os_str();
+    if name.is_empty() || name == ":memory:" {
+        return Ok(None);
+    }
+    let mut path = name.to_os_string();
+    path.push(".migrate-lock");
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| StoreError::Migrate(Box::new(e)))?
+    .map_err(|e| StoreError::Migrate(Box::new(e)))?;
+    Ok(Some(locked))
+}
+
 /// How long a writer waits for the write lock before it gives up (as the
 /// `busy_timeout` it replaces).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,7 +110,15 @@ fn wait_briefly_when_busy(db: std::ptr::NonNull<libsqlite3_sys::sqlite3>) -> Res
 impl Backend for Sqlite {
     const BACKEND: &'static str = "sqlite";
 
+    /// Under an exclusive lock on a file beside the store's
+    /// (`FILE.migrate-lock`): sqlx takes no lock for SQLite migrations, so
+    /// two processes opening a fresh file at once would both apply the
+    /// first migration, and the second fail (`no such index`, `table
+    /// already exists`). The lock is released when the migration ends, or
+    /// with the process.
     async fn migrate(pool: &Pool<Self>) -> Result<(), StoreError> {
+        let file = pool.connect_options().get_filename().to_path_buf();
+        let _lock = lock_for_migration(&file).await?;
         MIGRATOR.run(pool).await?;
         seed_planner_statistics(pool, RUN_STATISTICS).await
     }
