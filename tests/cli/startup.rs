@@ -193,3 +193,50 @@ fn processes_started_together_on_a_fresh_store_all_succeed() {
         }
     }
 }
+
+/// A store made before the run rows were the queue (migrations 0001–0005),
+/// holding a run queued under the old queue, is served after `oprun
+/// migrate`: a worker claims the run and it succeeds, reauthorized.
+#[test]
+fn a_run_queued_before_the_upgrade_is_served_after_migrate() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let p = dir.path();
+    let migrations = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"));
+    let url = format!("sqlite://{}?mode=rwc", p.join("oprun.db").display());
+    let id = uuid::Uuid::now_v7();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        // The schema as it was before migration 0006.
+        let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
+        migrator.run_direct(Some(5), &mut conn, false).await.unwrap();
+        let at = chrono::Utc::now() - chrono::Duration::minutes(3);
+        sqlx::query(
+            "INSERT INTO operation_runs (id, operation, workspace_id, environment_id, actor_kind, actor_id, \
+             source_surface, dedup_key, status, outcome, attempt, max_attempts, queued_at, created_at, updated_at) \
+             VALUES ($1, 'demo.inventory_sync', 'contoso', 'contoso-prod', 'user', 'ops-user-1', 'cli', \
+             'demo.inventory_sync|contoso|contoso-prod|-|-', 'queued', 'pending', 1, 3, $2, $2, $2)",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    });
+    assert!(oprun(p, &["migrate"]).status.success(), "migrate the old store");
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    let worker = spawn_on(p, None, &["worker"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown = loop {
+        let v = json(&oprun(p, &["runs", "show", &id.to_string(), "--json"]));
+        if v["status"] == "completed" || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap().success());
+    assert_eq!(finish(worker, "worker"), Some(0));
+    assert_eq!(shown["outcome"], "succeeded", "{shown}");
+    assert_eq!(shown["attempt"], 1, "{shown}");
+}
