@@ -150,6 +150,8 @@ pub async fn run_detail(
         retryable_by_operators: spec.is_some_and(|s| s.retryable_by_operators),
         retry_chain: chain,
         retried_by: newer.first().filter(|r| visible(&r.workspace_id)).map(|r| r.id),
+        now: service.clock().now(),
+        queued_stale_after: spec.map_or_else(crate::catalog::defaults::queued_stale_after, |s| s.queued_stale_after),
     };
     Ok(RunDetail {
         run: RunView::from(run),

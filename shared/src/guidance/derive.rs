@@ -27,6 +27,29 @@ struct Verdict {
 pub fn guidance(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> ResolutionCase {
     let envelope = run.reason_code.as_deref().map(|c| translate(c, viewer));
     let verdict = match (run.status, run.outcome) {
+        (RunStatus::Queued, _) if run.available_at > ctx.now => Verdict {
+            status: CaseStatus::Informational,
+            severity: Severity::Info,
+            title: "Scheduled".into(),
+            reason: format!("The run is queued to start no earlier than {}.", run.available_at.to_rfc3339()),
+            impact: "Nothing has changed yet; no action is needed while it waits.".into(),
+            primary: Action::none("No action needed"),
+            secondary: Vec::new(),
+        },
+        (RunStatus::Queued, _) if waited(run, ctx) > ctx.queued_stale_after => Verdict {
+            status: CaseStatus::Informational,
+            severity: Severity::Warning,
+            title: "Waiting longer than expected".into(),
+            reason: format!(
+                "No worker has claimed the run for {}: every worker is busy with a backlog, or none is running.",
+                humanize(waited(run, ctx))
+            ),
+            impact: "Nothing has changed yet. The run is never failed for waiting: it starts when a worker \
+                     claims it."
+                .into(),
+            primary: Action::none("Check that a worker is running (oprun worker) and has free slots"),
+            secondary: Vec::new(),
+        },
         (RunStatus::Queued, _) => Verdict {
             status: CaseStatus::Informational,
             severity: Severity::Info,
@@ -243,4 +266,20 @@ fn without_retry(label: &str) -> String {
         }
     }
     label.to_string()
+}
+
+/// How long a queued run has been ready and unclaimed.
+fn waited(run: &OperationRun, ctx: &GuidanceContext) -> std::time::Duration {
+    (ctx.now - run.available_at.max(run.queued_at)).to_std().unwrap_or_default()
+}
+
+/// A wait in whole minutes, hours or days.
+fn humanize(d: std::time::Duration) -> String {
+    let mins = d.as_secs() / 60;
+    match mins {
+        0..=1 => "about a minute".into(),
+        2..=119 => format!("{mins} minutes"),
+        120..=2879 => format!("{} hours", mins / 60),
+        _ => format!("{} days", mins / 1440),
+    }
 }

@@ -31,6 +31,11 @@ pub struct GuidanceContext {
     pub retry_chain: Vec<Uuid>,
     /// A newer (active) run retrying this one, if the viewer may see it.
     pub retried_by: Option<Uuid>,
+    /// The instant the case is made at.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// How long a run of this operation may wait queued before the wait
+    /// is worth a look (the catalog's `queued_stale_after`).
+    pub queued_stale_after: std::time::Duration,
 }
 
 /// How urgent a case is.

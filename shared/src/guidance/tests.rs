@@ -67,6 +67,8 @@ fn ctx() -> GuidanceContext {
         retryable_by_operators: true,
         retry_chain: Vec::new(),
         retried_by: None,
+        now: at(),
+        queued_stale_after: std::time::Duration::from_secs(300),
     }
 }
 
@@ -241,6 +243,20 @@ fn sources_are_the_run_and_only_the_chain_the_caller_passed() {
 fn active_partial_and_cancelled_runs_get_their_own_cases() {
     let queued = guidance(&run(RunStatus::Queued, RunOutcome::Pending, None), &plain(), &ctx());
     assert_eq!((queued.status, queued.severity), (CaseStatus::Informational, Severity::Info));
+    // Dispatched for later: scheduled, with the time.
+    let mut later = run(RunStatus::Queued, RunOutcome::Pending, None);
+    later.available_at = at() + chrono::Duration::hours(2);
+    let scheduled = guidance(&later, &plain(), &ctx());
+    assert_eq!((scheduled.title.as_str(), scheduled.severity), ("Scheduled", Severity::Info));
+    assert!(scheduled.reason.contains(&later.available_at.to_rfc3339()), "{}", scheduled.reason);
+    // Ready and unclaimed past queued_stale_after: worth a look, never failed.
+    let waiting = guidance(
+        &run(RunStatus::Queued, RunOutcome::Pending, None),
+        &plain(),
+        &GuidanceContext { now: at() + chrono::Duration::hours(3), ..ctx() },
+    );
+    assert_eq!((waiting.status, waiting.severity), (CaseStatus::Informational, Severity::Warning));
+    assert!(waiting.reason.contains("3 hours") && waiting.impact.contains("never failed"), "{waiting:?}");
 
     let running = guidance(&run(RunStatus::Running, RunOutcome::Pending, None), &plain(), &ctx());
     assert_eq!(running.status, CaseStatus::Informational);

@@ -194,6 +194,15 @@ impl OperationRunService {
         })
     }
 
+    /// The queued run and the audit row a valid request makes, written by
+    /// no one yet: for a dispatch inside the caller's own transaction
+    /// ([`SqlStore::dispatch_in`](crate::store::SqlStore::dispatch_in)).
+    pub fn prepare_dispatch(&self, req: &DispatchRequest) -> Result<(OperationRun, AuditEntry), ServiceError> {
+        let spec = self.validate(req)?;
+        let now = self.clock.now();
+        Ok((self.new_run(req, spec, now)?, dispatch_audit(req, now)))
+    }
+
     /// Dispatch: write the run queued, or return the active run that holds
     /// its dedup key. Authorization is the caller's (see `Authorizer`).
     #[instrument(skip_all, fields(operation = %req.operation, workspace = %req.scope.workspace_id), err)]

@@ -16,7 +16,7 @@ mod sql;
 mod sqlite;
 
 pub use postgres::PgRunStore;
-pub use sql::{Backend, SqlStore};
+pub use sql::{Backend, SqlStore, TxDispatch};
 pub use sqlite::{SqliteRunStore, seed_planner_statistics};
 
 /// A driver's error, kept as the source of a [`StoreError`].

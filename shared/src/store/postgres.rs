@@ -229,6 +229,11 @@ impl Backend for Postgres {
         Ok(())
     }
 
+    async fn notify_in(conn: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT pg_notify('{READY_CHANNEL}', '')"))).execute(conn).await?;
+        Ok(())
+    }
+
     async fn listen_ready(pool: &Pool<Self>) -> Result<Option<Self::Listener>, StoreError> {
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
         listener.listen(READY_CHANNEL).await?;

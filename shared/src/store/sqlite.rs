@@ -223,6 +223,10 @@ impl Backend for Sqlite {
         Ok(())
     }
 
+    async fn notify_in(_: &mut SqliteConnection) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn listen_ready(_: &Pool<Self>) -> Result<Option<()>, StoreError> {
         Ok(None)
     }

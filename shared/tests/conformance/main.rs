@@ -11,6 +11,7 @@ mod lease;
 mod reads;
 mod reconcile;
 mod retry;
+mod tx;
 
 use std::sync::Arc;
 
@@ -143,6 +144,9 @@ conformance!(
     retry: [
         retry_creates_a_linked_queued_run_and_a_second_retry_returns_it,
         retry_is_refused_for_active_succeeded_and_non_retryable_runs,
+    ],
+    tx: [
+        a_dispatch_in_the_callers_transaction_exists_only_if_it_commits,
     ],
     reads: [
         list_filters_by_visibility_status_outcome_and_pages_by_cursor,

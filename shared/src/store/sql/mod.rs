@@ -23,6 +23,7 @@ use crate::store::{Guard, RunWrite, StoreError};
 
 mod access;
 pub(crate) mod run_store;
+pub use run_store::TxDispatch;
 pub(crate) mod runs;
 
 /// One argument of a statement, by the column type it binds to.
@@ -331,6 +332,11 @@ pub trait Backend: sqlx::Database<Row: Cols> {
     /// Tell other processes that runs became ready (nothing where the
     /// backend cannot: they poll).
     fn notify_ready(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Tell other processes that runs became ready, inside the transaction
+    /// on `conn` (delivered when it commits; nothing where the backend has
+    /// no notices).
+    fn notify_in(conn: &mut Self::Connection) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Start hearing other processes' notices (`None`: the backend has none).
     fn listen_ready(pool: &Pool<Self>) -> impl Future<Output = Result<Option<Self::Listener>, StoreError>> + Send;

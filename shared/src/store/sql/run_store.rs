@@ -117,7 +117,62 @@ impl<B: Backend> Wakeups for Waiter<B> {
     }
 }
 
+/// What a dispatch inside the caller's transaction did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxDispatch {
+    /// Written (or deduplicated) in the caller's transaction: it exists if
+    /// and only if that transaction commits.
+    Dispatched(Box<crate::service::Dispatched>),
+    /// Authorization said no; nothing was written.
+    Denied {
+        /// Why.
+        reason: crate::reason::ReasonCode,
+        /// In words.
+        message: String,
+    },
+}
+
 impl<B: Backend> SqlStore<B> {
+    /// Dispatch `req` inside the caller's own transaction on `conn` (River's
+    /// `InsertTx`, Oban's `Multi`): authorized against current access truth
+    /// (read through `authorizer`, outside the transaction), validated, and
+    /// the run and its audit row written on `conn`, so that the run exists
+    /// if and only if the caller commits. On Postgres the workers' wake-up
+    /// (`NOTIFY`) is sent in the same transaction, so it arrives at commit;
+    /// on SQLite they find the run at their next poll. A run whose dedup key
+    /// an active run holds is not written: that run is returned.
+    pub async fn dispatch_in(
+        service: &crate::OperationRunService,
+        authorizer: &crate::Authorizer,
+        conn: &mut B::Connection,
+        req: crate::DispatchRequest,
+    ) -> Result<TxDispatch, crate::ServiceError> {
+        let (run, audit) = service.prepare_dispatch(&req)?;
+        let decision = authorizer.authorize_dispatch(&req.initiator.id, &req.operation, &req.scope).await?;
+        if let crate::Decision::Denied { reason, message } = decision {
+            return Ok(TxDispatch::Denied { reason, message });
+        }
+        if let Some(row) = B::fetch(&mut *conn, runs::insert_runs([&run])).await.map_err(StoreError::from)?.first() {
+            let written = runs::run_from_row(row)?;
+            insert_audit::<B>(&mut *conn, &[audit.for_run(&written)]).await?;
+            B::notify_in(&mut *conn).await?;
+            return Ok(TxDispatch::Dispatched(Box::new(crate::service::Dispatched {
+                run: written,
+                deduplicated: false,
+            })));
+        }
+        let key = run.dedup_key.clone().unwrap_or_default();
+        let existing =
+            B::fetch(&mut *conn, Stmt::new(SELECT_ACTIVE_FOR_KEY).arg(key)).await.map_err(StoreError::from)?;
+        match existing.first() {
+            Some(row) => {
+                let run = runs::run_from_row(row)?;
+                Ok(TxDispatch::Dispatched(Box::new(crate::service::Dispatched { run, deduplicated: true })))
+            }
+            None => Err(StoreError::DedupContended { tries: 1 }.into()),
+        }
+    }
+
     /// The first run of `stmt`'s rows, decoded.
     async fn one_run(&self, stmt: Stmt) -> Result<Option<OperationRun>, StoreError> {
         self.fetch(stmt).await?.first().map(runs::run_from_row).transpose()
