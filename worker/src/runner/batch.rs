@@ -160,8 +160,16 @@ async fn claim_one_batch(
 
 pub(super) async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(batch) = next_batch(&mut rx).await {
+    while let Some(mut batch) = next_batch(&mut rx).await {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        // Others were writing: what arrived while this waited for a slot
+        // joins it (fewer, larger transactions under load).
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(_) => break,
+            }
+        }
         let service = service.clone();
         tokio::spawn(async move {
             finish_one_batch(batch, &service).await;
