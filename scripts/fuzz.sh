@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz every parser of outside input for a bounded time (cargo-fuzz,
 # libFuzzer): the config file, the access file, the operation catalog, a
-# schedule's cron expression and time zone, a raw queue payload, and the HTTP
+# schedule's cron expression and time zone, and the HTTP
 # API's request bodies, query string and run id (fuzz/fuzz_targets/).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]    (default 20; 0 runs only the seeds)

@@ -31,7 +31,7 @@ pub use guidance::{
     TechnicalDetails, guidance,
 };
 pub use lifecycle::{ActorKind, ParseEnumError, RunOutcome, RunStatus, SourceSurface, Transition, TransitionError};
-pub use queue::{JobPayload, JobQueue, QueueError};
+pub use queue::{JobQueue, QueueError};
 pub use reason::{Envelope, NextStep, ReasonCode, Retryability, required_capability, translate};
 pub use run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
 pub use service::{

@@ -1,18 +1,9 @@
-//! What dispatch needs from the job queue: push a job that carries only a run
-//! id. The worker crate implements it on apalis (Redis, SQLite); the run row,
-//! not the queue, is the truth, so a lost push is repaired by the reconciler's
-//! re-push.
+//! What dispatch needs from the queue: to say that runs became ready. The
+//! run row is the job (the worker crate's queue claims straight from the run
+//! store), so a push is a wake-up, and a lost one costs at most a worker's
+//! poll interval.
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// The whole queue payload. Workers treat it as untrusted: only `run_id` is
-/// read, everything else comes from the run row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobPayload {
-    /// The run to handle.
-    pub run_id: Uuid,
-}
 
 /// A push that did not reach the queue.
 #[derive(Debug, thiserror::Error)]

@@ -11,10 +11,12 @@ use crate::counts::SummaryCounts;
 use crate::lifecycle::{RunOutcome, RunStatus};
 use crate::run::{FailureEntry, OperationRun};
 
+mod database;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use database::Database;
 pub use postgres::PgRunStore;
 pub use sql::{Backend, SqlStore, TxDispatch};
 pub use sqlite::{SqliteRunStore, seed_planner_statistics};
@@ -66,23 +68,12 @@ pub struct Guard {
     pub(crate) attempt: Option<i32>,
     /// Its lease must have expired before this instant.
     pub(crate) lease_expired_before: Option<DateTime<Utc>>,
-    /// It must have been queued before this instant.
-    pub(crate) queued_before: Option<DateTime<Utc>>,
-    /// Its job must not have been pushed again by the reconciler yet.
-    pub(crate) not_repushed: bool,
 }
 
 impl Guard {
     /// The run must be in `from`.
     pub fn from(from: RunStatus) -> Self {
-        Self {
-            from,
-            lease_owner: None,
-            attempt: None,
-            lease_expired_before: None,
-            queued_before: None,
-            not_repushed: false,
-        }
+        Self { from, lease_owner: None, attempt: None, lease_expired_before: None }
     }
 
     /// The run must be running, leased to `worker`, on `attempt`: the guard
@@ -94,12 +85,6 @@ impl Guard {
     /// The run must be running with a lease that expired before `cutoff`.
     pub fn lease_expired(cutoff: DateTime<Utc>) -> Self {
         Self { lease_expired_before: Some(cutoff), ..Self::from(RunStatus::Running) }
-    }
-
-    /// The run must be queued since before `cutoff`; with `not_repushed`,
-    /// its job must not have been pushed again yet.
-    pub fn queued_before(cutoff: DateTime<Utc>, not_repushed: bool) -> Self {
-        Self { queued_before: Some(cutoff), not_repushed, ..Self::from(RunStatus::Queued) }
     }
 
     /// The status the run must be in.
@@ -239,11 +224,6 @@ impl RunWrite {
             repushed_at: Some(None),
             ..Self::default()
         }
-    }
-
-    /// A queued run whose job the reconciler pushed again.
-    pub fn repush(now: DateTime<Utc>) -> Self {
-        Self { repushed_at: Some(Some(now)), ..Self::default() }
     }
 
     /// The status the write leaves the run in (`None`: unchanged).
@@ -535,37 +515,4 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// A waiter for [`wake_workers`](Self::wake_workers)' wake-ups.
     async fn wakeups(&self) -> Result<Box<dyn Wakeups>, StoreError>;
-}
-
-/// Both views of one database: runs (through the service) and access truth
-/// plus tick records; and, for the embedded default, its SQLite pool.
-#[derive(Debug, Clone)]
-pub struct Database {
-    /// The run store.
-    pub runs: std::sync::Arc<dyn RunStore>,
-    /// The access tables.
-    pub access: std::sync::Arc<dyn crate::access::AccessStore>,
-    /// The API tokens.
-    pub tokens: std::sync::Arc<dyn crate::tokens::TokenStore>,
-    /// The schedule ticks.
-    pub ticks: std::sync::Arc<dyn crate::ticks::TickStore>,
-    /// The SQLite pool, when the database is SQLite (for tools that read
-    /// the file itself).
-    pub sqlite: Option<sqlx::SqlitePool>,
-}
-
-impl Database {
-    /// Every view of one Postgres database (`url`: `postgres://…`).
-    pub async fn postgres(url: &str, max_connections: u32) -> Result<Database, StoreError> {
-        let s = std::sync::Arc::new(PgRunStore::connect(url, max_connections).await?);
-        Ok(Database { runs: s.clone(), access: s.clone(), tokens: s.clone(), ticks: s, sqlite: None })
-    }
-
-    /// Every view of one SQLite file (`url`: `sqlite://PATH` or
-    /// `sqlite:PATH`), and its pool.
-    pub async fn sqlite(url: &str, max_connections: u32) -> Result<Database, StoreError> {
-        let s = std::sync::Arc::new(SqliteRunStore::connect(url, max_connections).await?);
-        let sqlite = Some(s.pool().clone());
-        Ok(Database { runs: s.clone(), access: s.clone(), tokens: s.clone(), ticks: s, sqlite })
-    }
 }

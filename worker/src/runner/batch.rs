@@ -1,32 +1,18 @@
-//! The two batchers behind every worker's claims and finishes: each takes
-//! whatever requests are waiting (up to [`MAX_BATCH`]) and writes them in one
-//! transaction, with up to [`BATCHES_IN_FLIGHT`] in flight (group commit).
+//! The finish batcher behind every worker: it takes whatever finishes are
+//! waiting (up to [`MAX_BATCH`]) and writes them in one transaction, with up
+//! to [`BATCHES_IN_FLIGHT`] in flight (group commit); and the reauthorization
+//! of a claimed batch, one decision per key.
 
 use std::sync::Arc;
 
 use oprun_shared::{
-    Authorizer, Claim, Decision, Finish, Lease, OperationRun, OperationRunService, RunStatus, ServiceError, StoreError,
-    TransitionError,
+    Authorizer, Decision, Finish, Lease, OperationRun, OperationRunService, ServiceError, StoreError, TransitionError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::Retry;
-
-/// The most runs one claim or finish transaction takes.
+/// The most runs one finish transaction takes.
 const MAX_BATCH: usize = 512;
-
-/// A claimed run and what reauthorization said of it (`Err`: access truth
-/// could not be read).
-pub(super) enum Claimed {
-    /// Leased to this worker, with what reauthorization said (`Err`: access
-    /// truth could not be read).
-    Run(Box<OperationRun>, Result<Decision, Arc<StoreError>>),
-    /// No such run.
-    NotFound,
-    /// Not queued any more (another delivery or the reconciler moved it).
-    NotQueued(RunStatus),
-}
 
 /// Why a finish write did not happen: the run moved on (`Transition`) or
 /// the store failed.
@@ -40,16 +26,14 @@ pub(super) enum FinishFailed {
     Stopped,
 }
 
-pub(super) type ClaimRequest = (uuid::Uuid, oneshot::Sender<Result<Claimed, Retry>>);
 pub(super) type FinishRequest = (Lease, Finish, oneshot::Sender<Result<OperationRun, FinishFailed>>);
 
-/// The two batchers: every job's claim (+ reauthorization) and every run's
-/// finish go through one task each, which takes whatever is waiting (up to
-/// [`MAX_BATCH`]) and writes it in one transaction. Under load many runs
+/// The finish batcher: every run's finish goes through one task, which
+/// takes whatever is waiting (up to [`MAX_BATCH`]) and writes it in one
+/// transaction. Under load many runs
 /// share one commit (group commit); alone, a run waits for nothing.
 #[derive(Debug)]
 pub(super) struct Batches {
-    pub(super) claims: mpsc::UnboundedSender<ClaimRequest>,
     pub(super) finishes: mpsc::UnboundedSender<FinishRequest>,
 }
 
@@ -109,54 +93,6 @@ impl Decisions {
 /// Batches in flight at once per batcher: while one waits for its commit,
 /// the next is already being written (the database groups the commits).
 const BATCHES_IN_FLIGHT: usize = 3;
-
-pub(super) async fn claim_loop(
-    mut rx: mpsc::UnboundedReceiver<ClaimRequest>,
-    service: OperationRunService,
-    authorizer: Authorizer,
-    worker: String,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(batch) = next_batch(&mut rx).await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (service, authorizer, worker) = (service.clone(), authorizer.clone(), worker.clone());
-        tokio::spawn(async move {
-            claim_one_batch(batch, &service, &authorizer, &worker).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn claim_one_batch(
-    batch: Vec<ClaimRequest>,
-    service: &OperationRunService,
-    authorizer: &Authorizer,
-    worker: &str,
-) {
-    let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
-    match service.claim_batch(&ids, worker).await {
-        Err(e) => {
-            let e = Arc::new(e);
-            for (_, tx) in batch {
-                let _ = tx.send(Err(Retry::Store(e.clone())));
-            }
-        }
-        Ok(claims) => {
-            let mut decided = Decisions::default();
-            for ((_, tx), claim) in batch.into_iter().zip(claims) {
-                let claimed = match claim {
-                    Claim::Claimed(run) => {
-                        let decision = decided.reauthorize(authorizer, &run).await;
-                        Claimed::Run(run, decision)
-                    }
-                    Claim::NotFound => Claimed::NotFound,
-                    Claim::NotQueued(status) => Claimed::NotQueued(status),
-                };
-                let _ = tx.send(Ok(claimed));
-            }
-        }
-    }
-}
 
 pub(super) async fn finish_loop(mut rx: mpsc::UnboundedReceiver<FinishRequest>, service: OperationRunService) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));

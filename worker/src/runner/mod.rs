@@ -1,8 +1,7 @@
-//! What a worker does with one job: read only the run id from the untrusted
-//! payload, claim the run, reauthorize it against current truth, run its
-//! operation with a heartbeat that renews the lease, and finish it through
-//! `OperationRunService`. The queue only ever learns "done" (acknowledge) or,
-//! when the run store could not be reached, "later" (redeliver).
+//! What a worker does with the runs it claims: claim ready runs from the run
+//! store, reauthorize each against current truth, run its operation with a
+//! heartbeat that renews the lease, and finish it through
+//! `OperationRunService`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +9,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use oprun_shared::catalog_defaults as defaults;
 use oprun_shared::{
-    Authorizer, Completion, Decision, Finish, JobPayload, Lease, OperationRun, OperationRunService, ReasonCode,
-    RunOutcome, RunStatus, ServiceError, StoreError, redact,
+    Authorizer, Completion, Decision, Finish, Lease, OperationRun, OperationRunService, ReasonCode, RunOutcome,
+    RunStatus, ServiceError, StoreError,
 };
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, warn};
 
@@ -22,7 +20,7 @@ use crate::operation::{LeaseFlags, OperationError, Operations, RunContext};
 mod batch;
 mod stats;
 
-use batch::{Batches, Claimed, Decisions, FinishFailed, claim_loop, finish_loop};
+use batch::{Batches, Decisions, FinishFailed, finish_loop};
 pub use stats::{StatsSnapshot, WorkerStats};
 use stats::{bump, bump_by};
 
@@ -46,17 +44,6 @@ impl ClaimedRun {
 pub enum JobResult {
     /// The run ended (this worker wrote its terminal state).
     Finished(Box<OperationRun>),
-    /// The run was not queued any more: acknowledged, nothing done.
-    Skipped {
-        /// The run.
-        run_id: uuid::Uuid,
-        /// Its status when the job arrived.
-        status: RunStatus,
-    },
-    /// The payload did not decode: acknowledged and counted.
-    InvalidPayload(String),
-    /// The payload named no run: acknowledged and counted.
-    UnknownRun(uuid::Uuid),
     /// Another worker or the reconciler took the run mid-way.
     LeaseLost(uuid::Uuid),
 }
@@ -103,18 +90,10 @@ impl Runner {
     /// stop when the last clone of this runner is dropped.
     fn batches(&self) -> &Batches {
         self.batches.get_or_init(|| {
-            let (claims, claim_rx) = mpsc::unbounded_channel();
             let (finishes, finish_rx) = mpsc::unbounded_channel();
-            tokio::spawn(claim_loop(claim_rx, self.service.clone(), self.authorizer.clone(), self.worker_id.clone()));
             tokio::spawn(finish_loop(finish_rx, self.service.clone()));
-            Batches { claims, finishes }
+            Batches { finishes }
         })
-    }
-
-    async fn claim(&self, id: uuid::Uuid) -> Result<Claimed, Retry> {
-        let (tx, rx) = oneshot::channel();
-        self.batches().claims.send((id, tx)).map_err(|_| Retry::Stopped)?;
-        rx.await.map_err(|_| Retry::Stopped)?
     }
 
     /// This worker's lease owner id.
@@ -125,42 +104,6 @@ impl Runner {
     /// The counters.
     pub fn stats(&self) -> &Arc<WorkerStats> {
         &self.stats
-    }
-
-    /// Handle one raw queue payload.
-    pub async fn handle_job(&self, payload: Value) -> Result<JobResult, Retry> {
-        bump(&self.stats.received);
-        let id = match serde_json::from_value::<JobPayload>(payload.clone()) {
-            Ok(p) => p.run_id,
-            Err(e) => {
-                bump(&self.stats.invalid_payloads);
-                metrics::counter!("oprun_jobs_invalid_total").increment(1);
-                let shown = redact::excerpt(&redact::sanitize(&payload.to_string()), 120);
-                warn!(payload = %shown, error = %e, "acknowledged a job payload that does not decode");
-                return Ok(JobResult::InvalidPayload(e.to_string()));
-            }
-        };
-        let claimed = match self.claim(id).await {
-            Ok(Claimed::Run(run, decision)) => ClaimedRun { run, decision },
-            Ok(Claimed::NotFound) => {
-                bump(&self.stats.unknown_runs);
-                metrics::counter!("oprun_jobs_unknown_run_total").increment(1);
-                warn!(run.id = %id, "acknowledged a job for a run that does not exist");
-                return Ok(JobResult::UnknownRun(id));
-            }
-            Ok(Claimed::NotQueued(status)) => {
-                bump(&self.stats.skipped);
-                metrics::counter!("oprun_jobs_skipped_total").increment(1);
-                info!(run.id = %id, %status, "skipped a delivery of a run that is no longer queued");
-                return Ok(JobResult::Skipped { run_id: id, status });
-            }
-            Err(e) => {
-                bump(&self.stats.store_errors);
-                warn!(run.id = %id, error = %e, "could not claim; the job goes back to the queue");
-                return Err(e);
-            }
-        };
-        Ok(self.run_claimed(claimed).await)
     }
 
     /// Claim up to `limit` ready runs (fairly across scopes: `cursor`

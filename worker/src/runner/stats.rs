@@ -7,18 +7,12 @@ use serde::Serialize;
 /// Counters a worker keeps (and a metrics endpoint can show).
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    /// Jobs received.
+    /// Runs claimed.
     pub received: AtomicU64,
     /// Runs this worker finished (any outcome).
     pub finished: AtomicU64,
     /// Runs blocked by reauthorization.
     pub blocked: AtomicU64,
-    /// Deliveries of runs that were no longer queued (duplicates, cancelled).
-    pub skipped: AtomicU64,
-    /// Payloads that did not decode.
-    pub invalid_payloads: AtomicU64,
-    /// Payloads naming no existing run.
-    pub unknown_runs: AtomicU64,
     /// Handlers that panicked.
     pub panics: AtomicU64,
     /// Runs whose lease this worker lost mid-run.
@@ -30,18 +24,12 @@ pub struct WorkerStats {
 /// A snapshot of [`WorkerStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
-    /// Jobs received.
+    /// Runs claimed.
     pub received: u64,
     /// Runs finished.
     pub finished: u64,
     /// Runs blocked.
     pub blocked: u64,
-    /// Deliveries skipped.
-    pub skipped: u64,
-    /// Undecodable payloads.
-    pub invalid_payloads: u64,
-    /// Payloads naming no run.
-    pub unknown_runs: u64,
     /// Handler panics.
     pub panics: u64,
     /// Leases lost.
@@ -58,9 +46,6 @@ impl WorkerStats {
             received: g(&self.received),
             finished: g(&self.finished),
             blocked: g(&self.blocked),
-            skipped: g(&self.skipped),
-            invalid_payloads: g(&self.invalid_payloads),
-            unknown_runs: g(&self.unknown_runs),
             panics: g(&self.panics),
             leases_lost: g(&self.leases_lost),
             store_errors: g(&self.store_errors),

@@ -325,12 +325,6 @@ fn push_guard(q: &mut Stmt, g: &Guard) {
     if let Some(t) = g.lease_expired_before {
         q.push(" AND lease_expires_at < ").bind(t);
     }
-    if let Some(t) = g.queued_before {
-        q.push(" AND queued_at < ").bind(t);
-    }
-    if g.not_repushed {
-        q.push(" AND repushed_at IS NULL");
-    }
 }
 
 pub(crate) fn corrupt(id: &str, field: &'static str, problem: impl std::fmt::Display) -> StoreError {
