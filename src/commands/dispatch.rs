@@ -37,7 +37,8 @@ pub struct DispatchArgs {
     /// Parameters, a JSON object.
     #[arg(long, default_value = "{}")]
     pub params: String,
-    /// Start no earlier than this time (RFC 3339, e.g. 2026-12-05T06:00:00Z).
+    /// Start no earlier than this time (RFC 3339, e.g. 2026-12-05T06:00:00Z;
+    /// at most a year from now).
     #[arg(long, value_parser = parse_at, conflicts_with = "delay")]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Start no earlier than this long from now (e.g. 90s, 10m, 2h).
@@ -110,6 +111,9 @@ pub async fn dispatch(path: Option<&Path>, args: DispatchArgs) -> CliResult<()> 
         context: serde_json::json!({ "correlation_id": uuid::Uuid::now_v7() }),
         params,
         available_at: match (args.at, args.delay) {
+            (Some(at), _) if at > app.clock.now() + chrono::Duration::from_std(MAX_DELAY).unwrap_or_default() => {
+                return Err(CliError::Usage(format!("--at {}: at most a year (366d) from now", at.to_rfc3339())));
+            }
             (Some(at), _) => Some(at),
             (None, Some(d)) => {
                 Some(app.clock.now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))

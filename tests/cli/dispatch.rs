@@ -27,6 +27,7 @@ fn bad_dispatch_input_exits_2_and_writes_nothing() {
         ([&base[..], &["--as", "ops-user-1", "--in", "10years"]].concat(), "at most a year"),
         ([&base[..], &["--as", "ops-user-1", "--in", "soon"]].concat(), "--in"),
         ([&base[..], &["--as", "ops-user-1", "--at", "tomorrow"]].concat(), "--at"),
+        ([&base[..], &["--as", "ops-user-1", "--at", "9999-01-01T00:00:00Z"]].concat(), "at most a year"),
         ([&base[..], &["--as", "ops-user-1", "--at", "2026-12-05T06:00:00Z", "--in", "1h"]].concat(), "cannot be used"),
     ];
     for (args, needle) in cases {
