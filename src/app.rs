@@ -133,7 +133,7 @@ impl App {
 
     /// The queue: the run store's own.
     pub async fn queue(&self) -> CliResult<Arc<oprun_worker::queue::Queue>> {
-        Ok(Arc::new(oprun_worker::queue::Queue::new(self.db.runs.clone())))
+        Ok(Arc::new(oprun_worker::queue::Queue::new(self.db.runs.clone(), self.clock.clone())))
     }
 }
 

@@ -337,7 +337,8 @@ async fn an_idle_worker_wakes_on_a_dispatch_without_waiting_for_its_poll(stack: 
         Stack::PostgresRedis => {
             let other = oprun_shared::Database::postgres(&e.db.url, 2).await.expect("a second pool");
             let service = Env::service_with(other.runs.clone(), Arc::new(oprun_shared::SystemClock));
-            let queue = Arc::new(oprun_worker::queue::Queue::new(other.runs.clone()));
+            let queue =
+                Arc::new(oprun_worker::queue::Queue::new(other.runs.clone(), Arc::new(oprun_shared::SystemClock)));
             oprun_scheduler::Dispatcher::new(service, e.authorizer.clone(), queue)
         }
         Stack::Sqlite => e.dispatcher.clone(),

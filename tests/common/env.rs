@@ -67,7 +67,7 @@ impl Env {
         .await;
         db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
         let queue_config = test_queue_config();
-        let queue = Arc::new(Queue::new(db.store.clone()));
+        let queue = Arc::new(Queue::new(db.store.clone(), Arc::new(SystemClock)));
         let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
         let authorizer = Authorizer::new(db.access.clone(), catalog());
         let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
@@ -147,7 +147,7 @@ impl Env {
     pub async fn with_parts(stack: Stack, db: TestStore, queue_config: QueueConfig) -> Self {
         init_logs();
         db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
-        let queue = Arc::new(Queue::new(db.store.clone()));
+        let queue = Arc::new(Queue::new(db.store.clone(), Arc::new(SystemClock)));
         let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
         let authorizer = Authorizer::new(db.access.clone(), catalog());
         let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);

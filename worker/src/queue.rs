@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use oprun_shared::{JobQueue, QueueError, RunStore};
+use oprun_shared::{Clock, JobQueue, QueueError, RunStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -61,12 +61,14 @@ pub struct WorkerOptions {
 #[derive(Debug, Clone)]
 pub struct Queue {
     store: Arc<dyn RunStore>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Queue {
-    /// The queue of `store`.
-    pub fn new(store: Arc<dyn RunStore>) -> Self {
-        Self { store }
+    /// The queue of `store`; `clock` says which runs are ready (their
+    /// `available_at` come).
+    pub fn new(store: Arc<dyn RunStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
     }
 }
 
@@ -83,8 +85,7 @@ impl JobQueue for Queue {
 
     /// Runs ready and not yet claimed.
     async fn depth(&self) -> Result<Option<u64>, QueueError> {
-        let now = chrono::Utc::now();
-        self.store.count_ready(now).await.map(Some).map_err(|e| QueueError(e.to_string()))
+        self.store.count_ready(self.clock.now()).await.map(Some).map_err(|e| QueueError(e.to_string()))
     }
 
     async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
