@@ -1,7 +1,6 @@
 //! Dispatch: capture the actor and context, authorize, write the run through
-//! `OperationRunService`, then push a job that carries only the run id. The
-//! run row is written first: a push that fails leaves a queued run that the
-//! reconciler re-pushes.
+//! `OperationRunService`, then wake the workers. The run row is the job: a
+//! wake-up that fails only leaves the run to a worker's next poll.
 
 use std::sync::Arc;
 
@@ -50,7 +49,7 @@ pub enum DispatchOutcome {
         run: Box<OperationRun>,
         /// An active run already held the scope.
         deduplicated: bool,
-        /// The job push failed; the reconciler re-pushes the queued run.
+        /// Waking the workers failed; they find the run at their next poll.
         push_failed: bool,
     },
     /// Authorization said no. A scheduled dispatch records a completed/blocked
@@ -117,7 +116,7 @@ impl Dispatcher {
                 .increment(1);
             if let Err(e) = self.queue.push(run.id).await {
                 push_failed = true;
-                warn!(run.id = %run.id, error = %e, "run written but its job was not pushed; the reconciler re-pushes it");
+                warn!(run.id = %run.id, error = %e, "run written but the workers were not woken; they find it at their next poll");
             }
             info!(run.id = %run.id, operation = %run.operation, workspace = %run.workspace_id, "dispatched");
         }
@@ -183,7 +182,7 @@ impl Dispatcher {
         let push_failed = match self.queue.push_many(&fresh).await {
             Ok(()) => false,
             Err(e) => {
-                warn!(runs = fresh.len(), error = %e, "runs written but their jobs were not pushed; the reconciler re-pushes them");
+                warn!(runs = fresh.len(), error = %e, "runs written but the workers were not woken; they find them at their next poll");
                 true
             }
         };

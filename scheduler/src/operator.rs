@@ -74,7 +74,7 @@ pub struct Retried {
     pub run: OperationRun,
     /// An active retry already existed and was returned.
     pub deduplicated: bool,
-    /// The job push failed; the reconciler re-pushes the queued run.
+    /// Waking the workers failed; they find the run at their next poll.
     pub push_failed: bool,
 }
 

@@ -136,19 +136,6 @@ fn finish(child: std::process::Child, what: &str) -> Option<i32> {
     out.status.code()
 }
 
-/// A fresh, empty Postgres database on the test server; its URL.
-fn fresh_postgres_database() -> String {
-    let admin = oprun_shared::testing::require_env(oprun_shared::testing::POSTGRES_URL_VAR);
-    let name = format!("oprun_race_{}", uuid::Uuid::now_v7().simple());
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test Postgres");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await.unwrap();
-    });
-    let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
-    format!("{base}/{name}")
-}
-
 /// Processes started at the same instant on a fresh store all succeed:
 /// several that each apply the schema first (`migrate`, `reconcile`, `runs
 /// list`, `access apply`), then, on the store just made, a worker beside a
@@ -160,7 +147,9 @@ fn processes_started_together_on_a_fresh_store_all_succeed() {
         for pg in [false, true] {
             let dir = oprun_shared::testing::kept_dir("cli");
             let p = dir.path();
-            let url = pg.then(fresh_postgres_database);
+            let url = pg.then(|| {
+                tokio::runtime::Runtime::new().unwrap().block_on(oprun_shared::testing::fresh_postgres_database())
+            });
             let url = url.as_deref();
             let store = if pg { "postgres" } else { "sqlite" };
             let first: Vec<(&str, std::process::Child)> = [

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oprun_shared::{Clock, JobQueue, QueueError, RunStore};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -88,11 +88,12 @@ impl JobQueue for Queue {
         self.store.count_ready(self.clock.now()).await.map(Some).map_err(|e| QueueError(e.to_string()))
     }
 
+    /// One wake-up for them all.
     async fn push_many(&self, run_ids: &[Uuid]) -> Result<(), QueueError> {
         if run_ids.is_empty() {
             return Ok(());
         }
-        self.push(run_ids[0]).await
+        self.store.wake_workers().await.map_err(|e| QueueError(e.to_string()))
     }
 }
 
@@ -132,17 +133,20 @@ pub async fn run_worker(
             p = slots.clone().acquire_owned() => p?,
             () = &mut shutdown => break,
         };
-        let mut held = vec![first];
-        if held.len() + slots.available_permits() < gather && !running.is_empty() {
+        let mut held = first;
+        if held.num_permits() + slots.available_permits() < gather && !running.is_empty() {
             // Busy: gather a few slots, so that claims come in batches.
-            let want = u32::try_from(gather - held.len()).unwrap_or(u32::MAX);
+            let want = u32::try_from(gather - held.num_permits()).unwrap_or(u32::MAX);
             if let Ok(Ok(more)) = tokio::time::timeout(CLAIM_COOLDOWN, slots.clone().acquire_many_owned(want)).await {
-                held.push(more);
+                held.merge(more);
             }
         }
-        let free = held.iter().map(|p| p.num_permits()).sum::<usize>() + slots.available_permits();
-        take_free(&slots, &mut held);
-        let asked = free.min(MAX_CLAIM);
+        // Every slot still free joins the claim.
+        let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+        if let Ok(rest) = slots.clone().try_acquire_many_owned(free) {
+            held.merge(rest);
+        }
+        let asked = held.num_permits().min(MAX_CLAIM);
         wake.arm();
         // A claim is never abandoned half-way (its runs would be leased to
         // no one): shutdown is looked at between claims only.
@@ -158,16 +162,17 @@ pub async fn run_worker(
             }
         };
         let got = claimed.len();
-        let mut permits = split(held, got);
         for run in claimed {
-            let permit = permits.pop();
+            // One slot a run, released when it ends; the slots no run took
+            // are released with `held`.
+            let permit = held.split(1);
             let runner = runner.clone();
             running.spawn(async move {
                 runner.run_claimed(run).await;
                 drop(permit);
             });
         }
-        drop(permits);
+        drop(held);
         if got < asked {
             // Nothing more is ready: wait for a wake-up or the poll.
             tokio::select! {
@@ -183,30 +188,4 @@ pub async fn run_worker(
     }
     info!(worker = %name, "worker stopped");
     Ok(())
-}
-
-/// Take every slot still free into `held`.
-fn take_free(slots: &Arc<Semaphore>, held: &mut Vec<OwnedSemaphorePermit>) {
-    let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
-    if free > 0
-        && let Ok(p) = slots.clone().try_acquire_many_owned(free)
-    {
-        held.push(p);
-    }
-}
-
-/// `held` as `n` permits of one slot each (the rest released).
-fn split(held: Vec<OwnedSemaphorePermit>, n: usize) -> Vec<OwnedSemaphorePermit> {
-    let mut out = Vec::with_capacity(n);
-    for mut p in held {
-        while out.len() < n && p.num_permits() > 1 {
-            if let Some(one) = p.split(1) {
-                out.push(one);
-            }
-        }
-        if out.len() < n {
-            out.push(p);
-        }
-    }
-    out
 }

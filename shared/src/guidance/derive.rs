@@ -273,13 +273,8 @@ fn waited(run: &OperationRun, ctx: &GuidanceContext) -> std::time::Duration {
     (ctx.now - run.available_at.max(run.queued_at)).to_std().unwrap_or_default()
 }
 
-/// A wait in whole minutes, hours or days.
+/// A wait to the minute (`3h 12m`).
 fn humanize(d: std::time::Duration) -> String {
-    let mins = d.as_secs() / 60;
-    match mins {
-        0..=1 => "about a minute".into(),
-        2..=119 => format!("{mins} minutes"),
-        120..=2879 => format!("{} hours", mins / 60),
-        _ => format!("{} days", mins / 1440),
-    }
+    let minutes = (d.as_secs() / 60).max(1);
+    humantime::format_duration(std::time::Duration::from_secs(minutes * 60)).to_string()
 }

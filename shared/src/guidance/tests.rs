@@ -256,7 +256,7 @@ fn active_partial_and_cancelled_runs_get_their_own_cases() {
         &GuidanceContext { now: at() + chrono::Duration::hours(3), ..ctx() },
     );
     assert_eq!((waiting.status, waiting.severity), (CaseStatus::Informational, Severity::Warning));
-    assert!(waiting.reason.contains("3 hours") && waiting.impact.contains("never failed"), "{waiting:?}");
+    assert!(waiting.reason.contains("for 3h:") && waiting.impact.contains("never failed"), "{waiting:?}");
 
     let running = guidance(&run(RunStatus::Running, RunOutcome::Pending, None), &plain(), &ctx());
     assert_eq!(running.status, CaseStatus::Informational);

@@ -122,7 +122,7 @@ impl OperationRunService {
     /// claimed run is running, leased, and audited.
     ///
     /// [`RunStore::claim_ready`]: crate::RunStore::claim_ready
-    #[instrument(name = "claim_ready", skip_all, fields(limit, worker = %worker), err)]
+    #[instrument(name = "claim_ready", skip_all, fields(limit = limit, worker = %worker), err)]
     pub async fn claim_ready(
         &self,
         worker: &str,
@@ -135,11 +135,6 @@ impl OperationRunService {
         let claimed = self.store.claim_ready(&ReadyClaim::new(write, audit, now, limit, cursor.take())).await?;
         *cursor = claimed.last_scope;
         Ok(claimed.runs)
-    }
-
-    /// Tell waiting workers that runs became ready (a dispatch, a requeue).
-    pub async fn wake_workers(&self) -> Result<(), ServiceError> {
-        Ok(self.store.wake_workers().await?)
     }
 
     /// The lease expiry of a run claimed now, by its operation (the

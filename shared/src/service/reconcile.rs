@@ -160,7 +160,7 @@ impl ReportSink<'_> {
             let ids: Vec<Uuid> = page.actions.iter().filter(|a| a.kind.needs_push()).map(|a| a.run_id).collect();
             if !ids.is_empty() {
                 // The receiver gone means the caller stopped pushing; the
-                // next pass re-pushes what stayed queued.
+                // workers find the requeued runs at their next poll.
                 let _ = tx.send(ids);
             }
         }

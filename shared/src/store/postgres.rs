@@ -225,12 +225,11 @@ impl Backend for Postgres {
     type Listener = sqlx::postgres::PgListener;
 
     async fn notify_ready(pool: &Pool<Self>) -> Result<(), StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT pg_notify('{READY_CHANNEL}', '')"))).execute(pool).await?;
-        Ok(())
+        Self::notify_in(&mut *pool.acquire().await?).await
     }
 
     async fn notify_in(conn: &mut PgConnection) -> Result<(), StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT pg_notify('{READY_CHANNEL}', '')"))).execute(conn).await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(READY_CHANNEL).execute(conn).await?;
         Ok(())
     }
 

@@ -1,8 +1,8 @@
 //! Dispatch inside the caller's own transaction: the run exists if and only
 //! if the caller commits.
 
-use oprun_shared::store::{SqlStore, TxDispatch};
-use oprun_shared::testing::{self, Backend};
+use oprun_shared::store::{Backend, SqlStore, TxDispatch};
+use oprun_shared::testing;
 use oprun_shared::{Authorizer, ReasonCode, RunStatus};
 
 use super::{Env, actions, env, sync_req};
@@ -10,30 +10,30 @@ use super::{Env, actions, env, sync_req};
 /// Dispatch `req` in a transaction of `e`'s store, then commit or roll it
 /// back; what the dispatch said.
 async fn dispatch_then(e: &Env, auth: &Authorizer, req: oprun_shared::DispatchRequest, commit: bool) -> TxDispatch {
-    use sqlx::Connection;
     match &e.db.database.sqlite {
-        Some(pool) => {
-            let mut tx = pool.begin().await.unwrap();
-            let out = SqlStore::<sqlx::Sqlite>::dispatch_in(&e.svc, auth, &mut tx, req).await.unwrap();
-            if commit {
-                tx.commit().await.unwrap()
-            } else {
-                tx.rollback().await.unwrap()
-            }
-            out
-        }
+        Some(pool) => in_tx(pool.begin().await.unwrap(), e, auth, req, commit).await,
         None => {
-            let mut conn = sqlx::PgConnection::connect(&e.db.url).await.unwrap();
-            let mut tx = conn.begin().await.unwrap();
-            let out = SqlStore::<sqlx::Postgres>::dispatch_in(&e.svc, auth, &mut tx, req).await.unwrap();
-            if commit {
-                tx.commit().await.unwrap()
-            } else {
-                tx.rollback().await.unwrap()
-            }
-            out
+            let pool = sqlx::PgPool::connect(&e.db.url).await.unwrap();
+            in_tx(pool.begin().await.unwrap(), e, auth, req, commit).await
         }
     }
+}
+
+/// Dispatch `req` in the caller's transaction `tx`, then end it.
+async fn in_tx<B: Backend>(
+    mut tx: sqlx::Transaction<'static, B>,
+    e: &Env,
+    auth: &Authorizer,
+    req: oprun_shared::DispatchRequest,
+    commit: bool,
+) -> TxDispatch {
+    let out = SqlStore::<B>::dispatch_in(&e.svc, auth, &mut tx, req).await.unwrap();
+    if commit {
+        tx.commit().await.unwrap()
+    } else {
+        tx.rollback().await.unwrap()
+    }
+    out
 }
 
 fn written(d: TxDispatch) -> oprun_shared::Dispatched {
@@ -43,7 +43,7 @@ fn written(d: TxDispatch) -> oprun_shared::Dispatched {
     }
 }
 
-pub(crate) async fn a_dispatch_in_the_callers_transaction_exists_only_if_it_commits(b: Backend) {
+pub(crate) async fn a_dispatch_in_the_callers_transaction_exists_only_if_it_commits(b: testing::Backend) {
     let e = env(b).await;
     e.db.access.apply_access(&testing::access_file()).await.unwrap();
     let auth = Authorizer::new(e.db.access.clone(), testing::catalog());

@@ -32,13 +32,6 @@ pub struct ClaimedRun {
     decision: Result<Decision, Arc<StoreError>>,
 }
 
-impl ClaimedRun {
-    /// The run, as claimed.
-    pub fn run(&self) -> &OperationRun {
-        &self.run
-    }
-}
-
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobResult {
@@ -48,15 +41,12 @@ pub enum JobResult {
     LeaseLost(uuid::Uuid),
 }
 
-/// The store failed: the job should come back later.
+/// The store failed: the claim should be tried again later.
 #[derive(Debug, thiserror::Error)]
 pub enum Retry {
     /// The claim's write failed.
     #[error("run store unavailable: {0}")]
     Store(#[source] Arc<ServiceError>),
-    /// The claim batcher is gone (the worker is shutting down).
-    #[error("run store unavailable: the claim batcher stopped")]
-    Stopped,
 }
 
 /// The first and the longest wait between tries of a finish write that met
