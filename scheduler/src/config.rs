@@ -148,6 +148,14 @@ pub struct ScheduleSpec {
     /// Disabled schedules record nothing.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Each run of a tick becomes ready this long after the tick.
+    #[serde(with = "humantime_serde", default)]
+    pub delay: Duration,
+    /// Each run of a tick waits a further random share of this (spreads a
+    /// fan-out over `environments = "all"` across the window, so that one
+    /// tick does not start every tenant's run at once).
+    #[serde(with = "humantime_serde", default)]
+    pub jitter: Duration,
 }
 
 fn utc() -> String {
@@ -186,6 +194,8 @@ impl ScheduleSpec {
     fn validate(&self, i: usize, catalog: &Catalog, problems: &mut Problems) {
         let field = |f: &str| format!("schedules[{i}] ({}).{f}", self.name);
         problems.at_most_max(&field("misfire_window"), self.misfire_window);
+        problems.at_most_max(&field("delay"), self.delay);
+        problems.at_most_max(&field("jitter"), self.jitter);
         if let Err(e) = self.parsed_cron() {
             problems.push(format!("{}: {e}", field("cron")));
         }

@@ -406,7 +406,7 @@ impl Scheduler {
                 "correlation_id": Uuid::now_v7(),
             }),
             params: spec.params.clone(),
-            available_at: None,
+            available_at: ready_at(spec, at),
         };
         Ok(match self.dispatcher.dispatch(req).await? {
             DispatchOutcome::Dispatched { run, deduplicated: false, .. } => {
@@ -421,6 +421,18 @@ impl Scheduler {
             }
         })
     }
+}
+
+
+/// When a run of the tick at `at` becomes ready: after the schedule's
+/// `delay` and a random share of its `jitter` (`None`: at once).
+fn ready_at(spec: &ScheduleSpec, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if spec.delay.is_zero() && spec.jitter.is_zero() {
+        return None;
+    }
+    let jitter = spec.jitter.mul_f64(fastrand::f64());
+    let wait = chrono::Duration::from_std(spec.delay + jitter).unwrap_or(chrono::Duration::MAX);
+    Some(at.checked_add_signed(wait).unwrap_or(at))
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::reason::ReasonCode;
 use crate::viewer::BUILTIN_CAPABILITIES;
 
 /// The scope an operation's runs act in.
@@ -50,13 +52,17 @@ pub struct OperationSpec {
     /// How often the worker renews the lease.
     #[serde(with = "humantime_serde", default = "defaults::heartbeat")]
     pub heartbeat: Duration,
-    /// A queued run not claimed within this is pushed again once, and failed
-    /// `run.never_started` after twice this.
+    /// A ready run not claimed within this is shown as waiting longer than
+    /// expected (it is never failed for waiting).
     #[serde(with = "humantime_serde", default = "defaults::queued_stale_after")]
     pub queued_stale_after: Duration,
-    /// Attempts (claims) allowed before a lost lease fails the run.
+    /// Attempts allowed in all: a failure the retry policy retries, and a
+    /// lost lease, each start the next attempt until this many were made.
     #[serde(default = "defaults::max_attempts")]
     pub max_attempts: u32,
+    /// When a failed attempt is tried again later, and how long it waits.
+    #[serde(default)]
+    pub retry: RetryPolicy,
     /// Whether a requeued attempt continues from the checkpoint.
     #[serde(default = "defaults::yes")]
     pub resumable: bool,
@@ -72,6 +78,80 @@ pub struct OperationSpec {
     /// Free parameters for the handler kind.
     #[serde(default)]
     pub settings: toml::Table,
+}
+
+/// Retries over time: which failures start another attempt later (the run
+/// waits queued, holding no worker slot), how long it waits, and how often a
+/// run may be snoozed (by a provider's Retry-After beyond the in-attempt cap,
+/// or by its handler) without using an attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// The wait before the second attempt; each later one doubles it.
+    #[serde(with = "humantime_serde", default = "defaults::retry_backoff")]
+    pub backoff: Duration,
+    /// The longest wait between attempts.
+    #[serde(with = "humantime_serde", default = "defaults::retry_backoff_cap")]
+    pub backoff_cap: Duration,
+    /// Add up to one more wait at random (spreads a fan-out's retries).
+    #[serde(default = "defaults::yes")]
+    pub jitter: bool,
+    /// The reason codes that retry; by default the transient provider codes
+    /// (`provider.throttled`, `provider.unavailable`, `provider.timeout`)
+    /// and, for a resumable operation, `run.lease_expired`. `[]` retries
+    /// nothing.
+    #[serde(default)]
+    pub on: Option<Vec<ReasonCode>>,
+    /// Snoozes allowed per run; past them a Retry-After counts as a failed
+    /// attempt, and a handler's snooze fails the run `run.snooze_limit`.
+    #[serde(default = "defaults::max_snoozes")]
+    pub max_snoozes: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            backoff: defaults::retry_backoff(),
+            backoff_cap: defaults::retry_backoff_cap(),
+            jitter: true,
+            on: None,
+            max_snoozes: defaults::max_snoozes(),
+        }
+    }
+}
+
+/// The reason codes a retry policy may name: failures an attempt can end
+/// with (not a refusal by authorization, not an operator's cancel).
+fn retriable_code(code: ReasonCode) -> bool {
+    let text = code.as_str();
+    text.starts_with("provider.") && code != ReasonCode::ProviderPermissionMissing
+        || matches!(code, ReasonCode::RunLeaseExpired | ReasonCode::RunHandlerPanicked)
+}
+
+impl RetryPolicy {
+    /// Whether a failure for `reason` starts another attempt (when attempts
+    /// remain) of an operation that is (or is not) `resumable`.
+    pub fn retries(&self, reason: ReasonCode, resumable: bool) -> bool {
+        match &self.on {
+            Some(on) => on.contains(&reason),
+            None => reason.is_transient() || (resumable && reason == ReasonCode::RunLeaseExpired),
+        }
+    }
+
+    /// The wait before attempt `next` (2 for the first retry): `backoff`
+    /// doubled per attempt since, at most `backoff_cap`, plus the jitter.
+    pub fn delay_before(&self, next: i32) -> Duration {
+        let mut builder = ExponentialBuilder::default()
+            .with_min_delay(self.backoff)
+            .with_max_delay(self.backoff_cap)
+            .with_factor(2.0)
+            .without_max_times();
+        if self.jitter {
+            builder = builder.with_jitter();
+        }
+        let nth = usize::try_from(next.saturating_sub(2)).unwrap_or(0);
+        builder.build().nth(nth).unwrap_or(self.backoff_cap).min(self.backoff_cap)
+    }
 }
 
 /// Named defaults for [`OperationSpec`].
@@ -95,6 +175,18 @@ pub mod defaults {
     /// 3.
     pub fn max_attempts() -> u32 {
         3
+    }
+    /// 15 s before the first retry.
+    pub fn retry_backoff() -> Duration {
+        Duration::from_secs(15)
+    }
+    /// 1 h at most between attempts.
+    pub fn retry_backoff_cap() -> Duration {
+        Duration::from_secs(3600)
+    }
+    /// 20 snoozes per run.
+    pub fn max_snoozes() -> u32 {
+        20
     }
     /// One per scope.
     pub fn dedup() -> DedupPolicy {
@@ -192,6 +284,33 @@ impl Catalog {
             }
             if op.max_attempts == 0 || op.max_attempts > 1000 {
                 invalid("max_attempts", format!("must be between 1 and 1000, got {}", op.max_attempts));
+            }
+            let retry = &op.retry;
+            let mut backoff_ok = true;
+            for (field, d) in [("retry.backoff", retry.backoff), ("retry.backoff_cap", retry.backoff_cap)] {
+                if d.is_zero() {
+                    invalid(field, "must be longer than zero".into());
+                    backoff_ok = false;
+                } else if let Some(problem) = crate::config::duration_too_long(d) {
+                    invalid(field, problem);
+                    backoff_ok = false;
+                }
+            }
+            if backoff_ok && retry.backoff_cap < retry.backoff {
+                invalid("retry.backoff_cap", "must not be shorter than retry.backoff".into());
+            }
+            if retry.max_snoozes > 1000 {
+                invalid("retry.max_snoozes", format!("must be at most 1000, got {}", retry.max_snoozes));
+            }
+            for code in retry.on.iter().flatten() {
+                if !retriable_code(*code) {
+                    invalid(
+                        "retry.on",
+                        format!("'{code}' is not a failure an attempt can retry (use provider.* or run.* failures)"),
+                    );
+                } else if *code == ReasonCode::RunLeaseExpired && !op.resumable {
+                    invalid("retry.on", "'run.lease_expired' retries only a resumable operation".into());
+                }
             }
         }
         problems

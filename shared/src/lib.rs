@@ -23,7 +23,7 @@ mod viewer;
 
 pub use access::{AccessFile, AccessStore, Authorizer, Decision};
 pub use audit::{AuditEntry, AuditEvent};
-pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, ScopeKind, defaults as catalog_defaults};
+pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, RetryPolicy, ScopeKind, defaults as catalog_defaults};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counts::{COUNT_KEYS, CountsError, SummaryCounts};
 pub use guidance::{
@@ -35,7 +35,7 @@ pub use queue::{JobQueue, QueueError};
 pub use reason::{Envelope, NextStep, ReasonCode, Retryability, required_capability, translate};
 pub use run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
 pub use service::{
-    BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, Lease, LeaseState,
+    AttemptEnd, BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, Later, Lease, LeaseState,
     OperationRunService, ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
 };
 pub use store::{

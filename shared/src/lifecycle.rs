@@ -78,11 +78,14 @@ pub(crate) use text_enum;
 text_enum! {
     /// Where a run is in its life. Only `OperationRunService` moves a run.
     RunStatus, "status" {
-        /// Written by dispatch, retry and the reconciler's requeue; left by
-        /// claim (worker), cancel, block and expire.
+        /// Written by dispatch, retry, the reconciler's requeue, and a retry
+        /// later or snooze of the attempt that held the run (then waiting
+        /// until its `available_at`); left by claim (worker), cancel, block
+        /// and expire.
         Queued => "queued",
         /// Entered by claim (worker, which then holds the lease); left by
-        /// complete, block, cancel (lease owner), requeue and expire.
+        /// complete, block, cancel (lease owner), retry later, snooze,
+        /// requeue and expire.
         Running => "running",
         /// Terminal. Entered by complete, block, cancel, expire and a refused
         /// scheduled dispatch; never left (a retry is a new run).
@@ -172,6 +175,14 @@ pub enum Transition {
     Expire,
     /// queued → queued, job pushed again by the reconciler.
     Repush,
+    /// running → queued at a later time, on the next attempt: a failure the
+    /// retry policy retries.
+    RetryLater,
+    /// running → queued at a later time, on the same attempt: a provider's
+    /// Retry-After, or the handler asked to run again later.
+    Snooze,
+    /// queued (waiting for its time) → ready now: an operator's "retry now".
+    RetryNow,
     /// completed → a new queued run.
     Retry,
     /// completed → completed: the old run's record that a retry of it was made.
@@ -194,6 +205,9 @@ impl Transition {
             Transition::Requeue => "run.requeue",
             Transition::Expire => "run.expire",
             Transition::Repush => "run.repush",
+            Transition::RetryLater => "run.retry_scheduled",
+            Transition::Snooze => "run.snooze",
+            Transition::RetryNow => "run.retry_now",
             Transition::Retry => "run.retry",
             Transition::Retried => "run.retried",
         }

@@ -97,10 +97,14 @@ pub struct OperationRun {
     pub summary_counts: SummaryCounts,
     /// Where a resumed attempt continues.
     pub checkpoint: Option<serde_json::Value>,
-    /// 1 for the first attempt; + 1 per requeue.
+    /// 1 for the first attempt; + 1 per retry later and per requeue.
     pub attempt: i32,
-    /// Attempts allowed before a lost lease fails the run.
+    /// Attempts allowed in all (retries over time and lost leases).
     pub max_attempts: i32,
+    /// How often the run was snoozed (put back to wait without using an
+    /// attempt).
+    #[serde(default)]
+    pub snoozes: i32,
     /// The run this one retries.
     pub retry_of: Option<Uuid>,
     /// The worker holding the lease while running.

@@ -293,6 +293,7 @@ pub fn run(now: DateTime<Utc>) -> OperationRun {
         checkpoint: None,
         attempt: 1,
         max_attempts: 3,
+        snoozes: 0,
         retry_of: None,
         lease_owner: None,
         lease_expires_at: None,

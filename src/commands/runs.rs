@@ -54,6 +54,10 @@ pub struct ListArgs {
     /// One workspace.
     #[arg(long)]
     pub workspace: Option<String>,
+    /// Only queued runs waiting for their time: delayed dispatches, retries
+    /// waiting for their next attempt, snoozed runs.
+    #[arg(long)]
+    pub waiting: bool,
     /// Only what this actor may see. Without --as: every run, as the store's
     /// local administrator (`user:local-admin`: whoever can open the store
     /// holds every capability).
@@ -103,6 +107,7 @@ pub async fn runs_list(path: Option<&Path>, args: ListArgs) -> CliResult<()> {
         status,
         outcome,
         limit: args.limit,
+        waiting_at: args.waiting.then(|| app.service.clock().now()),
         ..RunFilter::default()
     };
     let runs = match &args.actor {

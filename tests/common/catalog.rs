@@ -35,6 +35,29 @@ lease = "20s"
 heartbeat = "1s"
 max_attempts = 3
 settings = { path = "/coll/{environment}" }
+# The in-attempt budget's own tests: a failure ends the run at once.
+retry = { on = [] }
+
+# tests/provider/over_time.rs: retries over time (no in-attempt budget there).
+[operations."test.retrying"]
+kind = "http.collect"
+provider = "graph"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+lease = "20s"
+heartbeat = "1s"
+max_attempts = 4
+settings = { path = "/coll/{environment}" }
+retry = { backoff = "15s", backoff_cap = "1h", jitter = false }
+
+# A handler that snoozes (tests/provider/over_time.rs).
+[operations."test.snoozer"]
+kind = "snoozer"
+capability = "inventory.sync"
+scope = "environment"
+dedup = "none"
+retry = { max_snoozes = 3 }
 
 [operations."test.call"]
 kind = "http.call"
@@ -43,6 +66,7 @@ capability = "inventory.sync"
 scope = "environment"
 dedup = "none"
 settings = { path = "/call/{environment}", method = "POST" }
+retry = { on = [] }
 
 [operations."test.slow"]
 kind = "demo"

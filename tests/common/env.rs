@@ -59,6 +59,12 @@ pub struct Env {
 
 impl Env {
     pub async fn new(stack: Stack) -> Self {
+        Self::with_clock(stack, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Env::new`], every decision by `clock` (a manual clock: retries
+    /// and snoozes come due when the test moves it).
+    pub async fn with_clock(stack: Stack, clock: Arc<dyn Clock>) -> Self {
         init_logs();
         let db = TestStore::new(match stack {
             Stack::PostgresRedis => testing::Backend::Postgres,
@@ -67,8 +73,8 @@ impl Env {
         .await;
         db.access.apply_access(&access(ACCESS)).await.expect("apply test access");
         let queue_config = test_queue_config();
-        let queue = Arc::new(Queue::new(db.store.clone(), Arc::new(SystemClock)));
-        let service = Self::service_with(db.store.clone(), Arc::new(SystemClock));
+        let queue = Arc::new(Queue::new(db.store.clone(), clock.clone()));
+        let service = Self::service_with(db.store.clone(), clock);
         let authorizer = Authorizer::new(db.access.clone(), catalog());
         let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
         Self { stack, db, queue, queue_config, service, authorizer, dispatcher, counting: Counting::default() }

@@ -8,6 +8,7 @@ mod common;
 
 mod fixture;
 mod limits;
+mod over_time;
 mod paging;
 mod requests;
 mod retries;
@@ -71,10 +72,17 @@ both_stacks!(
     retries: [
         transient_failures_are_retried_within_the_budget,
         permanent_failures_are_classified_without_retry,
-        a_retry_after_over_the_cap_fails_the_attempt_without_waiting,
         bad_gateway_and_gateway_timeout_are_retried_within_the_budget_then_unavailable,
         a_request_timeout_is_retried_within_the_budget_then_provider_timeout,
         a_refused_connection_is_retried_within_the_budget_then_unavailable,
+    ],
+    over_time: [
+        transient_failures_retry_over_time_until_the_run_succeeds,
+        exhausted_attempts_fail_with_each_attempt_and_a_permanent_failure_never_retries,
+        a_retry_after_beyond_the_cap_snoozes_the_run_without_holding_a_slot,
+        a_handler_snoozes_twice_then_succeeds_on_its_first_attempt,
+        a_delayed_dispatch_is_claimed_only_when_its_time_comes,
+        an_operator_retries_a_waiting_run_now_or_cancels_it,
     ],
     limits: [
         the_provider_concurrency_limit_holds_under_fifty_runs,

@@ -61,33 +61,6 @@ pub(crate) async fn permanent_failures_are_classified_without_retry(stack: Stack
     assert_eq!(done.reason_code.as_deref(), Some("provider.bad_response"));
 }
 
-/// A Retry-After longer than `retry_after_cap` (5 s here), in seconds or as
-/// a date, is not waited out: the attempt fails at once `provider.throttled`
-/// (retryable), with no retry and no wait recorded.
-pub(crate) async fn a_retry_after_over_the_cap_fails_the_attempt_without_waiting(stack: Stack) {
-    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc2822();
-    for after in ["3600".to_string(), in_an_hour] {
-        let e = Env::new(stack).await;
-        let p = provider(3, 4).await;
-        p.script(PAGE_1, vec![(429, vec![("retry-after", after.clone())], "slow down".into())]);
-        let done = run_one(&e, &p, "test.collect").await;
-        assert_eq!(
-            (done.outcome, done.reason_code.as_deref()),
-            (RunOutcome::Failed, Some("provider.throttled")),
-            "Retry-After {after}: {done:?}"
-        );
-        let message = &done.failure_summary[0].message;
-        assert!(message.contains("429") && message.contains("exceeds the cap"), "{message}");
-        assert_eq!(p.hits(PAGE_1), 1, "Retry-After {after}: not retried");
-        let c = &done.summary_counts;
-        assert_eq!(
-            (c.get("retries"), c.get("throttle_waits"), c.get("throttle_wait_ms"), c.get("pages")),
-            (0, 0, 0, 0)
-        );
-        assert_eq!(primary_action(&e, &done).await, "retry");
-    }
-}
-
 /// 502 and 504 are transient like 503: retried within the budget (counted
 /// in `retries`, not as throttling), then `provider.unavailable`, retryable.
 pub(crate) async fn bad_gateway_and_gateway_timeout_are_retried_within_the_budget_then_unavailable(stack: Stack) {

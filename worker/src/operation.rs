@@ -32,6 +32,30 @@ pub enum OperationError {
         /// What happened.
         message: String,
     },
+    /// The provider asked to be called again after `after`, longer than the
+    /// in-attempt cap: the run is snoozed (it waits queued, holding no
+    /// worker slot, using no attempt) while the retry policy allows, and
+    /// fails with `reason` after.
+    #[error("{reason}: {message} (asked to wait {}s)", after.as_secs())]
+    RetryAfter {
+        /// The provider's reason (`provider.throttled`, …).
+        reason: ReasonCode,
+        /// What happened.
+        message: String,
+        /// How long the provider asked to wait.
+        after: std::time::Duration,
+    },
+    /// Run again at `at` without using an attempt (polling a long provider
+    /// job, waiting for a tenant to finish onboarding): the run waits
+    /// queued, holding no worker slot, up to `retry.max_snoozes` times;
+    /// the stored checkpoint is kept for the next run.
+    #[error("snoozed until {at}: {message}")]
+    Snooze {
+        /// When to run again.
+        at: chrono::DateTime<chrono::Utc>,
+        /// Why (shown to operators while it waits).
+        message: String,
+    },
     /// An operator's cancel request was seen mid-work: end the run cancelled.
     #[error("cancelled by an operator")]
     Cancelled,
@@ -47,6 +71,11 @@ impl OperationError {
     /// A failure with a reason code.
     pub fn failed(reason: ReasonCode, message: impl Into<String>) -> Self {
         OperationError::Failed { reason, message: message.into() }
+    }
+
+    /// Run again at `at`, using no attempt (see [`OperationError::Snooze`]).
+    pub fn snooze_until(at: chrono::DateTime<chrono::Utc>, message: impl Into<String>) -> Self {
+        OperationError::Snooze { at, message: message.into() }
     }
 
     /// The run's parameters do not fit the operation.

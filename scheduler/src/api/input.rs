@@ -5,7 +5,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use oprun_shared::{RunFilter, RunOutcome, RunStatus};
+use chrono::{DateTime, Utc};
+use oprun_shared::{Clock, RunFilter, RunOutcome, RunStatus};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -65,7 +66,7 @@ pub fn parse_list_query(query: &str) -> Result<RunFilter, ApiError> {
     let uri: axum::http::Uri =
         format!("/v1/runs?{query}").parse().map_err(|_| ApiError::invalid("not a valid request URI"))?;
     let Query(q) = Query::<ListQuery>::try_from_uri(&uri).map_err(|r| ApiError::invalid(r.body_text()))?;
-    list_filter(q)
+    list_filter(q, oprun_shared::SystemClock.now())
 }
 
 /// The `{id}` of `/v1/runs/{id}…`.
@@ -85,6 +86,9 @@ pub struct ListQuery {
     pub(super) operation: Option<String>,
     /// One workspace.
     pub(super) workspace: Option<String>,
+    /// Only queued runs waiting for their time (delayed, retrying later,
+    /// snoozed): `true`.
+    waiting: Option<bool>,
     /// Cursor: runs older than this id.
     before: Option<String>,
     /// Page size, 1–1000 (default 50).
@@ -92,7 +96,7 @@ pub struct ListQuery {
 }
 
 /// The run filter of a `GET /v1/runs` query.
-pub(super) fn list_filter(q: ListQuery) -> ApiResult<RunFilter> {
+pub(super) fn list_filter(q: ListQuery, now: DateTime<Utc>) -> ApiResult<RunFilter> {
     let status = q.status.map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
     let outcome =
         q.outcome.map(|s| s.parse::<RunOutcome>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
@@ -108,6 +112,7 @@ pub(super) fn list_filter(q: ListQuery) -> ApiResult<RunFilter> {
         outcome,
         before,
         limit,
+        waiting_at: q.waiting.unwrap_or(false).then_some(now),
         ..RunFilter::default()
     })
 }

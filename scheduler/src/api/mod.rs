@@ -68,7 +68,7 @@ async fn list_runs(
 ) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
     let Query(q) = query.map_err(|r| ApiError::invalid(r.body_text()))?;
-    let filter = list_filter(q)?;
+    let filter = list_filter(q, state.clock.now())?;
     let limit = filter.limit;
     let runs = state.operator.reads().list(&actor.id, filter).await?;
     let next = if runs.len() == limit as usize { runs.last().map(|r| r.id) } else { None };

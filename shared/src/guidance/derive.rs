@@ -2,7 +2,7 @@
 //! impact and actions; an unsuccessful run's come from its reason code.
 
 use super::{
-    ACTION_VIEW_RETRY, Action, ActionKind, CaseScope, CaseStatus, GuidanceContext, ResolutionCase, SOURCE_KIND_RUN,
+    ACTION_CANCEL, ACTION_RETRY_NOW, ACTION_VIEW_RETRY, Action, ActionKind, CaseScope, CaseStatus, GuidanceContext, ResolutionCase, SOURCE_KIND_RUN,
     Severity, SourceRef, SourceRelation, TechnicalDetails,
 };
 use crate::lifecycle::{RunOutcome, RunStatus};
@@ -10,7 +10,7 @@ use crate::reason::{
     self, ReasonCode, Remedy, Retryability, STEP_GRANT_CAPABILITY, STEP_RETRY, STEP_REVIEW_DETAILS, translate,
 };
 use crate::run::OperationRun;
-use crate::viewer::{ACCESS_MANAGE, RUNS_RETRY, RUNS_VIEW, Viewer};
+use crate::viewer::{ACCESS_MANAGE, RUNS_CANCEL, RUNS_RETRY, RUNS_VIEW, Viewer};
 
 /// The parts of a case that depend on where the run stands.
 struct Verdict {
@@ -27,6 +27,9 @@ struct Verdict {
 pub fn guidance(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> ResolutionCase {
     let envelope = run.reason_code.as_deref().map(|c| translate(c, viewer));
     let verdict = match (run.status, run.outcome) {
+        (RunStatus::Queued, _) if run.available_at > ctx.now && run.started_at.is_some() => {
+            waiting_to_run_again(run, viewer, ctx)
+        }
         (RunStatus::Queued, _) if run.available_at > ctx.now => Verdict {
             status: CaseStatus::Informational,
             severity: Severity::Info,
@@ -165,6 +168,63 @@ pub fn guidance(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> R
             outcome: run.outcome,
             lease_owner: run.lease_owner.clone(),
         },
+    }
+}
+
+/// A run that ran before and waits for its time to run again: a failed
+/// attempt the retry policy retries, or a snooze.
+fn waiting_to_run_again(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> Verdict {
+    let at = run.available_at.to_rfc3339();
+    let (title, reason) = match run.reason_code.as_deref() {
+        Some(code) => {
+            let envelope = translate(code, viewer);
+            (
+                format!("Retrying automatically at {at} (attempt {} of {})", run.attempt, run.max_attempts),
+                format!(
+                    "The last attempt ended with {}: {} The run waits without holding a worker slot.",
+                    envelope.label, envelope.explanation
+                ),
+            )
+        }
+        None => (
+            format!("Snoozed until {at}"),
+            "The operation asked to run again later (it polls work that is not finished yet); the run waits \
+             without holding a worker slot and without using an attempt."
+                .to_string(),
+        ),
+    };
+    let viewer_can_retry =
+        viewer.can(RUNS_RETRY) && ctx.operation_capability.as_deref().is_none_or(|cap| viewer.can(cap));
+    let primary = if viewer_can_retry {
+        Action {
+            key: ACTION_RETRY_NOW.into(),
+            label: "Retry now instead of waiting".into(),
+            kind: ActionKind::Retry,
+            requires_capability: Some(RUNS_RETRY.into()),
+        }
+    } else {
+        Action::none("No action needed: the run tries again by itself")
+    };
+    let secondary = if viewer.can(RUNS_CANCEL) {
+        vec![Action {
+            key: ACTION_CANCEL.into(),
+            label: "Cancel the run".into(),
+            kind: ActionKind::Cancel,
+            requires_capability: Some(RUNS_CANCEL.into()),
+        }]
+    } else {
+        Vec::new()
+    };
+    Verdict {
+        status: CaseStatus::Informational,
+        severity: if run.reason_code.is_some() { Severity::Warning } else { Severity::Info },
+        title,
+        reason,
+        impact: "Nothing is needed: the run tries again by itself. If every attempt fails, it ends failed with \
+                 each attempt in its failure summary."
+            .into(),
+        primary,
+        secondary,
     }
 }
 

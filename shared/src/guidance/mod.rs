@@ -82,6 +82,8 @@ pub enum ActionKind {
     Retry,
     /// Ask a workspace admin; needs no capability.
     ContactAdmin,
+    /// Cancel the run.
+    Cancel,
     /// Nothing to do.
     None,
 }
@@ -101,6 +103,11 @@ pub struct Action {
 
 /// Action key: follow the newer run that retries this one.
 pub const ACTION_VIEW_RETRY: &str = "view_retry";
+/// Action key: a run waiting for its next attempt (or snoozed) is made
+/// ready now (`oprun runs retry`, `POST /v1/runs/{id}/retry`).
+pub const ACTION_RETRY_NOW: &str = "retry_now";
+/// Action key: cancel the run.
+pub const ACTION_CANCEL: &str = "cancel";
 /// Action key: nothing to do.
 pub const ACTION_NONE: &str = "none";
 

@@ -38,6 +38,7 @@ fn run(status: RunStatus, outcome: RunOutcome, reason_code: Option<&str>) -> Ope
         checkpoint: None,
         attempt: 1,
         max_attempts: 3,
+        snoozes: 0,
         retry_of: Some(Uuid::from_u128(0xdead)),
         lease_owner: (status == RunStatus::Running).then(|| "worker-1".to_string()),
         lease_expires_at: None,

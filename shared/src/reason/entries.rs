@@ -250,6 +250,17 @@ impl ReasonCode {
                     "check the deployment's operation catalog",
                 ),
             ),
+            ReasonCode::RunSnoozeLimit => e(
+                "Snoozed too often",
+                "The operation asked to wait and run again more times than its retry policy allows, so the \
+                 run was ended instead of waiting once more.",
+                RetryNow,
+                r(
+                    STEP_REVIEW_DETAILS,
+                    "Review why the operation kept waiting, then retry the run",
+                    "review why this run kept waiting and retry it",
+                ),
+            ),
             ReasonCode::RunHandlerPanicked => e(
                 "Operation crashed",
                 "The operation's code failed unexpectedly. This is a defect in the operation, not a problem with \

@@ -93,6 +93,9 @@ text_enum! {
         RunOperationUnknown => "run.operation_unknown",
         /// The worker: the handler panicked.
         RunHandlerPanicked => "run.handler_panicked",
+        /// The worker: the run asked to be snoozed more often than its
+        /// operation's retry policy allows (`retry.max_snoozes`).
+        RunSnoozeLimit => "run.snooze_limit",
         /// Anything a handler could not classify.
         UnknownError => "unknown_error",
     }

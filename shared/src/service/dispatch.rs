@@ -179,6 +179,7 @@ impl OperationRunService {
             checkpoint: None,
             attempt: 1,
             max_attempts: i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
+            snoozes: 0,
             retry_of: None,
             lease_owner: None,
             lease_expires_at: None,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{Lease, OperationRunService, ServiceError};
+use super::{Lease, Later, OperationRunService, ServiceError};
 use crate::audit::AuditEntry;
 use crate::counts::SummaryCounts;
 use crate::lifecycle::{RunOutcome, RunStatus, Transition};
@@ -29,6 +29,9 @@ pub enum Finish {
         /// What to tell the operator.
         message: String,
     },
+    /// Back to wait: another attempt later, or a snooze (see
+    /// [`OperationRunService::plan_end`]).
+    Later(Later),
 }
 
 /// How a run ends.
@@ -126,6 +129,14 @@ impl OperationRunService {
         Ok(Planned { guard: lease.guard(), write, audit, transition: Transition::Complete })
     }
 
+    /// The guarded write that puts a run back to wait.
+    fn later_write(lease: &Lease, later: &Later, now: DateTime<Utc>) -> Planned {
+        let mut audit = AuditEntry::new(now, Self::worker_actor(&lease.worker), later.transition.action())
+            .details(later.details.clone());
+        audit.reason_code = later.reason.map(|r| r.as_str().to_string());
+        Planned { guard: lease.guard(), write: later.write(now), audit, transition: later.transition }
+    }
+
     /// The guarded write that blocks a run.
     fn block_write(from: &BlockFrom, reason: ReasonCode, message: &str, now: DateTime<Utc>) -> Planned {
         let (guard, actor) = match from {
@@ -157,6 +168,7 @@ impl OperationRunService {
                 Finish::Block { reason, message } => {
                     Ok(Self::block_write(&BlockFrom::Lease(lease.clone()), *reason, message, now))
                 }
+                Finish::Later(later) => Ok(Self::later_write(lease, later, now)),
             };
             match planned {
                 Err(e) => slot_of.push(Err(e)),

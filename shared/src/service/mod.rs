@@ -29,6 +29,7 @@ use crate::store::{Guard, RunFilter, RunStore, RunWrite, StoreError};
 mod cancel;
 mod dispatch;
 mod finish;
+mod later;
 mod lease;
 mod reconcile;
 mod retry;
@@ -36,6 +37,7 @@ mod retry;
 pub use cancel::Cancelled;
 pub use dispatch::{DispatchRequest, Dispatched};
 pub use finish::{BlockFrom, Completion, Finish};
+pub use later::{AttemptEnd, Later};
 pub use lease::{Claim, Lease, LeaseState};
 pub use reconcile::{ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport};
 

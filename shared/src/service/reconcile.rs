@@ -245,10 +245,15 @@ impl OperationRunService {
         self.sweep(sweep, sink, |page| async move {
             let (mut requeue, mut cancel, mut expire) = (vec![], vec![], vec![]);
             for run in &page {
-                let resumable = self.catalog.get(&run.operation).is_some_and(|s| s.resumable);
+                // A lost lease is retried (at once: the lease and its grace
+                // were the wait) when the operation resumes from its
+                // checkpoint and its retry policy retries `run.lease_expired`.
+                let retried = self.catalog.get(&run.operation).is_some_and(|s| {
+                    s.resumable && s.retry.retries(ReasonCode::RunLeaseExpired, s.resumable)
+                });
                 if run.cancel_requested_at.is_some() {
                     cancel.push(run);
-                } else if resumable && run.attempt < run.max_attempts {
+                } else if retried && run.attempt < run.max_attempts {
                     requeue.push(run);
                 } else {
                     expire.push(run);

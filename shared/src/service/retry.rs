@@ -10,6 +10,7 @@ use crate::audit::AuditEntry;
 use crate::catalog::OperationSpec;
 use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface, Transition, TransitionError};
 use crate::run::{Initiator, OperationRun};
+use crate::store::{Guard, RunWrite};
 
 /// Why `old` may not be retried under `spec`, if it may not.
 fn not_retryable(old: &OperationRun, spec: &OperationSpec) -> Option<String> {
@@ -32,10 +33,15 @@ fn not_retryable(old: &OperationRun, spec: &OperationSpec) -> Option<String> {
 
 impl OperationRunService {
     /// Retry a completed blocked or failed run: a new queued run that links
-    /// back to it. Authorization of `actor` is the caller's.
+    /// back to it. A run waiting for its next attempt (or snoozed) is made
+    /// ready now instead ("retry now"). Authorization of `actor` is the
+    /// caller's.
     #[instrument(skip_all, fields(run.id = %id), err)]
     pub async fn retry(&self, id: Uuid, actor: &Initiator) -> Result<Dispatched, ServiceError> {
         let old = self.store.get_run(id).await?.ok_or(TransitionError::NotFound(id))?;
+        if old.status == RunStatus::Queued && old.available_at > self.clock.now() {
+            return self.retry_now(&old, actor).await;
+        }
         let spec = self.spec(&old.operation)?;
         if let Some(why) = not_retryable(&old, spec) {
             return Err(ServiceError::NotRetryable { id, why });
@@ -74,5 +80,15 @@ impl OperationRunService {
         on_old.to_status = Some(old.status);
         on_old.outcome = Some(old.outcome);
         self.insert(run, &[on_new, on_old]).await
+    }
+
+    /// A waiting queued run made ready now, audited `run.retry_now`.
+    async fn retry_now(&self, run: &OperationRun, actor: &Initiator) -> Result<Dispatched, ServiceError> {
+        let now = self.clock.now();
+        let audit = AuditEntry::new(now, actor.clone(), Transition::RetryNow.action())
+            .details(json!({ "was_available_at": run.available_at, "attempt": run.attempt }));
+        let guard = Guard::from(RunStatus::Queued);
+        let run = self.write_one(run.id, Transition::RetryNow, guard, RunWrite::ready_now(now), audit).await?;
+        Ok(Dispatched { run, deduplicated: false })
     }
 }

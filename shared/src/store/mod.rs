@@ -120,6 +120,8 @@ pub struct RunWrite {
     pub(crate) checkpoint: Option<Option<serde_json::Value>>,
     /// Add one to the attempt.
     pub(crate) next_attempt: bool,
+    /// Add one to the snoozes.
+    pub(crate) next_snooze: bool,
     pub(crate) lease_owner: Option<Option<String>>,
     pub(crate) lease_expires_at: Option<Option<DateTime<Utc>>>,
     /// A lease expiry by each run's operation (a claim of runs of several
@@ -222,6 +224,66 @@ impl RunWrite {
             queued_at: Some(now),
             available_at: Some(now),
             repushed_at: Some(None),
+            ..Self::default()
+        }
+    }
+
+    /// running → queued, waiting until `at`, on the next attempt: the
+    /// failure (`reason`) is the run's reason while it waits, `failures` its
+    /// whole summary (every attempt's), `counts` added, `checkpoint` kept
+    /// (unless `None`); the lease released.
+    pub fn retry_later(
+        now: DateTime<Utc>,
+        at: DateTime<Utc>,
+        reason: &str,
+        failures: Vec<FailureEntry>,
+        counts: SummaryCounts,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            next_attempt: true,
+            reason_code: Some(Some(reason.into())),
+            failure_summary: Some(failures),
+            ..Self::wait_until(now, at, counts, checkpoint)
+        }
+    }
+
+    /// running → queued, waiting until `at`, on the same attempt (one more
+    /// snooze): `reason`, if any, is why it waits.
+    pub fn snooze(
+        now: DateTime<Utc>,
+        at: DateTime<Utc>,
+        reason: Option<&str>,
+        counts: SummaryCounts,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            next_snooze: true,
+            reason_code: Some(reason.map(str::to_string)),
+            ..Self::wait_until(now, at, counts, checkpoint)
+        }
+    }
+
+    /// A waiting queued run made ready at `now` (an operator's "retry now").
+    pub fn ready_now(now: DateTime<Utc>) -> Self {
+        Self { available_at: Some(now), ..Self::default() }
+    }
+
+    fn wait_until(
+        now: DateTime<Utc>,
+        at: DateTime<Utc>,
+        counts: SummaryCounts,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            status: Some(RunStatus::Queued),
+            lease_owner: Some(None),
+            lease_expires_at: Some(None),
+            heartbeat_at: Some(None),
+            queued_at: Some(now),
+            available_at: Some(at.max(now)),
+            counts_add: Some(counts),
+            checkpoint: checkpoint.map(Some),
             ..Self::default()
         }
     }
@@ -345,6 +407,10 @@ pub struct RunFilter {
     pub outcome: Option<RunOutcome>,
     /// Runs that retry this one.
     pub retry_of: Option<Uuid>,
+    /// Only queued runs still waiting at this instant (their `available_at`
+    /// after it): delayed runs, retries waiting for their next attempt,
+    /// snoozed runs.
+    pub waiting_at: Option<DateTime<Utc>>,
     /// Cursor: only runs older than this id (lists are newest first).
     pub before: Option<Uuid>,
     /// At most this many (the store caps it at 1,000).

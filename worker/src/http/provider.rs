@@ -309,9 +309,18 @@ impl Provider {
             };
             let wait = match failure.retry_after {
                 Some(after) if after > self.retry_after_cap => {
-                    let mut f = failure;
-                    f.message = format!("{} (Retry-After {}s exceeds the cap)", f.message, after.as_secs());
-                    return Err(f.into_error());
+                    // Too long to wait holding a worker slot: the run is
+                    // snoozed until then (the retry policy bounds how often).
+                    return Err(OperationError::RetryAfter {
+                        reason: failure.reason,
+                        message: format!(
+                            "{} (Retry-After {}s is over the in-attempt cap of {}s)",
+                            failure.message,
+                            after.as_secs(),
+                            self.retry_after_cap.as_secs()
+                        ),
+                        after,
+                    });
                 }
                 Some(after) if !after.is_zero() => after,
                 Some(_) => backoff,

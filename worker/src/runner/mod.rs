@@ -9,8 +9,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use oprun_shared::catalog_defaults as defaults;
 use oprun_shared::{
-    Authorizer, Completion, Decision, Finish, Lease, OperationRun, OperationRunService, ReasonCode, RunOutcome,
-    RunStatus, ServiceError, StoreError,
+    AttemptEnd, Authorizer, Completion, Decision, Finish, Lease, OperationRun, OperationRunService, ReasonCode,
+    RunOutcome, RunStatus, ServiceError, StoreError, Transition,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, warn};
@@ -37,6 +37,9 @@ pub struct ClaimedRun {
 pub enum JobResult {
     /// The run ended (this worker wrote its terminal state).
     Finished(Box<OperationRun>),
+    /// The run waits for a later attempt or a snooze (this worker put it
+    /// back, queued until its `available_at`).
+    Waiting(Box<OperationRun>),
     /// Another worker or the reconciler took the run mid-way.
     LeaseLost(uuid::Uuid),
 }
@@ -218,15 +221,19 @@ impl Runner {
             tokio::spawn(async move { op.execute(&ctx).await })
         };
         let result = work.await;
-        let completion = match result {
-            Ok(Ok(done)) => done,
+        let end = match result {
+            Ok(Ok(done)) => AttemptEnd::Completed(done),
             Ok(Err(OperationError::Failed { reason, message })) => {
-                Completion::failed(RunOutcome::Failed, reason, &message)
+                AttemptEnd::Completed(Completion::failed(RunOutcome::Failed, reason, &message))
             }
             Ok(Err(OperationError::Blocked { reason, message })) => {
-                Completion::failed(RunOutcome::Blocked, reason, &message)
+                AttemptEnd::Completed(Completion::failed(RunOutcome::Blocked, reason, &message))
             }
-            Ok(Err(OperationError::Cancelled)) => ctx.cancelled(),
+            Ok(Err(OperationError::RetryAfter { reason, message, after })) => {
+                AttemptEnd::RetryAfter { reason, message, after }
+            }
+            Ok(Err(OperationError::Snooze { at, message })) => AttemptEnd::Snooze { at, message },
+            Ok(Err(OperationError::Cancelled)) => AttemptEnd::Completed(ctx.cancelled()),
             Ok(Err(OperationError::LeaseLost)) => {
                 bump(&self.stats.leases_lost);
                 warn!("lost the lease mid-run; another attempt owns the run now");
@@ -241,14 +248,19 @@ impl Runner {
                 bump(&self.stats.panics);
                 let what = if join.is_panic() { "the handler panicked" } else { "the handler was aborted" };
                 warn!("{what}; the run ends failed");
-                Completion::failed(RunOutcome::Failed, ReasonCode::RunHandlerPanicked, what)
+                AttemptEnd::Completed(Completion::failed(RunOutcome::Failed, ReasonCode::RunHandlerPanicked, what))
             }
         };
         if ctx.lease_lost() {
             bump(&self.stats.leases_lost);
             return JobResult::LeaseLost(id);
         }
-        self.finish(lease, Finish::Complete(completion), flags).await
+        let finish = match self.service.plan_end(ctx.run(), end) {
+            // A run an operator asked to stop does not wait for another try.
+            Finish::Later(_) if ctx.cancel_requested() => Finish::Complete(ctx.cancelled()),
+            finish => finish,
+        };
+        self.finish(lease, finish, flags).await
     }
 
     /// Write the run's end. A store failure is retried with backoff while
@@ -257,9 +269,10 @@ impl Runner {
     /// wiped, a call made) is never left to be recorded as something else.
     async fn finish(&self, lease: &Lease, finish: Finish, flags: &LeaseFlags) -> JobResult {
         let id = lease.run;
-        let outcome = match &finish {
-            Finish::Complete(c) => c.outcome,
-            Finish::Block { .. } => RunOutcome::Blocked,
+        let (outcome, later) = match &finish {
+            Finish::Complete(c) => (c.outcome, None),
+            Finish::Block { .. } => (RunOutcome::Blocked, None),
+            Finish::Later(l) => (RunOutcome::Pending, Some((l.transition, l.reason, l.at))),
         };
         let span = tracing::info_span!("finish", outcome = %outcome);
         let write_once = || async {
@@ -300,6 +313,21 @@ impl Runner {
         .instrument(span)
         .await;
         match written {
+            Ok(run) if run.status == RunStatus::Queued => {
+                let (transition, reason, at) = later.unwrap_or((Transition::RetryLater, None, run.available_at));
+                let reason = reason.map_or("-", ReasonCode::as_str);
+                if transition == Transition::Snooze {
+                    bump(&self.stats.snoozed);
+                    metrics::counter!("oprun_snoozes_total", "operation" => run.operation.clone()).increment(1);
+                    info!(until = %at, reason, snoozes = run.snoozes, "run snoozed; it waits without a worker slot");
+                } else {
+                    bump(&self.stats.retries_scheduled);
+                    metrics::counter!("oprun_retries_scheduled_total", "operation" => run.operation.clone(), "reason" => reason.to_string())
+                        .increment(1);
+                    info!(at = %at, reason, attempt = run.attempt, max_attempts = run.max_attempts, "attempt failed; retrying automatically");
+                }
+                JobResult::Waiting(Box::new(run))
+            }
             Ok(run) => {
                 bump(&self.stats.finished);
                 info!(outcome = %run.outcome, reason = run.reason_code.as_deref().unwrap_or("-"), "run finished");

@@ -19,6 +19,10 @@ pub struct WorkerStats {
     pub leases_lost: AtomicU64,
     /// Store failures that sent a job back to the queue.
     pub store_errors: AtomicU64,
+    /// Failed attempts put back to wait for their next attempt.
+    pub retries_scheduled: AtomicU64,
+    /// Runs snoozed (put back to wait on the same attempt).
+    pub snoozed: AtomicU64,
 }
 
 /// A snapshot of [`WorkerStats`].
@@ -36,6 +40,10 @@ pub struct StatsSnapshot {
     pub leases_lost: u64,
     /// Store failures.
     pub store_errors: u64,
+    /// Retries scheduled.
+    pub retries_scheduled: u64,
+    /// Snoozes.
+    pub snoozed: u64,
 }
 
 impl WorkerStats {
@@ -49,6 +57,8 @@ impl WorkerStats {
             panics: g(&self.panics),
             leases_lost: g(&self.leases_lost),
             store_errors: g(&self.store_errors),
+            retries_scheduled: g(&self.retries_scheduled),
+            snoozed: g(&self.snoozed),
         }
     }
 }

@@ -12,7 +12,8 @@ use crate::lifecycle::RunStatus;
 use crate::run::{Initiator, OperationRun};
 use crate::store::{Guard, MAX_PAGE, RunFilter, RunWrite, StaleQuery, StaleRun, StoreError, Written};
 
-/// Every column of `operation_runs`, in insert order.
+/// The columns of `operation_runs` a new run is written with, in insert
+/// order (the others start at their defaults: `snoozes`).
 pub(crate) const RUN_COLUMNS: &str = "id, operation, workspace_id, environment_id, target_type, target_id, \
     actor_kind, actor_id, source_surface, context, params, dedup_key, status, outcome, reason_code, \
     failure_summary, summary_counts, checkpoint, attempt, max_attempts, retry_of, lease_owner, \
@@ -209,6 +210,9 @@ pub(crate) fn list_runs(f: &RunFilter) -> Option<Stmt> {
     if let Some(v) = f.retry_of {
         q.push(" AND retry_of = ").bind(v);
     }
+    if let Some(v) = f.waiting_at {
+        q.push(" AND status = 'queued' AND available_at > ").bind(v);
+    }
     if let Some(v) = f.before {
         q.push(" AND id < ").bind(v);
     }
@@ -265,6 +269,9 @@ fn push_write(q: &mut Stmt, c: &RunWrite, now: DateTime<Utc>) {
     }
     if c.next_attempt {
         q.push(", attempt = attempt + 1");
+    }
+    if c.next_snooze {
+        q.push(", snoozes = snoozes + 1");
     }
     if let Some(v) = &c.lease_owner {
         q.push(", lease_owner = ").bind(v.clone());
@@ -367,6 +374,7 @@ pub(crate) fn run_from_row(row: &impl Cols) -> Result<OperationRun, StoreError> 
         checkpoint: row.opt_json("checkpoint")?,
         attempt: row.int("attempt")?,
         max_attempts: row.int("max_attempts")?,
+        snoozes: row.int("snoozes")?,
         retry_of: row.opt_uuid("retry_of")?,
         lease_owner: row.opt_text("lease_owner")?,
         lease_expires_at: row.opt_time("lease_expires_at")?,
