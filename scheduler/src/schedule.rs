@@ -423,7 +423,6 @@ impl Scheduler {
     }
 }
 
-
 /// When a run of the tick at `at` becomes ready: after the schedule's
 /// `delay` and a random share of its `jitter` (`None`: at once).
 fn ready_at(spec: &ScheduleSpec, at: DateTime<Utc>) -> Option<DateTime<Utc>> {

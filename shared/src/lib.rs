@@ -23,7 +23,9 @@ mod viewer;
 
 pub use access::{AccessFile, AccessStore, Authorizer, Decision};
 pub use audit::{AuditEntry, AuditEvent};
-pub use catalog::{Catalog, CatalogError, DedupPolicy, OperationSpec, RetryPolicy, ScopeKind, defaults as catalog_defaults};
+pub use catalog::{
+    Catalog, CatalogError, DedupPolicy, OperationSpec, RetryPolicy, ScopeKind, defaults as catalog_defaults,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counts::{COUNT_KEYS, CountsError, SummaryCounts};
 pub use guidance::{

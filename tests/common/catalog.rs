@@ -35,8 +35,9 @@ lease = "20s"
 heartbeat = "1s"
 max_attempts = 3
 settings = { path = "/coll/{environment}" }
-# The in-attempt budget's own tests: a failure ends the run at once.
-retry = { on = [] }
+# The in-attempt budget's own tests: a failure ends the run at once, and
+# only a lost lease is retried (resumed from the checkpoint).
+retry = { on = ["run.lease_expired"] }
 
 # tests/provider/over_time.rs: retries over time (no in-attempt budget there).
 [operations."test.retrying"]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use oprun_shared::{
     Clock, Completion, DispatchRequest, Initiator, ManualClock, OperationRun, RunFilter, RunOutcome, RunStatus, Scope,
     SourceSurface, SummaryCounts, SystemClock,
@@ -74,7 +74,10 @@ pub(crate) async fn transient_failures_retry_over_time_until_the_run_succeeds(st
     for (next, backoff) in [(2, 15), (3, 30), (4, 60)] {
         let waiting = until_waiting(&e, run.id, next, 0).await;
         assert_eq!(waiting.available_at - clock.now(), chrono::Duration::seconds(backoff), "before attempt {next}");
-        assert_eq!((waiting.lease_owner.as_deref(), waiting.reason_code.as_deref()), (None, Some("provider.unavailable")));
+        assert_eq!(
+            (waiting.lease_owner.as_deref(), waiting.reason_code.as_deref()),
+            (None, Some("provider.unavailable"))
+        );
         let waiting_filter = RunFilter { waiting_at: Some(clock.now()), limit: 10, ..RunFilter::default() };
         let listed = e.service.list(&waiting_filter).await;
         assert_eq!(listed.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![run.id], "runs list --waiting");
@@ -125,7 +128,10 @@ pub(crate) async fn exhausted_attempts_fail_with_each_attempt_and_a_permanent_fa
     let run = dispatch_at(&e, "test.retrying", "contoso-dev", json!({}), None).await;
     let done = e.until_completed(run.id, 20).await;
     worker.stop().await;
-    assert_eq!((done.outcome, done.attempt, done.reason_code.as_deref()), (RunOutcome::Failed, 1, Some("provider.not_found")));
+    assert_eq!(
+        (done.outcome, done.attempt, done.reason_code.as_deref()),
+        (RunOutcome::Failed, 1, Some("provider.not_found"))
+    );
     assert_eq!(p.hits(p404), 1, "a permanent failure is not retried");
     assert!(!actions(&e, run.id).await.iter().any(|(a, _)| a == "run.retry_scheduled"));
 }
@@ -137,8 +143,14 @@ pub(crate) async fn exhausted_attempts_fail_with_each_attempt_and_a_permanent_fa
 pub(crate) async fn a_retry_after_beyond_the_cap_snoozes_the_run_without_holding_a_slot(stack: Stack) {
     let (e, clock) = manual_env(stack).await;
     let p = provider(3, 4).await;
-    for after in ["600".to_string(), (clock.now() + chrono::Duration::seconds(600)).to_rfc2822()] {
+    for as_date in [false, true] {
+        // Whole seconds, as an HTTP date carries them.
+        clock.set(clock.now().duration_trunc(chrono::TimeDelta::seconds(1)).unwrap());
         let start = clock.now();
+        let after = match as_date {
+            false => "600".to_string(),
+            true => (start + chrono::Duration::seconds(600)).to_rfc2822(),
+        };
         p.script(PAGE_1, vec![(429, vec![("retry-after", after.clone())], "slow down".into())]);
         let run = dispatch_at(&e, "test.collect", "contoso-prod", json!({}), None).await;
         let worker = e.start_worker_with(e.http_runner("w1", &p.providers), 1);
@@ -248,9 +260,12 @@ pub(crate) async fn an_operator_retries_a_waiting_run_now_or_cancels_it(stack: S
     until_waiting(&e, run.id, 2, 0).await;
     let guidance = op.reads().show("ops-user-1", run.id).await.unwrap().guidance;
     assert_eq!(guidance.primary_action.key, "retry_now", "{guidance:?}");
-    assert_eq!(guidance.title, format!("Retrying automatically at {} (attempt 2 of 4)", {
-        e.service.get(run.id).await.unwrap().available_at.to_rfc3339()
-    }));
+    assert_eq!(
+        guidance.title,
+        format!("Retrying automatically at {} (attempt 2 of 4)", {
+            e.service.get(run.id).await.unwrap().available_at.to_rfc3339()
+        })
+    );
     assert!(guidance.secondary_actions.iter().any(|a| a.key == "cancel"), "{guidance:?}");
     let viewer = op.reads().show("view-only", run.id).await;
     if let Ok(detail) = viewer {

@@ -2,8 +2,8 @@
 //! impact and actions; an unsuccessful run's come from its reason code.
 
 use super::{
-    ACTION_CANCEL, ACTION_RETRY_NOW, ACTION_VIEW_RETRY, Action, ActionKind, CaseScope, CaseStatus, GuidanceContext, ResolutionCase, SOURCE_KIND_RUN,
-    Severity, SourceRef, SourceRelation, TechnicalDetails,
+    ACTION_CANCEL, ACTION_RETRY_NOW, ACTION_VIEW_RETRY, Action, ActionKind, CaseScope, CaseStatus, GuidanceContext,
+    ResolutionCase, SOURCE_KIND_RUN, Severity, SourceRef, SourceRelation, TechnicalDetails,
 };
 use crate::lifecycle::{RunOutcome, RunStatus};
 use crate::reason::{

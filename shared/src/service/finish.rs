@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{Lease, Later, OperationRunService, ServiceError};
+use super::{Later, Lease, OperationRunService, ServiceError};
 use crate::audit::AuditEntry;
 use crate::counts::SummaryCounts;
 use crate::lifecycle::{RunOutcome, RunStatus, Transition};

@@ -69,9 +69,7 @@ impl Later {
     pub(super) fn write(&self, now: DateTime<Utc>) -> RunWrite {
         let reason = self.reason.map(ReasonCode::as_str);
         match self.transition {
-            Transition::Snooze => {
-                RunWrite::snooze(now, self.at, reason, self.counts.clone(), self.checkpoint.clone())
-            }
+            Transition::Snooze => RunWrite::snooze(now, self.at, reason, self.counts.clone(), self.checkpoint.clone()),
             _ => RunWrite::retry_later(
                 now,
                 self.at,

@@ -248,9 +248,10 @@ impl OperationRunService {
                 // A lost lease is retried (at once: the lease and its grace
                 // were the wait) when the operation resumes from its
                 // checkpoint and its retry policy retries `run.lease_expired`.
-                let retried = self.catalog.get(&run.operation).is_some_and(|s| {
-                    s.resumable && s.retry.retries(ReasonCode::RunLeaseExpired, s.resumable)
-                });
+                let retried = self
+                    .catalog
+                    .get(&run.operation)
+                    .is_some_and(|s| s.resumable && s.retry.retries(ReasonCode::RunLeaseExpired, s.resumable));
                 if run.cancel_requested_at.is_some() {
                     cancel.push(run);
                 } else if retried && run.attempt < run.max_attempts {
