@@ -90,7 +90,8 @@ pub struct RetryPolicy {
     /// The wait before the second attempt; each later one doubles it.
     #[serde(with = "humantime_serde", default = "defaults::retry_backoff")]
     pub backoff: Duration,
-    /// The longest wait between attempts.
+    /// The longest wait between attempts before the jitter (which adds up
+    /// to as much again, so runs failed together do not return together).
     #[serde(with = "humantime_serde", default = "defaults::retry_backoff_cap")]
     pub backoff_cap: Duration,
     /// Add up to one more wait at random (spreads a fan-out's retries).
@@ -139,7 +140,8 @@ impl RetryPolicy {
     }
 
     /// The wait before attempt `next` (2 for the first retry): `backoff`
-    /// doubled per attempt since, at most `backoff_cap`, plus the jitter.
+    /// doubled per attempt since, at most `backoff_cap`, plus the jitter
+    /// (up to as much again).
     pub fn delay_before(&self, next: i32) -> Duration {
         let mut builder = ExponentialBuilder::default()
             .with_min_delay(self.backoff)
@@ -149,8 +151,9 @@ impl RetryPolicy {
         if self.jitter {
             builder = builder.with_jitter();
         }
-        let nth = usize::try_from(next.saturating_sub(2)).unwrap_or(0);
-        builder.build().nth(nth).unwrap_or(self.backoff_cap).min(self.backoff_cap)
+        // Doubling reaches any cap within 64 steps: no need to walk further.
+        let nth = usize::try_from(next.saturating_sub(2)).unwrap_or(0).min(64);
+        builder.build().nth(nth).unwrap_or(self.backoff_cap)
     }
 }
 
@@ -383,5 +386,84 @@ mod tests {
         assert!(err.to_string().contains("max_atempts"), "{err}");
         let err = Catalog::from_toml(&GOOD.replace("lease = \"30s\"", "lease = \"soon\"")).unwrap_err();
         assert!(matches!(err, CatalogError::Parse(_)), "{err}");
+    }
+
+    fn with_retry(retry: &str) -> Result<Catalog, CatalogError> {
+        Catalog::from_toml(&format!("{GOOD}        retry = {retry}\n"))
+    }
+
+    #[test]
+    fn the_default_retry_policy_retries_transient_codes_and_a_resumable_lost_lease() {
+        let c = Catalog::from_toml(GOOD).unwrap();
+        let retry = &c.get("inventory.sync").unwrap().retry;
+        assert_eq!(retry, &RetryPolicy::default());
+        for code in [ReasonCode::ProviderThrottled, ReasonCode::ProviderUnavailable, ReasonCode::ProviderTimeout] {
+            assert!(retry.retries(code, true), "{code}");
+        }
+        assert!(retry.retries(ReasonCode::RunLeaseExpired, true));
+        assert!(!retry.retries(ReasonCode::RunLeaseExpired, false), "a non-resumable run would start over");
+        assert!(!retry.retries(ReasonCode::ProviderNotFound, true), "permanent");
+        assert!(!retry.retries(ReasonCode::ProviderAuthFailed, true), "permanent");
+    }
+
+    #[test]
+    fn a_retry_policy_names_its_codes_and_an_empty_list_retries_nothing() {
+        let c = with_retry(r#"{ on = ["provider.not_found"], backoff = "1m", backoff_cap = "10m", jitter = false }"#)
+            .unwrap();
+        let retry = &c.get("inventory.sync").unwrap().retry;
+        assert!(retry.retries(ReasonCode::ProviderNotFound, true));
+        assert!(!retry.retries(ReasonCode::ProviderThrottled, true), "only what is named");
+        let c = with_retry("{ on = [] }").unwrap();
+        assert!(!c.get("inventory.sync").unwrap().retry.retries(ReasonCode::ProviderThrottled, true));
+    }
+
+    #[test]
+    fn the_wait_doubles_per_attempt_up_to_the_cap_and_jitter_adds_at_most_as_much_again() {
+        let fixed = RetryPolicy {
+            backoff: Duration::from_secs(15),
+            backoff_cap: Duration::from_secs(100),
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let waits: Vec<u64> = (2..=7).map(|n| fixed.delay_before(n).as_secs()).collect();
+        assert_eq!(waits, [15, 30, 60, 100, 100, 100]);
+        assert_eq!(fixed.delay_before(1), Duration::from_secs(15), "an attempt before the second waits the first wait");
+        assert_eq!(fixed.delay_before(i32::MAX), Duration::from_secs(100));
+        let jittered = RetryPolicy { jitter: true, ..fixed.clone() };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let w = jittered.delay_before(3);
+            assert!(w >= Duration::from_secs(30) && w <= Duration::from_secs(60), "{w:?}");
+            seen.insert(w.as_millis());
+            let at_cap = jittered.delay_before(9);
+            assert!(at_cap >= Duration::from_secs(100) && at_cap <= Duration::from_secs(200), "{at_cap:?}");
+        }
+        assert!(seen.len() > 100, "jitter spreads the waits: {} distinct of 200", seen.len());
+    }
+
+    #[test]
+    fn bad_retry_policies_are_refused_naming_the_field() {
+        let cases = [
+            (r#"{ backoff = "0s" }"#, ".retry.backoff"),
+            (r#"{ backoff = "10m", backoff_cap = "1m" }"#, ".retry.backoff_cap"),
+            (r#"{ backoff_cap = "20years" }"#, ".retry.backoff_cap"),
+            ("{ max_snoozes = 5000 }", ".retry.max_snoozes"),
+            (r#"{ on = ["execution.capability_missing"] }"#, "execution.capability_missing"),
+        ];
+        for (retry, names) in cases {
+            let err = with_retry(retry).unwrap_err().to_string();
+            assert!(err.contains(names), "{retry}: {err}");
+        }
+        let not_resumable = Catalog::from_toml(&format!(
+            "{GOOD}        resumable = false\n        retry = {{ on = [\"run.lease_expired\"] }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(not_resumable.contains("only a resumable operation"), "{not_resumable}");
+        let unknown = with_retry(r#"{ on = ["provider.nope"] }"#).unwrap_err();
+        assert!(matches!(unknown, CatalogError::Parse(_)), "{unknown}");
+        assert!(unknown.to_string().contains("provider.nope"), "{unknown}");
+        let typo = with_retry("{ max_snooze = 1 }").unwrap_err();
+        assert!(typo.to_string().contains("max_snooze"), "{typo}");
     }
 }

@@ -48,7 +48,7 @@ fn run(status: RunStatus, outcome: RunOutcome, reason_code: Option<&str>) -> Ope
         repushed_at: None,
         available_at: at(),
         created_at: at(),
-        started_at: Some(at()),
+        started_at: (status != RunStatus::Queued).then(at),
         completed_at: completed.then(at),
         updated_at: at(),
     }
@@ -272,6 +272,36 @@ fn active_partial_and_cancelled_runs_get_their_own_cases() {
     let cancelled = guidance(&r, &admin(), &ctx());
     assert_eq!(cancelled.status, CaseStatus::Informational);
     assert_eq!(cancelled.primary_action.kind, ActionKind::None);
+}
+
+#[test]
+fn a_run_waiting_to_run_again_offers_retry_now_and_cancel_to_those_who_may() {
+    let ops = Viewer::new("olga", ["runs.view", "runs.retry", "runs.cancel", OP_CAP]);
+    // A failed attempt the retry policy retries: waiting, attempt 2 of 3.
+    let mut retrying = run(RunStatus::Queued, RunOutcome::Pending, Some("provider.unavailable"));
+    (retrying.attempt, retrying.started_at) = (2, Some(at() - chrono::Duration::minutes(1)));
+    retrying.available_at = at() + chrono::Duration::seconds(30);
+    let case = guidance(&retrying, &ops, &ctx());
+    let when = retrying.available_at.to_rfc3339();
+    assert_eq!(case.title, format!("Retrying automatically at {when} (attempt 2 of 3)"));
+    assert_eq!((case.status, case.severity), (CaseStatus::Informational, Severity::Warning));
+    assert_eq!((case.primary_action.key.as_str(), case.primary_action.kind), (ACTION_RETRY_NOW, ActionKind::Retry));
+    assert!(case.secondary_actions.iter().any(|a| a.key == ACTION_CANCEL && a.kind == ActionKind::Cancel));
+    assert_safe(&case, &ops);
+    // A viewer who may neither retry nor cancel is told nothing is needed.
+    let case = guidance(&retrying, &Viewer::new("vic", ["runs.view"]), &ctx());
+    assert_eq!(case.primary_action.kind, ActionKind::None);
+    assert!(case.secondary_actions.is_empty(), "{:?}", case.secondary_actions);
+    // A snooze (no failure): "Snoozed until", informational.
+    let mut snoozed = run(RunStatus::Queued, RunOutcome::Pending, None);
+    (snoozed.snoozes, snoozed.started_at) = (1, Some(at()));
+    snoozed.available_at = at() + chrono::Duration::minutes(5);
+    let case = guidance(&snoozed, &ops, &ctx());
+    assert_eq!(case.title, format!("Snoozed until {}", snoozed.available_at.to_rfc3339()));
+    assert_eq!(case.severity, Severity::Info);
+    // Its time come, it is simply queued again.
+    let ready = guidance(&snoozed, &ops, &GuidanceContext { now: snoozed.available_at, ..ctx() });
+    assert_ne!(ready.primary_action.key, ACTION_RETRY_NOW);
 }
 
 #[test]
