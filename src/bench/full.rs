@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use oprun_scheduler::{DispatchOutcome, Dispatcher};
-use oprun_shared::{Authorizer, Completion, DispatchRequest, JobQueue, OperationRunService, SummaryCounts};
+use oprun_shared::{Authorizer, Completion, DispatchRequest, JobQueue, OperationRunService, ReasonCode, SummaryCounts};
 use oprun_worker::queue::{Queue, WorkerOptions, run_worker};
 use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
 use serde_json::json;
@@ -18,15 +18,24 @@ use tokio::sync::watch;
 use super::{BenchArgs, Checked, bench_request, check_runs, peak_rss_mib, percentile, print_report};
 use crate::app::{App, CliError, CliResult};
 
+/// Succeeds at once, or (`fail_first`) fails each run's first attempt with
+/// a transient provider failure its retry policy retries.
 #[derive(Debug, Default)]
 struct Noop {
     calls: AtomicU64,
+    fail_first: bool,
 }
 
 #[async_trait]
 impl Operation for Noop {
-    async fn execute(&self, _ctx: &RunContext) -> Result<Completion, OperationError> {
+    async fn execute(&self, ctx: &RunContext) -> Result<Completion, OperationError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.fail_first && ctx.run().attempt == 1 {
+            return Err(OperationError::Failed {
+                reason: ReasonCode::ProviderUnavailable,
+                message: "bench: the first attempt fails".into(),
+            });
+        }
         Ok(Completion::succeeded(SummaryCounts::new()))
     }
 }
@@ -64,7 +73,8 @@ pub(super) async fn bench_full(
     args: &BenchArgs,
 ) -> CliResult<()> {
     let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
-    let noop = Arc::new(Noop::default());
+    let noop = Arc::new(Noop { fail_first: args.retry_once, ..Noop::default() });
+    let (operation, attempts) = if args.retry_once { ("bench.retry", 2) } else { ("bench.noop", 1) };
     let mut ops = Operations::new();
     ops.register("bench.noop", SharedNoop(noop.clone()));
     let runner = Runner::new(service.clone(), authorizer, ops, crate::app::process_name("bench"));
@@ -104,7 +114,7 @@ pub(super) async fn bench_full(
                 if let Some(pace) = &pace {
                     pace.wait(from).await;
                 }
-                let reqs: Vec<DispatchRequest> = (0..count).map(|_| bench_request("bench.noop", "bench")).collect();
+                let reqs: Vec<DispatchRequest> = (0..count).map(|_| bench_request(operation, "bench")).collect();
                 for r in d.dispatch_many(reqs).await.map_err(|e| e.to_string())? {
                     match r {
                         Ok(DispatchOutcome::Dispatched { .. }) => {}
@@ -143,8 +153,9 @@ pub(super) async fn bench_full(
     let _ = stop_tx.send(true);
     let _ = worker.await;
     // Check the truth: exactly N runs, all succeeded, each executed once.
-    let Checked { seen, succeeded, queue_lat, e2e } = check_runs(service).await?;
+    let Checked { seen, succeeded, queue_lat, e2e } = check_runs(service, attempts).await?;
     let executions = noop.calls.load(Ordering::Relaxed);
+    let retries = stats.snapshot().retries_scheduled;
     let rate = n as f64 / elapsed.as_secs_f64();
     let mut report = json!({
         "store": app.db.runs.backend(),
@@ -160,9 +171,11 @@ pub(super) async fn bench_full(
         "queue_latency_ms": {"p50": percentile(&queue_lat, 0.5), "p95": percentile(&queue_lat, 0.95), "p99": percentile(&queue_lat, 0.99)},
         "end_to_end_ms": {"p50": percentile(&e2e, 0.5), "p95": percentile(&e2e, 0.95), "p99": percentile(&e2e, 0.99)},
         "peak_rss_mib": peak_rss_mib(),
-        "check": {"runs_in_store": seen, "succeeded_first_attempt": succeeded, "operation_executions": executions},
+        "retry_once": args.retry_once,
+        "check": {"runs_in_store": seen, "succeeded_on_attempt": attempts, "succeeded": succeeded, "operation_executions": executions, "retries_scheduled": retries},
     });
-    let ok = seen == n && succeeded == n && executions == n;
+    let want_retries = if args.retry_once { n } else { 0 };
+    let ok = seen == n && succeeded == n && executions == n * attempts as u64 && retries == want_retries;
     if args.baseline {
         let claim = args.concurrency.clamp(1, oprun_worker::queue::MAX_CLAIM);
         let base = super::baseline::baseline(app, n, args.dispatchers, args.batch, claim).await?;
@@ -173,7 +186,9 @@ pub(super) async fn bench_full(
     let printed = print_report(&report, args.json);
     if !ok {
         return Err(CliError::Runtime(format!(
-            "check failed: {seen} runs in the store, {succeeded} succeeded on the first attempt, {executions} executions (want {n} each)"
+            "check failed: {seen} runs in the store (want {n}), {succeeded} succeeded on attempt {attempts} (want {n}), \
+             {executions} executions (want {}), {retries} retries scheduled (want {want_retries})",
+            n * attempts as u64
         )));
     }
     printed

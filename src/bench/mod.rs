@@ -39,6 +39,15 @@ dedup = "none"
 lease = "60s"
 heartbeat = "20s"
 max_attempts = 1
+[operations."bench.retry"]
+kind = "bench.noop"
+capability = "bench.run"
+scope = "workspace"
+dedup = "none"
+lease = "60s"
+heartbeat = "20s"
+max_attempts = 2
+retry = { on = ["provider.unavailable"], backoff = "1ms", backoff_cap = "1ms", jitter = false }
 [operations."bench.stale"]
 kind = "bench.noop"
 capability = "bench.run"
@@ -102,6 +111,12 @@ pub struct BenchArgs {
     /// once), with no queue and no worker: the ceiling the truth sets.
     #[arg(long)]
     pub truth_only: bool,
+    /// The real path where every run's first attempt fails
+    /// `provider.unavailable` and its retry policy runs it again (after
+    /// 1 ms): what a retry over time costs (a retry-later write, a second
+    /// claim) against the same N runs without one.
+    #[arg(long)]
+    pub retry_once: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -120,8 +135,13 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
             "--runs, --concurrency, --dispatchers, --batch, --rate and --stale must be at least 1".into(),
         ));
     }
-    if args.truth_only && (args.baseline || args.rate.is_some() || args.stale.is_some()) {
-        return Err(CliError::Usage("--truth-only cannot be combined with --baseline, --rate or --stale".into()));
+    if args.truth_only && (args.baseline || args.rate.is_some() || args.stale.is_some() || args.retry_once) {
+        return Err(CliError::Usage(
+            "--truth-only cannot be combined with --baseline, --rate, --stale or --retry-once".into(),
+        ));
+    }
+    if args.retry_once && args.stale.is_some() {
+        return Err(CliError::Usage("--retry-once cannot be combined with --stale".into()));
     }
     let app = App::open(path).await?;
     if args.baseline && app.db.runs.backend() != "postgres" {
@@ -180,8 +200,8 @@ struct Checked {
 }
 
 /// Read back every run of workspace `bench`: how many, how many succeeded
-/// on their first attempt, and their latencies.
-async fn check_runs(service: &OperationRunService) -> CliResult<Checked> {
+/// on attempt `attempt` (1, or 2 under `--retry-once`), and their latencies.
+async fn check_runs(service: &OperationRunService, attempt: i32) -> CliResult<Checked> {
     let mut queue_lat = Vec::new();
     let mut e2e = Vec::new();
     let mut seen = 0u64;
@@ -196,7 +216,7 @@ async fn check_runs(service: &OperationRunService) -> CliResult<Checked> {
         before = Some(last.id);
         for r in &page {
             seen += 1;
-            if r.outcome == RunOutcome::Succeeded && r.attempt == 1 {
+            if r.outcome == RunOutcome::Succeeded && r.attempt == attempt {
                 succeeded += 1;
             }
             if let (Some(s), Some(c)) = (r.started_at, r.completed_at) {

@@ -81,7 +81,7 @@ pub(super) async fn bench_truth_only(
         r.map_err(|e| CliError::Runtime(e.to_string()))?.map_err(CliError::Runtime)?;
     }
     let elapsed = started.elapsed();
-    let Checked { seen, succeeded, .. } = check_runs(service).await?;
+    let Checked { seen, succeeded, .. } = check_runs(service, 1).await?;
     let report = json!({
         "mode": "truth_only",
         "store": app.db.runs.backend(),

@@ -8,8 +8,9 @@ fn bench_runs_the_real_path_and_checks_every_run() {
     let out = oprun(dir.path(), &["bench", "--runs", "60", "--concurrency", "8", "--dispatchers", "4", "--json"]);
     let v = json(&out);
     assert_eq!(v["check"]["runs_in_store"], 60, "{v}");
-    assert_eq!(v["check"]["succeeded_first_attempt"], 60);
+    assert_eq!((v["check"]["succeeded"].as_u64(), v["check"]["succeeded_on_attempt"].as_u64()), (Some(60), Some(1)));
     assert_eq!(v["check"]["operation_executions"], 60);
+    assert_eq!(v["check"]["retries_scheduled"], 0);
     assert!(v["runs_per_second"].as_f64().unwrap() > 0.0);
     // The bare-queue baseline is a Postgres queue: on SQLite it is refused
     // before anything runs.
@@ -23,6 +24,31 @@ fn bench_runs_the_real_path_and_checks_every_run() {
     let out = oprun(other.path(), &["bench", "--runs", "10"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("scratch store"));
+}
+
+#[test]
+fn bench_retry_once_runs_every_run_twice_and_checks_it_succeeded_on_its_second_attempt() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let out = oprun(dir.path(), &["bench", "--retry-once", "--runs", "40", "--concurrency", "8", "--json"]);
+    let v = json(&out);
+    assert_eq!(v["retry_once"], true, "{v}");
+    assert_eq!(v["check"]["runs_in_store"], 40, "{v}");
+    assert_eq!((v["check"]["succeeded"].as_u64(), v["check"]["succeeded_on_attempt"].as_u64()), (Some(40), Some(2)));
+    assert_eq!(v["check"]["operation_executions"], 80, "{v}");
+    assert_eq!(v["check"]["retries_scheduled"], 40, "{v}");
+    // Each run's failure history names its first attempt.
+    let listed = json(&oprun(dir.path(), &["runs", "list", "--workspace", "bench", "--limit", "100", "--json"]));
+    let listed = listed.as_array().expect("a list of runs");
+    assert_eq!(listed.len(), 40);
+    for r in listed {
+        let history = r["failure_summary"].as_array().expect("a failure summary");
+        assert_eq!(history.len(), 1, "{r}");
+        assert_eq!(history[0]["reason_code"], "provider.unavailable", "{r}");
+        assert!(history[0]["message"].as_str().unwrap().starts_with("attempt 1 of 2"), "{r}");
+    }
+    let out = oprun(dir.path(), &["bench", "--retry-once", "--stale", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--retry-once cannot be combined"));
 }
 
 #[test]
