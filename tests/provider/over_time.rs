@@ -143,19 +143,22 @@ pub(crate) async fn exhausted_attempts_fail_with_each_attempt_and_a_permanent_fa
 pub(crate) async fn a_retry_after_beyond_the_cap_snoozes_the_run_without_holding_a_slot(stack: Stack) {
     let (e, clock) = manual_env(stack).await;
     let p = provider(3, 4).await;
-    for as_date in [false, true] {
+    // In seconds, as a date, and absurdly long (u64::MAX seconds: a snooze
+    // of at most a year, not an overflow).
+    for form in ["seconds", "date", "u64::MAX"] {
         // Whole seconds, as an HTTP date carries them.
         clock.set(clock.now().duration_trunc(chrono::TimeDelta::seconds(1)).unwrap());
         let start = clock.now();
-        let after = match as_date {
-            false => "600".to_string(),
-            true => (start + chrono::Duration::seconds(600)).to_rfc2822(),
+        let (after, wait) = match form {
+            "seconds" => ("600".to_string(), chrono::Duration::seconds(600)),
+            "date" => ((start + chrono::Duration::seconds(600)).to_rfc2822(), chrono::Duration::seconds(600)),
+            _ => (u64::MAX.to_string(), chrono::Duration::days(365)),
         };
         p.script(PAGE_1, vec![(429, vec![("retry-after", after.clone())], "slow down".into())]);
         let run = dispatch_at(&e, "test.collect", "contoso-prod", json!({}), None).await;
         let worker = e.start_worker_with(e.http_runner("w1", &p.providers), 1);
         let snoozed = until_waiting(&e, run.id, 1, 1).await;
-        assert_eq!(snoozed.available_at - start, chrono::Duration::seconds(600), "Retry-After {after}");
+        assert_eq!(snoozed.available_at - start, wait, "Retry-After {after}");
         assert_eq!(snoozed.reason_code.as_deref(), Some("provider.throttled"));
         let other = dispatch_at(&e, "test.collect", "contoso-dev", json!({}), None).await;
         let other = e.until_completed(other.id, 20).await;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::{Completion, Finish, OperationRunService, chrono_dur};
+use crate::config::MAX_DURATION;
 use crate::counts::SummaryCounts;
 use crate::lifecycle::{RunOutcome, Transition};
 use crate::reason::ReasonCode;
@@ -82,6 +83,12 @@ impl Later {
     }
 }
 
+/// `now + wait`, waiting at most [`MAX_DURATION`] (a provider's Retry-After
+/// is outside input: `u64::MAX` seconds must not overflow the time).
+fn after_at_most_a_year(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    now + chrono_dur(wait.min(MAX_DURATION))
+}
+
 /// `history` then `new`, each new entry labelled with its attempt, keeping
 /// the latest [`MAX_FAILURE_ENTRIES`].
 fn with_history(run: &OperationRun, new: &[FailureEntry], retrying: bool) -> Vec<FailureEntry> {
@@ -141,9 +148,11 @@ impl OperationRunService {
             })
         };
         let completion = match end {
-            AttemptEnd::Snooze { at, message } if snoozes_left => return snooze(at, None, &message),
+            AttemptEnd::Snooze { at, message } if snoozes_left => {
+                return snooze(at.min(after_at_most_a_year(now, MAX_DURATION)), None, &message);
+            }
             AttemptEnd::RetryAfter { reason, message, after } if snoozes_left => {
-                return snooze(now + chrono_dur(after), Some(reason), &message);
+                return snooze(after_at_most_a_year(now, after), Some(reason), &message);
             }
             AttemptEnd::Snooze { at, message } => Completion::failed(
                 RunOutcome::Failed,
@@ -174,7 +183,7 @@ impl OperationRunService {
         match retry {
             Some(reason) => {
                 let backoff = policy.delay_before(run.attempt + 1);
-                let at = now + chrono_dur(backoff);
+                let at = after_at_most_a_year(now, backoff);
                 let message = completion.failures.first().map_or("", |f| f.message.as_str());
                 Finish::Later(Later {
                     at,
