@@ -83,6 +83,7 @@ both_stacks!(
         a_handler_snoozes_twice_then_succeeds_on_its_first_attempt,
         a_delayed_dispatch_is_claimed_only_when_its_time_comes,
         an_operator_retries_a_waiting_run_now_or_cancels_it,
+        a_waiting_run_holds_its_scope_and_the_reconciler_leaves_it_alone,
     ],
     limits: [
         the_provider_concurrency_limit_holds_under_fifty_runs,

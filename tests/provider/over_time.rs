@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, Utc};
 use oprun_shared::{
-    Clock, Completion, DispatchRequest, Initiator, ManualClock, OperationRun, RunFilter, RunOutcome, RunStatus, Scope,
-    SourceSurface, SummaryCounts, SystemClock,
+    Clock, Completion, DispatchRequest, Initiator, ManualClock, OperationRun, ReconcileFilter, RunFilter, RunOutcome,
+    RunStatus, Scope, SourceSurface, SummaryCounts, SystemClock,
 };
 use oprun_worker::{Operation, OperationError, RunContext};
 use serde_json::{Value, json};
@@ -270,10 +270,9 @@ pub(crate) async fn an_operator_retries_a_waiting_run_now_or_cancels_it(stack: S
         })
     );
     assert!(guidance.secondary_actions.iter().any(|a| a.key == "cancel"), "{guidance:?}");
-    let viewer = op.reads().show("view-only", run.id).await;
-    if let Ok(detail) = viewer {
-        assert_eq!(detail.guidance.primary_action.key, "none", "a viewer without runs.retry is offered nothing");
-    }
+    let viewer = op.reads().show("viewer-1", run.id).await.unwrap().guidance;
+    assert_eq!(viewer.primary_action.kind, oprun_shared::ActionKind::None, "a viewer without runs.retry: {viewer:?}");
+    assert!(viewer.secondary_actions.is_empty(), "nor cancel: {viewer:?}");
     let retried = op.retry(&Initiator::user("ops-user-1"), run.id).await.unwrap();
     assert_eq!(retried.run.id, run.id, "the same run, made ready now");
     let done = e.until_completed(run.id, 20).await;
@@ -287,4 +286,50 @@ pub(crate) async fn an_operator_retries_a_waiting_run_now_or_cancels_it(stack: S
     worker.stop().await;
     let done = e.service.get(run.id).await.unwrap();
     assert_eq!((done.status, done.outcome), (RunStatus::Completed, RunOutcome::Cancelled), "{done:?}");
+}
+
+/// A run waiting for its next attempt is active: a second dispatch of its
+/// operation in its scope returns it (one active run per scope), and the
+/// reconciler, ten days on, leaves it alone; it then runs its attempt.
+pub(crate) async fn a_waiting_run_holds_its_scope_and_the_reconciler_leaves_it_alone(stack: Stack) {
+    let (e, clock) = manual_env(stack).await;
+    let p = provider(0, 4).await;
+    p.script(PAGE_1, busy(1));
+    let run = dispatch_at(&e, "test.retrying", "contoso-prod", json!({}), None).await;
+    let worker = e.start_worker(e.http_runner("w1", &p.providers));
+    until_waiting(&e, run.id, 2, 0).await;
+    worker.stop().await;
+    let again = e
+        .dispatcher
+        .dispatch(DispatchRequest {
+            available_at: None,
+            operation: "test.retrying".into(),
+            scope: Scope {
+                workspace_id: "contoso".into(),
+                environment_id: Some("contoso-prod".into()),
+                ..Scope::default()
+            },
+            initiator: Initiator::user("ops-user-1"),
+            source: SourceSurface::Cli,
+            context: json!({}),
+            params: json!({}),
+        })
+        .await
+        .unwrap();
+    match again {
+        oprun_scheduler::DispatchOutcome::Dispatched { run: held, deduplicated, .. } => {
+            assert!(deduplicated, "the waiting run holds the scope");
+            assert_eq!(held.id, run.id);
+        }
+        other => panic!("{other:?}"),
+    }
+    clock.advance(chrono::Duration::days(10));
+    let report = e.service.reconcile(&Initiator::user("oncall-1"), &ReconcileFilter::default(), false).await.unwrap();
+    assert!(report.actions.iter().all(|a| a.run_id != run.id), "{report:?}");
+    let still = e.service.get(run.id).await.unwrap();
+    assert_eq!((still.status, still.attempt, still.outcome), (RunStatus::Queued, 2, RunOutcome::Pending), "{still:?}");
+    let worker = e.start_worker(e.http_runner("w2", &p.providers));
+    let done = e.until_completed(run.id, 20).await;
+    worker.stop().await;
+    assert_eq!((done.outcome, done.attempt), (RunOutcome::Succeeded, 2), "{done:?}");
 }
