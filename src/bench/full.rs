@@ -168,7 +168,10 @@ pub(super) async fn bench_full(
         "seconds": elapsed.as_secs_f64(),
         "dispatch_seconds": dispatched_in.as_secs_f64(),
         "runs_per_second": rate,
-        "queue_latency_ms": {"p50": percentile(&queue_lat, 0.5), "p95": percentile(&queue_lat, 0.95), "p99": percentile(&queue_lat, 0.99)},
+        // Under --retry-once no run's row holds its first wait any more.
+        "queue_latency_ms": if queue_lat.is_empty() { serde_json::Value::Null } else {
+            json!({"p50": percentile(&queue_lat, 0.5), "p95": percentile(&queue_lat, 0.95), "p99": percentile(&queue_lat, 0.99)})
+        },
         "end_to_end_ms": {"p50": percentile(&e2e, 0.5), "p95": percentile(&e2e, 0.95), "p99": percentile(&e2e, 0.99)},
         "peak_rss_mib": peak_rss_mib(),
         "retry_once": args.retry_once,

@@ -193,7 +193,7 @@ fn peak_rss_mib() -> f64 {
 struct Checked {
     seen: u64,
     succeeded: u64,
-    /// Dispatch → claim, ms, sorted.
+    /// Dispatch → claim, ms, sorted (runs that ran once only).
     queue_lat: Vec<f64>,
     /// Created → completed, ms, sorted.
     e2e: Vec<f64>,
@@ -220,7 +220,11 @@ async fn check_runs(service: &OperationRunService, attempt: i32) -> CliResult<Ch
                 succeeded += 1;
             }
             if let (Some(s), Some(c)) = (r.started_at, r.completed_at) {
-                queue_lat.push((s - r.queued_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                // A run put back to wait was queued again after it first
+                // started: its row no longer holds its first wait.
+                if r.attempt == 1 && r.snoozes == 0 {
+                    queue_lat.push((s - r.queued_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                }
                 e2e.push((c - r.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             }
         }
