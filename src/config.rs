@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use oprun_scheduler::config::{ApiConfig, ScheduleSpec, SchedulerConfig, validate_schedules};
 use oprun_shared::config::{ConfigError, Problems, StoreConfig};
 use oprun_shared::{Catalog, OperationSpec};
-use oprun_worker::config::{ProviderConfig, QueueConfig, WorkerConfig, validate_providers};
+use oprun_worker::config::{BudgetsConfig, ProviderConfig, QueueConfig, WorkerConfig, validate_providers};
 use serde::{Deserialize, Serialize};
 
 /// The environment variable that overrides `api.bind`.
@@ -31,6 +31,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Worker.
     pub worker: WorkerConfig,
+    /// Where the provider budgets shared by every worker live.
+    pub budgets: BudgetsConfig,
     /// Scheduler and reconciler.
     pub scheduler: SchedulerConfig,
     /// HTTP API.
@@ -73,7 +75,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Apply environment overrides (`OPRUN_DATABASE_URL`, `OPRUN_API_BIND`);
+    /// Apply environment overrides (`OPRUN_DATABASE_URL`, `OPRUN_API_BIND`,
+    /// `OPRUN_REDIS_URL`);
     /// an empty variable overrides nothing.
     pub fn with_env_overrides(mut self) -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
@@ -82,6 +85,9 @@ impl Config {
         }
         if let Some(bind) = var(API_BIND_VAR) {
             self.api.bind = bind;
+        }
+        if let Some(url) = var(oprun_worker::budget::REDIS_URL_VAR) {
+            self.budgets.redis_url = Some(url);
         }
         self
     }
@@ -115,6 +121,7 @@ impl Config {
         self.check_backends(&mut problems);
         self.queue.validate(&mut problems);
         self.worker.validate(&mut problems);
+        self.budgets.validate(&mut problems);
         self.scheduler.validate(&mut problems);
         self.api.validate(&mut problems);
         validate_providers(&self.providers, &self.operations, &mut problems);

@@ -101,11 +101,13 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
     }
     if worker {
         let worker_id = process_name("worker");
-        let providers = oprun_worker::http::Providers::from_config(&app.config.providers, app.config.dir())
+        let budgets = budgets(&app)?;
+        let providers = oprun_worker::http::Providers::from_config(&app.config.providers, app.config.dir(), &budgets)
             .map_err(|e| CliError::Usage(format!("config: {e}")))?;
         let mut operations = Operations::builtin();
         providers.register(&mut operations);
-        let runner = Runner::new(app.service.clone(), app.authorizer.clone(), operations, worker_id);
+        let runner =
+            Runner::new(app.service.clone(), app.authorizer.clone(), operations, worker_id).with_budgets(budgets);
         let opts = WorkerOptions {
             name_prefix: "oprun".into(),
             concurrency: app.config.worker.concurrency,
@@ -138,4 +140,33 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
         }
     }
     Ok(())
+}
+
+/// The provider budgets of this worker process: shared through Redis when
+/// `budgets.redis_url` (or `OPRUN_REDIS_URL`) names one; otherwise kept in
+/// the process, which a Postgres deployment (several workers) is told.
+fn budgets(app: &App) -> CliResult<oprun_worker::budget::Budgets> {
+    use oprun_worker::budget::Budgets;
+    let limited = app
+        .config
+        .providers
+        .values()
+        .any(|p| p.concurrency_per_environment.is_some() || p.rate_per_environment.is_some());
+    match &app.config.budgets.redis_url {
+        Some(url) => {
+            let budgets = Budgets::shared(url).map_err(CliError::Usage)?;
+            info!(redis = %oprun_shared::redact::redact_url(url), "provider budgets are shared by every worker through Redis");
+            Ok(budgets)
+        }
+        None => {
+            if limited && app.db.runs.backend() == "postgres" {
+                tracing::warn!(
+                    "provider budgets are per process: without budgets.redis_url (or OPRUN_REDIS_URL) each worker \
+                     process keeps its own concurrency_per_environment and rate_per_environment, so N workers send \
+                     up to N times them to one environment"
+                );
+            }
+            Ok(Budgets::in_process())
+        }
+    }
 }

@@ -146,7 +146,7 @@ async fn scripted_provider(
         token_file.display()
     );
     let config = oprun::config::Config::from_toml(&text, "metrics test").unwrap();
-    (oprun_worker::http::Providers::from_config(&config.providers, config.dir()).unwrap(), dir)
+    (oprun_worker::http::Providers::from_config(&config.providers, config.dir(), &Default::default()).unwrap(), dir)
 }
 
 /// `/metrics` counts what the run path did, exactly: this process's

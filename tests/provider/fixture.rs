@@ -199,7 +199,10 @@ pub(crate) fn providers_at(
         token_file.display()
     );
     let config = Config::from_toml(&format!("{}\n{config_toml}", common::CATALOG), "provider test").unwrap();
-    (Providers::from_config(&config.providers, config.dir()).unwrap(), dir)
+    (
+        Providers::from_config(&config.providers, config.dir(), &oprun_worker::budget::Budgets::in_process()).unwrap(),
+        dir,
+    )
 }
 
 impl Provider {

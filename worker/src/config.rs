@@ -37,6 +37,29 @@ impl QueueConfig {
     }
 }
 
+/// Where the throttle budgets every worker shares live (see `budget`):
+/// Redis, or (no URL) each process's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// `redis://` or `rediss://` URL (overridden by `OPRUN_REDIS_URL`).
+    pub redis_url: Option<String>,
+}
+
+impl BudgetsConfig {
+    /// Add what is wrong with `[budgets]` (the URL is never repeated: it
+    /// may hold a password).
+    pub fn validate(&self, problems: &mut Problems) {
+        if let Some(url) = &self.redis_url {
+            problems.check(
+                (url.starts_with("redis://") || url.starts_with("rediss://"))
+                    && redis::Client::open(url.as_str()).is_ok(),
+                || "budgets.redis_url: must be a redis:// or rediss:// URL".into(),
+            );
+        }
+    }
+}
+
 /// The worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -65,7 +88,7 @@ impl WorkerConfig {
 }
 
 /// How a provider's bearer token is found (never in the config itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Base URL of the provider's API.
@@ -91,9 +114,14 @@ pub struct ProviderConfig {
     /// Requests in flight to this provider per process.
     #[serde(default = "default_provider_concurrency")]
     pub concurrency: usize,
-    /// Requests in flight per managed environment (optional).
+    /// Requests in flight per managed environment (optional), across every
+    /// worker that shares the budgets (`[budgets]`), or per process without.
     #[serde(default)]
     pub concurrency_per_environment: Option<usize>,
+    /// Requests per second per managed environment (optional; a burst of as
+    /// many), shared like `concurrency_per_environment`.
+    #[serde(default)]
+    pub rate_per_environment: Option<f64>,
     /// The largest response body read, in bytes; a longer one (or one whose
     /// Content-Length says so) ends the attempt `provider.bad_response`.
     #[serde(default = "default_max_response_bytes")]
@@ -166,6 +194,12 @@ impl ProviderConfig {
         problems.check(self.concurrency != 0, || format!("{}: must be at least 1", field("concurrency")));
         problems.check(self.concurrency_per_environment != Some(0), || {
             format!("{}: must be at least 1", field("concurrency_per_environment"))
+        });
+        problems.check(self.rate_per_environment.is_none_or(|r| r.is_finite() && r > 0.0 && r <= 1e6), || {
+            format!(
+                "{}: must be a number of requests per second above 0 (at most 1000000)",
+                field("rate_per_environment")
+            )
         });
         problems.check(!self.request_timeout.is_zero() && !self.connect_timeout.is_zero(), || {
             format!("{}: timeouts must be longer than zero", field("request_timeout"))

@@ -45,6 +45,16 @@ pub enum OperationError {
         /// How long the provider asked to wait.
         after: std::time::Duration,
     },
+    /// The run's provider budget has no room now (every permit of its
+    /// environment in use, its rate spent): the run waits `after`, holding
+    /// no worker slot, using no attempt and no snooze of its policy.
+    #[error("{message} (waiting {}ms for the budget)", after.as_millis())]
+    BudgetFull {
+        /// What the budget said.
+        message: String,
+        /// How long to wait before trying again.
+        after: std::time::Duration,
+    },
     /// Run again at `at` without using an attempt (polling a long provider
     /// job, waiting for a tenant to finish onboarding): the run waits
     /// queued, holding no worker slot, up to `retry.max_snoozes` times;

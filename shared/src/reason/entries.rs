@@ -138,6 +138,13 @@ impl ReasonCode {
                 RetryNow,
                 Some(RETRY),
             ),
+            ReasonCode::ProviderBudgetFull => e(
+                "Waiting for the provider budget",
+                "Other runs are using every request this environment may have in flight at the provider (or its \
+                 request rate is spent), so this run waits without holding a worker slot and resumes by itself.",
+                RetryNow,
+                None,
+            ),
             ReasonCode::ProviderUnavailable => e(
                 "Provider unavailable",
                 "The provider could not be reached or answered with a server error. This is usually temporary.",

@@ -78,6 +78,10 @@ text_enum! {
         /// A failure entry of a partly succeeded collection: the provider
         /// marked items of a page failed (`item_failed`).
         ProviderItemFailed => "provider.item_failed",
+        /// The worker: the run waits for its provider budget (every permit
+        /// of its environment in use, or its rate spent) without holding a
+        /// worker slot; it resumes by itself.
+        ProviderBudgetFull => "provider.budget_full",
         /// The reconciler's `expire`: the worker stopped renewing its lease and
         /// no attempts were left.
         RunLeaseExpired => "run.lease_expired",

@@ -67,7 +67,7 @@ fn codes_round_trip_through_text() {
         assert_eq!(json, serde_json::json!(code.as_str()));
         assert_eq!(serde_json::from_value::<ReasonCode>(json).unwrap(), code);
     }
-    assert_eq!(ReasonCode::ALL.len(), 24);
+    assert_eq!(ReasonCode::ALL.len(), 25);
 }
 
 #[test]

@@ -35,6 +35,19 @@ pub enum AttemptEnd {
         /// How long it asked to wait.
         after: Duration,
     },
+    /// The run's provider budget has no room now (every permit of its
+    /// environment in use, or its rate spent): the run waits `after`
+    /// without a worker slot. A snooze that neither uses an attempt nor
+    /// counts against `retry.max_snoozes` (the budget always frees: it is
+    /// the platform's own limit, not the provider putting the run off).
+    Wait {
+        /// Why ([`ReasonCode::ProviderBudgetFull`]).
+        reason: ReasonCode,
+        /// What the budget said (sanitized before it is stored).
+        message: String,
+        /// How long to wait.
+        after: Duration,
+    },
     /// The handler asked to run again at `at` (polling a long provider job,
     /// waiting for a tenant): a snooze, which uses no attempt.
     Snooze {
@@ -63,6 +76,9 @@ pub struct Later {
     pub checkpoint: Option<Value>,
     /// What the audit row says (attempt, wait, message).
     pub details: Value,
+    /// Whether a snooze counts against `retry.max_snoozes` (a wait for the
+    /// budget does not).
+    pub counted: bool,
 }
 
 impl Later {
@@ -70,7 +86,9 @@ impl Later {
     pub(super) fn write(&self, now: DateTime<Utc>) -> RunWrite {
         let reason = self.reason.map(ReasonCode::as_str);
         match self.transition {
-            Transition::Snooze => RunWrite::snooze(now, self.at, reason, self.counts.clone(), self.checkpoint.clone()),
+            Transition::Snooze => {
+                RunWrite::snooze(now, self.at, reason, self.counted, self.counts.clone(), self.checkpoint.clone())
+            }
             _ => RunWrite::retry_later(
                 now,
                 self.at,
@@ -123,15 +141,16 @@ impl OperationRunService {
                 AttemptEnd::RetryAfter { reason, message, .. } => {
                     Completion::failed(RunOutcome::Failed, reason, &message)
                 }
-                AttemptEnd::Snooze { message, .. } => {
+                AttemptEnd::Snooze { message, .. } | AttemptEnd::Wait { message, .. } => {
                     Completion::failed(RunOutcome::Failed, ReasonCode::RunOperationUnknown, &message)
                 }
             });
         };
         let policy = &spec.retry;
         let snoozes_left = u32::try_from(run.snoozes).unwrap_or(u32::MAX) < policy.max_snoozes;
-        let snooze = |at: DateTime<Utc>, reason: Option<ReasonCode>, message: &str| {
+        let snooze = |at: DateTime<Utc>, reason: Option<ReasonCode>, message: &str, counted: bool| {
             Finish::Later(Later {
+                counted,
                 at,
                 transition: Transition::Snooze,
                 reason,
@@ -141,7 +160,8 @@ impl OperationRunService {
                 details: json!({
                     "available_at": at,
                     "attempt": run.attempt,
-                    "snooze": run.snoozes + 1,
+                    "snooze": if counted { run.snoozes + 1 } else { run.snoozes },
+                    "counted": counted,
                     "max_snoozes": policy.max_snoozes,
                     "message": redact::sanitize(message),
                 }),
@@ -149,10 +169,13 @@ impl OperationRunService {
         };
         let completion = match end {
             AttemptEnd::Snooze { at, message } if snoozes_left => {
-                return snooze(at.min(after_at_most_a_year(now, MAX_DURATION)), None, &message);
+                return snooze(at.min(after_at_most_a_year(now, MAX_DURATION)), None, &message, true);
             }
             AttemptEnd::RetryAfter { reason, message, after } if snoozes_left => {
-                return snooze(after_at_most_a_year(now, after), Some(reason), &message);
+                return snooze(after_at_most_a_year(now, after), Some(reason), &message, true);
+            }
+            AttemptEnd::Wait { reason, message, after } => {
+                return snooze(after_at_most_a_year(now, after), Some(reason), &message, false);
             }
             AttemptEnd::Snooze { at, message } => Completion::failed(
                 RunOutcome::Failed,
@@ -187,6 +210,7 @@ impl OperationRunService {
                 let message = completion.failures.first().map_or("", |f| f.message.as_str());
                 Finish::Later(Later {
                     at,
+                    counted: false,
                     transition: Transition::RetryLater,
                     reason: Some(reason),
                     failures: Some(failures),

@@ -129,10 +129,24 @@ impl OperationRunService {
         limit: u32,
         cursor: &mut Option<String>,
     ) -> Result<Vec<OperationRun>, ServiceError> {
+        self.claim_ready_skipping(worker, limit, cursor, Vec::new()).await
+    }
+
+    /// As [`claim_ready`](Self::claim_ready), leaving alone the runs of the
+    /// (environment, operation) pairs of `skip` (`""`: no environment):
+    /// those whose provider budget has no room now.
+    pub async fn claim_ready_skipping(
+        &self,
+        worker: &str,
+        limit: u32,
+        cursor: &mut Option<String>,
+        skip: Vec<(String, String)>,
+    ) -> Result<Vec<OperationRun>, ServiceError> {
         let now = self.clock.now();
         let write = RunWrite::claim(worker, now, self.lease_ends(now));
         let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
-        let claimed = self.store.claim_ready(&ReadyClaim::new(write, audit, now, limit, cursor.take())).await?;
+        let claim = ReadyClaim::new(write, audit, now, limit, cursor.take()).skipping(skip);
+        let claimed = self.store.claim_ready(&claim).await?;
         *cursor = claimed.last_scope;
         Ok(claimed.runs)
     }

@@ -249,16 +249,17 @@ impl RunWrite {
     }
 
     /// running → queued, waiting until `at`, on the same attempt (one more
-    /// snooze): `reason`, if any, is why it waits.
+    /// snooze when `counted`): `reason`, if any, is why it waits.
     pub fn snooze(
         now: DateTime<Utc>,
         at: DateTime<Utc>,
         reason: Option<&str>,
+        counted: bool,
         counts: SummaryCounts,
         checkpoint: Option<serde_json::Value>,
     ) -> Self {
         Self {
-            next_snooze: true,
+            next_snooze: counted,
             reason_code: Some(reason.map(str::to_string)),
             ..Self::wait_until(now, at, counts, checkpoint)
         }
@@ -454,6 +455,9 @@ pub struct ReadyClaim {
     /// Round-robin cursor: start with the scopes after this scope key (the
     /// last one the previous claim took from); `None` starts at the first.
     pub(crate) after_scope: Option<String>,
+    /// Runs left alone: (environment, operation) pairs whose provider budget
+    /// has no room now (`""` is "no environment").
+    pub(crate) skip: Vec<(String, String)>,
 }
 
 impl ReadyClaim {
@@ -466,9 +470,20 @@ impl ReadyClaim {
         limit: u32,
         after_scope: Option<String>,
     ) -> Self {
-        Self { write, audit, now, limit, after_scope }
+        Self { write, audit, now, limit, after_scope, skip: Vec::new() }
+    }
+
+    /// Leave alone the runs of these (environment, operation) pairs (at most
+    /// [`MAX_CLAIM_SKIPS`]; the rest are not skipped).
+    pub fn skipping(mut self, mut skip: Vec<(String, String)>) -> Self {
+        skip.truncate(MAX_CLAIM_SKIPS);
+        self.skip = skip;
+        self
     }
 }
+
+/// The most (environment, operation) pairs one claim leaves alone.
+pub const MAX_CLAIM_SKIPS: usize = 256;
 
 /// What a claim of ready runs took.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -73,6 +73,8 @@ static PICK_READY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT p.id FROM unnest($1::text[]) AS s(k) CROSS JOIN LATERAL (\
          SELECT id FROM operation_runs WHERE status = 'queued' AND {key} = s.k AND available_at <= $2 \
+         AND NOT EXISTS (SELECT 1 FROM unnest($5::text[], $6::text[]) AS x(e, o) \
+         WHERE x.e = coalesce(environment_id, '') AND x.o = operation) \
          ORDER BY {key}, available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) p LIMIT $4"
     )
 });
@@ -211,12 +213,15 @@ impl Backend for Postgres {
         now: DateTime<Utc>,
         per_scope: i64,
         limit: i64,
+        skip: &[(String, String)],
     ) -> Result<Vec<Uuid>, StoreError> {
         let ids = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(PICK_READY.as_str()))
             .bind(scopes)
             .bind(now)
             .bind(per_scope)
             .bind(limit)
+            .bind(skip.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>())
+            .bind(skip.iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>())
             .fetch_all(conn)
             .await?;
         Ok(ids)

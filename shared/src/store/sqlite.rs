@@ -202,6 +202,7 @@ impl Backend for Sqlite {
         now: DateTime<Utc>,
         per_scope: i64,
         limit: i64,
+        skip: &[(String, String)],
     ) -> Result<Vec<Uuid>, StoreError> {
         let mut ids = Vec::new();
         for scope in scopes {
@@ -209,7 +210,9 @@ impl Backend for Sqlite {
             if left <= 0 {
                 break;
             }
-            for row in Self::fetch(&mut *conn, runs::select_ready_in_scope(scope, now, per_scope.min(left))).await? {
+            for row in
+                Self::fetch(&mut *conn, runs::select_ready_in_scope(scope, now, per_scope.min(left), skip)).await?
+            {
                 ids.push(row.uuid("id")?);
             }
         }

@@ -37,6 +37,7 @@ use oprun_shared::OperationSpec;
 pub use self::call::HttpCall;
 pub use self::collect::HttpCollect;
 pub use self::provider::{Provider, ProviderSetupError};
+use crate::budget::Budgets;
 use crate::config::ProviderConfig;
 use crate::operation::Operations;
 
@@ -56,14 +57,15 @@ pub struct Providers {
 impl Providers {
     /// Build every provider of the `[providers]` section: read tokens (a
     /// relative `token_file` is in `base_dir`, the config file's folder),
-    /// build clients.
+    /// build clients; their requests take room in `budgets`.
     pub fn from_config(
         providers: &BTreeMap<String, ProviderConfig>,
         base_dir: Option<&Path>,
+        budgets: &Budgets,
     ) -> Result<Self, ProviderSetupError> {
         let mut by_name = BTreeMap::new();
         for (name, cfg) in providers {
-            by_name.insert(name.clone(), Arc::new(Provider::new(name, cfg, base_dir)?));
+            by_name.insert(name.clone(), Arc::new(Provider::new(name, cfg, base_dir, budgets)?));
         }
         Ok(Self { by_name })
     }

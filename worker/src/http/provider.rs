@@ -4,9 +4,8 @@
 //! waiting), a body read a chunk at a time up to its limit, and every
 //! failure classified into a `provider.*` reason with a sanitized message.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -20,11 +19,20 @@ use tracing::{Instrument, warn};
 
 use super::EXCERPT_CHARS;
 use super::links::{link_url, path_url};
+use crate::budget::{BudgetKey, Budgets, Limits, Permit, Take};
 use crate::config::{ProviderConfig, TokenSource};
 use crate::operation::{OperationError, RunContext};
 
 /// The most of an error answer's body read (for its excerpt), in bytes.
 const ERROR_BODY_BYTES: u64 = 16 * 1024;
+
+/// The longest a request waits in its attempt for its rate's next token;
+/// a longer wait, or a budget with every permit in use, puts the run back
+/// to wait without a worker slot.
+const PACE_IN_ATTEMPT: Duration = Duration::from_millis(250);
+/// The shortest and longest wait of a run whose budget had no room.
+const BUDGET_WAIT_MIN: Duration = Duration::from_millis(200);
+const BUDGET_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// A provider that could not be set up; the message names the field,
 /// variable or file.
@@ -58,8 +66,8 @@ pub struct Provider {
     retry_after_cap: Duration,
     max_body: u64,
     limit: Arc<Semaphore>,
-    per_environment: Option<usize>,
-    environments: Mutex<HashMap<String, Arc<Semaphore>>>,
+    budget: Limits,
+    budgets: Budgets,
 }
 
 fn read_token(name: &str, cfg: &ProviderConfig, base_dir: Option<&Path>) -> Result<String, ProviderSetupError> {
@@ -114,7 +122,12 @@ fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
 }
 
 impl Provider {
-    pub(super) fn new(name: &str, cfg: &ProviderConfig, base_dir: Option<&Path>) -> Result<Self, ProviderSetupError> {
+    pub(super) fn new(
+        name: &str,
+        cfg: &ProviderConfig,
+        base_dir: Option<&Path>,
+        budgets: &Budgets,
+    ) -> Result<Self, ProviderSetupError> {
         let err = |message: String| ProviderSetupError { name: name.into(), message };
         let base = cfg.base().map_err(err)?;
         let token = read_token(name, cfg, base_dir)?;
@@ -133,8 +146,14 @@ impl Provider {
             retry_after_cap: cfg.retry_after_cap,
             max_body: cfg.max_response_bytes.max(1),
             limit: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
-            per_environment: cfg.concurrency_per_environment,
-            environments: Mutex::new(HashMap::new()),
+            budget: Limits {
+                concurrency: cfg.concurrency_per_environment.map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1)),
+                per_second: cfg.rate_per_environment,
+                // A permit outlives its request by a margin; a dead worker's
+                // comes back after that.
+                lease: cfg.request_timeout.saturating_add(Duration::from_secs(5)),
+            },
+            budgets: budgets.clone(),
         })
     }
 
@@ -143,21 +162,71 @@ impl Provider {
         redact::sanitize(&s.replace(&self.token.0, "[REDACTED]"))
     }
 
-    async fn permits(&self, environment: Option<&str>) -> Vec<OwnedSemaphorePermit> {
-        let mut held = vec![];
-        if let (Some(n), Some(env)) = (self.per_environment, environment) {
-            let sem = {
-                let mut map = self.environments.lock().unwrap_or_else(|e| e.into_inner());
-                map.entry(env.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n.max(1)))).clone()
+    /// The budget of a run's requests: this provider for its environment.
+    fn budget_key(&self, ctx: &RunContext) -> BudgetKey {
+        BudgetKey::new(&self.name, ctx.run().environment_id.as_deref())
+    }
+
+    /// Room for one request in the budget of `key`, and a slot of this
+    /// process's own limit. A block shorter than the in-attempt cap is
+    /// waited for here (as a Retry-After of the request's own); a longer
+    /// one snoozes the run until it passes; a budget with every permit in
+    /// use (or a rate whose next token is far) puts the run back to wait
+    /// for a moment, holding no worker slot.
+    async fn admit(&self, ctx: &RunContext, key: &BudgetKey) -> Result<(Permit, OwnedSemaphorePermit), OperationError> {
+        loop {
+            if ctx.lease_lost() {
+                return Err(OperationError::LeaseLost);
+            }
+            let wait = match self.budgets.take(key, &self.budget).await {
+                Take::Granted(permit) => {
+                    let slot = self.limit.clone().acquire_owned().await.map_err(|_| OperationError::LeaseLost)?;
+                    return Ok((permit, slot));
+                }
+                Take::Blocked { remaining } if remaining > self.retry_after_cap => {
+                    metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => "blocked")
+                        .increment(1);
+                    return Err(OperationError::RetryAfter {
+                        reason: ReasonCode::ProviderThrottled,
+                        message: format!(
+                            "{key} is throttled: the provider asked every request to wait (Retry-After {}s, over the in-attempt cap of {}s)",
+                            remaining.as_secs().max(1),
+                            self.retry_after_cap.as_secs()
+                        ),
+                        after: remaining,
+                    });
+                }
+                Take::Blocked { remaining } => {
+                    metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => "blocked")
+                        .increment(1);
+                    metrics::counter!("oprun_provider_throttle_wait_ms_total", "provider" => self.name.clone())
+                        .increment(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
+                    let mut counts = SummaryCounts::new();
+                    let _ = counts.add("throttle_waits", 1);
+                    let _ = counts.add("throttle_wait_ms", u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
+                    ctx.progress(counts, None).await?;
+                    remaining
+                }
+                Take::Paced { retry_in } if retry_in <= PACE_IN_ATTEMPT => retry_in,
+                Take::Paced { retry_in } | Take::Full { retry_in } => {
+                    let full = self.budget.concurrency.is_some() && retry_in != Duration::ZERO;
+                    let why = if full { "full" } else { "paced" };
+                    metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => why)
+                        .increment(1);
+                    let after = retry_in.clamp(BUDGET_WAIT_MIN, BUDGET_WAIT_MAX);
+                    // Runs that found the budget full together do not come back together.
+                    let jitter = Duration::from_millis(u64::from(uuid::Uuid::now_v7().as_bytes()[15]) * 4);
+                    return Err(OperationError::BudgetFull {
+                        message: format!("{key}: no room in its budget now (every permit in use or its rate spent)"),
+                        after: after + jitter,
+                    });
+                }
             };
-            if let Ok(p) = sem.acquire_owned().await {
-                held.push(p);
+            tokio::time::sleep(wait).await;
+            if ctx.cancel_requested() {
+                return Err(OperationError::Cancelled);
             }
         }
-        if let Ok(p) = self.limit.clone().acquire_owned().await {
-            held.push(p);
-        }
-        held
     }
 
     /// The URL of a request path from an operation's settings.
@@ -258,12 +327,10 @@ impl Provider {
             .with_max_times(self.retry_budget as usize)
             .with_jitter()
             .build();
+        let key = self.budget_key(ctx);
         loop {
-            if ctx.lease_lost() {
-                return Err(OperationError::LeaseLost);
-            }
             let failure = {
-                let _permits = self.permits(ctx.run().environment_id.as_deref()).await;
+                let _permits = self.admit(ctx, &key).await?;
                 let mut req = self.client.request(method.clone(), url.clone()).bearer_auth(&self.token.0);
                 if let Some(b) = body {
                     req = req.json(b);
@@ -301,6 +368,10 @@ impl Provider {
             }; // permits released: waiting does not hold a connection slot
             if !failure.transient {
                 return Err(failure.into_error());
+            }
+            if let Some(after) = failure.retry_after.filter(|a| !a.is_zero()) {
+                // The provider throttles this budget: every worker waits.
+                self.budgets.block(&key, after).await;
             }
             let Some(backoff) = delays.next() else {
                 let mut f = failure;

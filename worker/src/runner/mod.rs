@@ -13,6 +13,8 @@ use oprun_shared::{
     RunOutcome, RunStatus, ServiceError, StoreError, Transition,
 };
 use tokio::sync::{mpsc, oneshot};
+
+use crate::budget::Budgets;
 use tracing::{Instrument, info, warn};
 
 use crate::operation::{LeaseFlags, OperationError, Operations, RunContext};
@@ -66,6 +68,9 @@ pub struct Runner {
     worker_id: String,
     stats: Arc<WorkerStats>,
     batches: Arc<std::sync::OnceLock<Batches>>,
+    /// The provider budgets its operations' requests take room in: claims
+    /// leave alone the runs whose budget has no room now.
+    budgets: Option<Budgets>,
 }
 
 impl Runner {
@@ -76,7 +81,43 @@ impl Runner {
         operations: Operations,
         worker_id: String,
     ) -> Self {
-        Self { service, authorizer, operations, worker_id, stats: Arc::default(), batches: Arc::default() }
+        Self {
+            service,
+            authorizer,
+            operations,
+            worker_id,
+            stats: Arc::default(),
+            batches: Arc::default(),
+            budgets: None,
+        }
+    }
+
+    /// Claim with `budgets` in mind: the runs of an operation whose
+    /// provider budget for the run's environment has no room now (blocked
+    /// by the provider, or found full a moment ago) are left for later, so
+    /// one throttled tenant's backlog does not take the worker's slots.
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.budgets = Some(budgets);
+        self
+    }
+
+    /// The (environment, operation) pairs a claim leaves alone now.
+    fn claim_skips(&self) -> Vec<(String, String)> {
+        let Some(budgets) = &self.budgets else { return Vec::new() };
+        let saturated = budgets.saturated();
+        if saturated.is_empty() {
+            return Vec::new();
+        }
+        let catalog = self.service.catalog();
+        let mut skip = Vec::new();
+        for key in saturated {
+            for (op, spec) in &catalog.operations {
+                if spec.provider.as_deref() == Some(key.provider.as_str()) {
+                    skip.push((key.environment.clone(), op.clone()));
+                }
+            }
+        }
+        skip
     }
 
     /// The batchers, started on first use (on the caller's runtime); they
@@ -103,7 +144,8 @@ impl Runner {
     /// carries the round robin from one claim to the next) and reauthorize
     /// each against current truth.
     pub async fn claim_ready(&self, limit: u32, cursor: &mut Option<String>) -> Result<Vec<ClaimedRun>, Retry> {
-        let runs = match self.service.claim_ready(&self.worker_id, limit, cursor).await {
+        let skip = self.claim_skips();
+        let runs = match self.service.claim_ready_skipping(&self.worker_id, limit, cursor, skip).await {
             Ok(runs) => runs,
             Err(e) => {
                 bump(&self.stats.store_errors);
@@ -233,6 +275,9 @@ impl Runner {
                 AttemptEnd::RetryAfter { reason, message, after }
             }
             Ok(Err(OperationError::Snooze { at, message })) => AttemptEnd::Snooze { at, message },
+            Ok(Err(OperationError::BudgetFull { message, after })) => {
+                AttemptEnd::Wait { reason: ReasonCode::ProviderBudgetFull, message, after }
+            }
             Ok(Err(OperationError::Cancelled)) => AttemptEnd::Completed(ctx.cancelled()),
             Ok(Err(OperationError::LeaseLost)) => {
                 bump(&self.stats.leases_lost);

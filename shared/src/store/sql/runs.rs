@@ -61,14 +61,19 @@ pub(crate) fn select_queued_scopes(after: &str, limit: i64) -> Stmt {
 
 /// The ids of one scope's ready runs, ready longest first, at most `limit`
 /// (the backends that lock rows add their clause).
-pub(crate) fn select_ready_in_scope(scope: &str, now: DateTime<Utc>, limit: i64) -> Stmt {
-    Stmt::new(format!(
-        "SELECT id FROM operation_runs WHERE status = 'queued' AND {SCOPE_KEY} = $1 AND available_at <= $2 \
-         ORDER BY {SCOPE_KEY}, available_at, id LIMIT $3"
-    ))
-    .arg(scope)
-    .arg(now)
-    .arg(limit)
+pub(crate) fn select_ready_in_scope(scope: &str, now: DateTime<Utc>, limit: i64, skip: &[(String, String)]) -> Stmt {
+    let mut sql =
+        format!("SELECT id FROM operation_runs WHERE status = 'queued' AND {SCOPE_KEY} = $1 AND available_at <= $2");
+    for i in 0..skip.len() {
+        let n = 4 + 2 * i;
+        sql.push_str(&format!(" AND NOT (coalesce(environment_id, '') = ${n} AND operation = ${})", n + 1));
+    }
+    sql.push_str(&format!(" ORDER BY {SCOPE_KEY}, available_at, id LIMIT $3"));
+    let mut stmt = Stmt::new(sql).arg(scope).arg(now).arg(limit);
+    for (e, o) in skip {
+        stmt = stmt.arg(e.as_str()).arg(o.as_str());
+    }
+    stmt
 }
 
 /// How many runs are queued and ready at `now`.
