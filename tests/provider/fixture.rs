@@ -37,6 +37,9 @@ pub(crate) struct Fix {
     pub(crate) next_style: AtomicUsize,
     /// Every request the server saw, `METHOD path?query`, in order.
     pub(crate) seen: Mutex<Vec<String>>,
+    /// When each collection request arrived, with its environment and the
+    /// status it was answered (in order of arrival).
+    pub(crate) arrivals: Mutex<Vec<(std::time::Instant, String)>>,
     /// A delay for the first hit of a key only (ms).
     pub(crate) stall_once: Mutex<HashMap<String, u64>>,
     pub(crate) base: Mutex<String>,
@@ -79,6 +82,7 @@ async fn collection(State(fix): State<Arc<Fix>>, Query(q): Query<PageQuery>, uri
     let now = fix.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     fix.peak.fetch_max(now, Ordering::SeqCst);
     let env = path.rsplit('/').next().unwrap_or_default().to_string();
+    fix.arrivals.lock().unwrap().push((std::time::Instant::now(), env.clone()));
     {
         let mut by_env = fix.env_inflight.lock().unwrap();
         let (current, peak) = by_env.entry(env.clone()).or_default();
@@ -181,12 +185,36 @@ pub(crate) async fn provider_with(retry_budget: u32, concurrency: usize, base_pa
     Provider { fix, providers, _dir: dir }
 }
 
+/// As [`provider`], its budgets on `clock` (a test on a manual clock: a
+/// provider's block ends when that clock passes it).
+pub(crate) async fn provider_on(
+    retry_budget: u32,
+    concurrency: usize,
+    clock: std::sync::Arc<dyn oprun_shared::Clock>,
+) -> Provider {
+    let mut p = provider(retry_budget, concurrency).await;
+    let base = p.fix.base.lock().unwrap().clone();
+    let budgets = oprun_worker::budget::Budgets::in_process_on(clock);
+    (p.providers, p._dir) = providers_with(&base, retry_budget, concurrency, "", &budgets);
+    p
+}
+
 /// The `graph` provider at `base_url`, its token in a file of the returned directory.
 pub(crate) fn providers_at(
     base_url: &str,
     retry_budget: u32,
     concurrency: usize,
     extra: &str,
+) -> (Providers, tempfile::TempDir) {
+    providers_with(base_url, retry_budget, concurrency, extra, &oprun_worker::budget::Budgets::in_process())
+}
+
+fn providers_with(
+    base_url: &str,
+    retry_budget: u32,
+    concurrency: usize,
+    extra: &str,
+    budgets: &oprun_worker::budget::Budgets,
 ) -> (Providers, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("graph.token");
@@ -199,10 +227,7 @@ pub(crate) fn providers_at(
         token_file.display()
     );
     let config = Config::from_toml(&format!("{}\n{config_toml}", common::CATALOG), "provider test").unwrap();
-    (
-        Providers::from_config(&config.providers, config.dir(), &oprun_worker::budget::Budgets::in_process()).unwrap(),
-        dir,
-    )
+    (Providers::from_config(&config.providers, config.dir(), budgets).unwrap(), dir)
 }
 
 impl Provider {

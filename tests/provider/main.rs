@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod budgets;
 mod fixture;
 mod limits;
 mod over_time;

@@ -142,7 +142,7 @@ pub(crate) async fn exhausted_attempts_fail_with_each_attempt_and_a_permanent_fa
 /// completes when the time comes.
 pub(crate) async fn a_retry_after_beyond_the_cap_snoozes_the_run_without_holding_a_slot(stack: Stack) {
     let (e, clock) = manual_env(stack).await;
-    let p = provider(3, 4).await;
+    let p = crate::fixture::provider_on(3, 4, clock.clone()).await;
     // In seconds, as a date, and absurdly long (u64::MAX seconds: a snooze
     // of at most a year, not an overflow).
     for form in ["seconds", "date", "u64::MAX"] {

@@ -2,29 +2,36 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{BudgetKey, GiveBack, Limits, Permit, Take};
+use chrono::{DateTime, Utc};
+
+use super::{BudgetKey, GiveBack, Limits, Permit, Take, Time, span, until};
 
 /// One budget's state.
 #[derive(Debug)]
 struct State {
     in_use: u32,
-    blocked_until: Option<Instant>,
+    blocked_until: Option<DateTime<Utc>>,
     tokens: f64,
-    refilled: Instant,
+    refilled: DateTime<Utc>,
 }
 
 /// The in-process budgets (the embedded default, and the fallback while
 /// Redis does not answer).
 #[derive(Debug, Default)]
 pub struct LocalBudgets {
+    time: Time,
     states: Mutex<HashMap<BudgetKey, State>>,
 }
 
 impl LocalBudgets {
-    fn with<T>(&self, key: &BudgetKey, f: impl FnOnce(&mut State, Instant) -> T) -> T {
-        let now = Instant::now();
+    pub(super) fn new(time: Time) -> Self {
+        Self { time, states: Mutex::default() }
+    }
+
+    fn with<T>(&self, key: &BudgetKey, f: impl FnOnce(&mut State, DateTime<Utc>) -> T) -> T {
+        let now = self.time.now();
         let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let state =
             map.entry(key.clone()).or_insert(State { in_use: 0, blocked_until: None, tokens: f64::NAN, refilled: now });
@@ -33,9 +40,9 @@ impl LocalBudgets {
 
     pub(super) fn take(&self, me: &Arc<Self>, key: &BudgetKey, limits: &Limits) -> Take {
         self.with(key, |s, now| {
-            if let Some(until) = s.blocked_until {
-                if until > now {
-                    return Take::Blocked { remaining: until - now };
+            if let Some(until_t) = s.blocked_until {
+                if until_t > now {
+                    return Take::Blocked { remaining: until(now, until_t) };
                 }
                 s.blocked_until = None;
             }
@@ -51,7 +58,7 @@ impl LocalBudgets {
                 if s.tokens.is_nan() {
                     s.tokens = burst;
                 }
-                s.tokens = (s.tokens + (now - s.refilled).as_secs_f64() * rate).min(burst);
+                s.tokens = (s.tokens + until(s.refilled, now).as_secs_f64() * rate).min(burst);
                 s.refilled = now;
                 if s.tokens < 1.0 {
                     return Take::Paced { retry_in: Duration::from_secs_f64((1.0 - s.tokens) / rate) };
@@ -73,8 +80,8 @@ impl LocalBudgets {
 
     pub(super) fn block(&self, key: &BudgetKey, for_: Duration) {
         self.with(key, |s, now| {
-            let until = now + for_;
-            s.blocked_until = Some(s.blocked_until.map_or(until, |u| u.max(until)));
+            let then = now + span(for_);
+            s.blocked_until = Some(s.blocked_until.map_or(then, |u| u.max(then)));
         });
     }
 

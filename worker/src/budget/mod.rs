@@ -29,8 +29,11 @@ mod shared;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use oprun_shared::Clock;
+use oprun_shared::config::MAX_DURATION;
 use tracing::{info, warn};
 
 pub use self::local::LocalBudgets;
@@ -153,16 +156,39 @@ impl Drop for Permit {
     }
 }
 
+/// The time of the in-process budgets: the worker's clock when it is given
+/// one (tests on a manual clock), the system's otherwise.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Time(Option<Arc<dyn Clock>>);
+
+impl Time {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.0.as_ref().map_or_else(Utc::now, |c| c.now())
+    }
+}
+
+/// `d` as a chrono duration, at most [`MAX_DURATION`] (a year: as long as a
+/// snooze waits at most).
+pub(crate) fn span(d: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d.min(MAX_DURATION)).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// How long from `now` until `then` (zero when past).
+pub(crate) fn until(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
+    (then - now).to_std().unwrap_or(Duration::ZERO)
+}
+
 /// The budgets this process knows to have no room now: claims leave their
 /// runs alone until the mark passes.
 #[derive(Debug, Default)]
 struct Marks {
-    until: Mutex<HashMap<BudgetKey, Instant>>,
+    time: Time,
+    until: Mutex<HashMap<BudgetKey, DateTime<Utc>>>,
 }
 
 impl Marks {
     fn mark(&self, key: &BudgetKey, for_: Duration) {
-        let until = Instant::now() + for_;
+        let until = self.time.now() + span(for_);
         let mut map = self.until.lock().unwrap_or_else(|e| e.into_inner());
         let e = map.entry(key.clone()).or_insert(until);
         *e = (*e).max(until);
@@ -172,13 +198,14 @@ impl Marks {
     /// (unless the provider blocked it, which [`Budgets::block`] marks anew).
     fn clear(&self, key: &BudgetKey) {
         let mut map = self.until.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(key).is_some_and(|until| until.saturating_duration_since(Instant::now()) <= FULL_MARK) {
+        let now = self.time.now();
+        if map.get(key).is_some_and(|t| until(now, *t) <= FULL_MARK) {
             map.remove(key);
         }
     }
 
     fn live(&self) -> Vec<BudgetKey> {
-        let now = Instant::now();
+        let now = self.time.now();
         let mut map = self.until.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, until| *until > now);
         map.keys().cloned().collect()
@@ -205,10 +232,20 @@ impl Default for Budgets {
 impl Budgets {
     /// Budgets kept in this process only.
     pub fn in_process() -> Self {
+        Self::in_process_at(Time::default())
+    }
+
+    /// Budgets kept in this process only, on `clock` (a worker on a manual
+    /// clock: a block ends when that clock passes it).
+    pub fn in_process_on(clock: Arc<dyn Clock>) -> Self {
+        Self::in_process_at(Time(Some(clock)))
+    }
+
+    fn in_process_at(time: Time) -> Self {
         Self {
-            local: Arc::new(LocalBudgets::default()),
+            local: Arc::new(LocalBudgets::new(time.clone())),
             shared: None,
-            marks: Arc::new(Marks::default()),
+            marks: Arc::new(Marks { time, until: Mutex::default() }),
             down: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -266,6 +303,7 @@ impl Budgets {
     /// Block `key` for `for_` (a provider's Retry-After): no worker sends a
     /// request on it until then.
     pub async fn block(&self, key: &BudgetKey, for_: Duration) {
+        let for_ = for_.min(MAX_DURATION);
         self.marks.mark(key, for_);
         self.local.block(key, for_);
         if let Some(redis) = &self.shared

@@ -208,18 +208,24 @@ impl Provider {
                     remaining
                 }
                 Take::Paced { retry_in } if retry_in <= PACE_IN_ATTEMPT => retry_in,
-                Take::Paced { retry_in } | Take::Full { retry_in } => {
-                    let full = self.budget.concurrency.is_some() && retry_in != Duration::ZERO;
-                    let why = if full { "full" } else { "paced" };
+                take @ (Take::Paced { .. } | Take::Full { .. }) => {
+                    // A full budget frees when a request ends (its lease is
+                    // only the bound for a dead holder): look again soon. A
+                    // rate says when its next token comes.
+                    let (why, after, message) = match take {
+                        Take::Paced { retry_in } => (
+                            "paced",
+                            retry_in.clamp(BUDGET_WAIT_MIN, BUDGET_WAIT_MAX),
+                            format!("{key}: its request rate is spent for now"),
+                        ),
+                        _ => ("full", BUDGET_WAIT_MIN, format!("{key}: every permit of its budget is in use")),
+                    };
                     metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => why)
                         .increment(1);
-                    let after = retry_in.clamp(BUDGET_WAIT_MIN, BUDGET_WAIT_MAX);
-                    // Runs that found the budget full together do not come back together.
-                    let jitter = Duration::from_millis(u64::from(uuid::Uuid::now_v7().as_bytes()[15]) * 4);
-                    return Err(OperationError::BudgetFull {
-                        message: format!("{key}: no room in its budget now (every permit in use or its rate spent)"),
-                        after: after + jitter,
-                    });
+                    // Runs that found the budget full together do not come
+                    // back together (0–255 ms more).
+                    let jitter = Duration::from_millis(u64::from(uuid::Uuid::now_v7().as_bytes()[15]));
+                    return Err(OperationError::BudgetFull { message, after: after + jitter });
                 }
             };
             tokio::time::sleep(wait).await;
