@@ -104,9 +104,13 @@ fn every_yaml_file_parses_and_the_configmap_holds_a_valid_config() {
 fn the_compose_file_and_dockerfile_have_the_needed_shape() {
     let compose = load_yaml(&deploy().join("compose.yaml"));
     let services = &compose[0]["services"];
-    for s in ["postgres", "migrate", "scheduler", "worker"] {
+    for s in ["postgres", "redis", "migrate", "scheduler", "worker"] {
         assert!(!services[s].is_badvalue(), "compose service {s}");
     }
+    // The migrate step waits for Postgres (a sibling of its environment, not in it).
+    assert_eq!(services["migrate"]["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+    // Workers share their provider budgets through Redis.
+    assert_eq!(services["worker"]["environment"]["OPRUN_REDIS_URL"].as_str(), Some("redis://redis:6379/0"));
     assert_eq!(services["scheduler"]["deploy"]["replicas"].as_i64(), Some(2));
     assert_eq!(services["worker"]["deploy"]["replicas"].as_i64(), Some(2));
     assert_eq!(services["migrate"]["command"][0].as_str(), Some("migrate"));

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use oprun_scheduler::{DispatchOutcome, Dispatcher};
 use oprun_shared::{Authorizer, Completion, DispatchRequest, JobQueue, OperationRunService, ReasonCode, SummaryCounts};
+use oprun_worker::budget::{BudgetKey, Budgets, Limits, Take};
 use oprun_worker::queue::{Queue, WorkerOptions, run_worker};
 use oprun_worker::{Operation, OperationError, Operations, RunContext, Runner};
 use serde_json::json;
@@ -24,12 +25,27 @@ use crate::app::{App, CliError, CliResult};
 struct Noop {
     calls: AtomicU64,
     fail_first: bool,
+    /// `--budget`: each run takes a permit (and gives it back) of a
+    /// provider budget for its environment, as a provider request does.
+    budget: Option<(Budgets, Limits)>,
 }
 
 #[async_trait]
 impl Operation for Noop {
     async fn execute(&self, ctx: &RunContext) -> Result<Completion, OperationError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some((budgets, limits)) = &self.budget {
+            let key = BudgetKey::new("bench", ctx.run().environment_id.as_deref());
+            match budgets.take(&key, limits).await {
+                Take::Granted(permit) => drop(permit),
+                other => {
+                    return Err(OperationError::Failed {
+                        reason: ReasonCode::ProviderBudgetFull,
+                        message: format!("bench: the budget said {other:?} (its limit is the concurrency)"),
+                    });
+                }
+            }
+        }
         if self.fail_first && ctx.run().attempt == 1 {
             return Err(OperationError::Failed {
                 reason: ReasonCode::ProviderUnavailable,
@@ -73,7 +89,20 @@ pub(super) async fn bench_full(
     args: &BenchArgs,
 ) -> CliResult<()> {
     let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
-    let noop = Arc::new(Noop { fail_first: args.retry_once, ..Noop::default() });
+    let budget = if args.budget {
+        let budgets = match &app.config.budgets.redis_url {
+            Some(url) => Budgets::shared(url).map_err(CliError::Usage)?,
+            None => Budgets::in_process(),
+        };
+        // Room for every slot, twice over: a shared permit is given back
+        // in the background, after its run has ended.
+        let concurrency = u32::try_from(args.concurrency.saturating_mul(2)).unwrap_or(u32::MAX);
+        Some((budgets, Limits { concurrency: Some(concurrency), per_second: None, lease: Duration::from_secs(60) }))
+    } else {
+        None
+    };
+    let budget_kind = budget.as_ref().map(|(b, _)| if b.is_shared() { "redis" } else { "in_process" });
+    let noop = Arc::new(Noop { fail_first: args.retry_once, budget, ..Noop::default() });
     let (operation, attempts) = if args.retry_once { ("bench.retry", 2) } else { ("bench.noop", 1) };
     let mut ops = Operations::new();
     ops.register("bench.noop", SharedNoop(noop.clone()));
@@ -175,6 +204,7 @@ pub(super) async fn bench_full(
         "end_to_end_ms": {"p50": percentile(&e2e, 0.5), "p95": percentile(&e2e, 0.95), "p99": percentile(&e2e, 0.99)},
         "peak_rss_mib": peak_rss_mib(),
         "retry_once": args.retry_once,
+        "budget": budget_kind,
         "check": {"runs_in_store": seen, "succeeded_on_attempt": attempts, "succeeded": succeeded, "operation_executions": executions, "retries_scheduled": retries},
     });
     let want_retries = if args.retry_once { n } else { 0 };

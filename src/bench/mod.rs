@@ -117,6 +117,11 @@ pub struct BenchArgs {
     /// claim) against the same N runs without one.
     #[arg(long)]
     pub retry_once: bool,
+    /// Each run takes and gives back a permit of a provider budget (on
+    /// Redis when `budgets.redis_url` or `OPRUN_REDIS_URL` names one, in
+    /// process otherwise): what a budgeted provider request costs.
+    #[arg(long)]
+    pub budget: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -135,9 +140,11 @@ pub async fn bench(path: Option<&std::path::Path>, args: BenchArgs) -> CliResult
             "--runs, --concurrency, --dispatchers, --batch, --rate and --stale must be at least 1".into(),
         ));
     }
-    if args.truth_only && (args.baseline || args.rate.is_some() || args.stale.is_some() || args.retry_once) {
+    if args.truth_only
+        && (args.baseline || args.rate.is_some() || args.stale.is_some() || args.retry_once || args.budget)
+    {
         return Err(CliError::Usage(
-            "--truth-only cannot be combined with --baseline, --rate, --stale or --retry-once".into(),
+            "--truth-only cannot be combined with --baseline, --rate, --stale, --retry-once or --budget".into(),
         ));
     }
     if args.retry_once && args.stale.is_some() {

@@ -166,8 +166,9 @@ pub(crate) async fn a_retry_after_beyond_the_cap_snoozes_the_run_without_holding
         assert_eq!(e.service.get(run.id).await.unwrap().status, RunStatus::Queued, "still snoozed");
         let detail = oprun_scheduler::Operator::new(e.dispatcher.clone()).reads().show("ops-user-1", run.id).await;
         let guidance = detail.unwrap().guidance;
-        assert!(guidance.title.starts_with("Retrying automatically at"), "{}", guidance.title);
-        assert!(guidance.title.ends_with("(attempt 1 of 3)"), "{}", guidance.title);
+        let title = &guidance.title;
+        assert!(title.starts_with("Provider throttling this environment; resuming automatically at"), "{title}");
+        assert!(title.contains(&snoozed.available_at.to_rfc3339()) && title.ends_with("(attempt 1 of 3)"), "{title}");
         clock.set(snoozed.available_at);
         let done = e.until_completed(run.id, 20).await;
         worker.stop().await;

@@ -178,8 +178,13 @@ fn waiting_to_run_again(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceConte
     let (title, reason) = match run.reason_code.as_deref() {
         Some(code) => {
             let envelope = translate(code, viewer);
+            let when = match code {
+                "provider.throttled" => "Provider throttling this environment; resuming automatically at",
+                "provider.budget_full" => "Waiting for this environment's provider budget; resuming automatically at",
+                _ => "Retrying automatically at",
+            };
             (
-                format!("Retrying automatically at {at} (attempt {} of {})", run.attempt, run.max_attempts),
+                format!("{when} {at} (attempt {} of {})", run.attempt, run.max_attempts),
                 format!(
                     "The last attempt ended with {}: {} The run waits without holding a worker slot.",
                     envelope.label, envelope.explanation

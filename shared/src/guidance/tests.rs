@@ -302,6 +302,20 @@ fn a_run_waiting_to_run_again_offers_retry_now_and_cancel_to_those_who_may() {
     // Its time come, it is simply queued again.
     let ready = guidance(&snoozed, &ops, &GuidanceContext { now: snoozed.available_at, ..ctx() });
     assert_ne!(ready.primary_action.key, ACTION_RETRY_NOW);
+    // Snoozed by the provider's throttling, or waiting for its budget: said so.
+    let mut throttled = run(RunStatus::Queued, RunOutcome::Pending, Some("provider.throttled"));
+    (throttled.snoozes, throttled.started_at, throttled.available_at) =
+        (1, Some(at()), at() + chrono::Duration::minutes(10));
+    let when = throttled.available_at.to_rfc3339();
+    assert_eq!(
+        guidance(&throttled, &ops, &ctx()).title,
+        format!("Provider throttling this environment; resuming automatically at {when} (attempt 1 of 3)")
+    );
+    throttled.reason_code = Some("provider.budget_full".into());
+    let case = guidance(&throttled, &ops, &ctx());
+    assert!(case.title.starts_with("Waiting for this environment's provider budget; resuming automatically at"));
+    assert!(case.reason.contains("without holding a worker slot"), "{}", case.reason);
+    assert_safe(&case, &ops);
 }
 
 #[test]

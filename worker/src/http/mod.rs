@@ -2,7 +2,9 @@
 //!
 //! One reqwest client (rustls) per provider, reused; a bearer token read from
 //! an environment variable or a file (never from the config itself); a
-//! concurrency limit per provider and optionally per environment, held per
+//! concurrency limit per provider and process, and a budget per provider and
+//! environment (`crate::budget`: concurrency, rate and the provider's own
+//! Retry-After blocks, shared by every worker through Redis), held per
 //! request and released while waiting to retry. Transient failures (429 with
 //! Retry-After, 502/503/504, timeouts, connection errors) are retried with
 //! exponential backoff and jitter (backon) inside the attempt, up to the

@@ -92,6 +92,21 @@ fn read_token(name: &str, cfg: &ProviderConfig, base_dir: Option<&Path>) -> Resu
     Ok(token)
 }
 
+/// Room for one request: its budget's permit, a slot of the process's own
+/// limit, and the gauge of permits in use (this process's), all given back
+/// when the request ends.
+struct Admitted {
+    _permit: Permit,
+    _slot: OwnedSemaphorePermit,
+    in_use: metrics::Gauge,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.in_use.decrement(1.0);
+    }
+}
+
 /// How a request failed, classified.
 #[derive(Debug)]
 struct Failure {
@@ -173,7 +188,7 @@ impl Provider {
     /// one snoozes the run until it passes; a budget with every permit in
     /// use (or a rate whose next token is far) puts the run back to wait
     /// for a moment, holding no worker slot.
-    async fn admit(&self, ctx: &RunContext, key: &BudgetKey) -> Result<(Permit, OwnedSemaphorePermit), OperationError> {
+    async fn admit(&self, ctx: &RunContext, key: &BudgetKey) -> Result<Admitted, OperationError> {
         loop {
             if ctx.lease_lost() {
                 return Err(OperationError::LeaseLost);
@@ -181,7 +196,9 @@ impl Provider {
             let wait = match self.budgets.take(key, &self.budget).await {
                 Take::Granted(permit) => {
                     let slot = self.limit.clone().acquire_owned().await.map_err(|_| OperationError::LeaseLost)?;
-                    return Ok((permit, slot));
+                    let in_use = metrics::gauge!("oprun_budget_permits_in_use", "provider" => self.name.clone(), "environment" => key.environment.clone());
+                    in_use.increment(1.0);
+                    return Ok(Admitted { _permit: permit, _slot: slot, in_use });
                 }
                 Take::Blocked { remaining } if remaining > self.retry_after_cap => {
                     metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => "blocked")
