@@ -166,6 +166,36 @@ async fn the_openapi_document_names_every_route() {
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing from the document");
     }
+    // The document holds together as a validator checks it: each path
+    // parameter is a `{…}` segment of its path and every such segment is a
+    // declared path parameter; query parameters are `in: query`, and no
+    // parameter appears twice in one operation.
+    for (path, item) in paths {
+        let segments: Vec<&str> =
+            path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
+        for (method, op) in item.as_object().unwrap() {
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let mut seen = std::collections::BTreeSet::new();
+            for p in &params {
+                let (name, place) = (p["name"].as_str().unwrap(), p["in"].as_str().unwrap());
+                assert!(["path", "query", "header", "cookie"].contains(&place), "{method} {path}: {name} in {place}");
+                assert!(seen.insert((name, place)), "{method} {path}: {name} declared twice");
+                if place == "path" {
+                    assert!(segments.contains(&name), "{method} {path}: path parameter '{name}' is not in the path");
+                    assert_eq!(p["required"], true, "{method} {path}: path parameter '{name}' must be required");
+                }
+            }
+            for seg in &segments {
+                assert!(seen.contains(&(*seg, "path")), "{method} {path}: '{{{seg}}}' is not a declared path parameter");
+            }
+        }
+    }
+    let list = doc["paths"]["/v1/runs"]["get"]["parameters"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for want in ["status", "outcome", "operation", "workspace", "waiting", "before", "limit"] {
+        assert!(names.contains(&want), "GET /v1/runs documents '{want}': {names:?}");
+    }
+    assert!(list.iter().all(|p| p["in"] == "query"), "GET /v1/runs filters are query parameters: {list:?}");
     // And every documented route answers something other than the fallback.
     for (path, item) in paths {
         let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());

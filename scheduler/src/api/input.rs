@@ -74,8 +74,10 @@ pub fn parse_run_id(raw: &str) -> Result<Uuid, ApiError> {
     run_id(raw)
 }
 
-/// Filters of `GET /v1/runs`.
+/// Filters of `GET /v1/runs` (query parameters: without `parameter_in` the
+/// generated document declared them `in: path`, which a validator refuses).
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// queued, running or completed.
