@@ -3,3 +3,4 @@
 //! the same way the binary does.
 
 pub mod config;
+pub mod metrics;

@@ -87,7 +87,7 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
             queue: queue.clone() as Arc<dyn JobQueue>,
             schedules: Arc::new(app.config.schedules.clone()),
             clock: app.clock.clone(),
-            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+            metrics: oprun::metrics::prometheus_builder()
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
                 .ok(),

@@ -28,8 +28,7 @@ use common::{ACCESS, Env, Stack};
 /// One Prometheus recorder per test process.
 fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
     static H: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
-    H.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("recorder"))
-        .clone()
+    H.get_or_init(|| oprun::metrics::prometheus_builder().install_recorder().expect("recorder")).clone()
 }
 
 struct Api {
@@ -186,7 +185,10 @@ async fn the_openapi_document_names_every_route() {
                 }
             }
             for seg in &segments {
-                assert!(seen.contains(&(*seg, "path")), "{method} {path}: '{{{seg}}}' is not a declared path parameter");
+                assert!(
+                    seen.contains(&(*seg, "path")),
+                    "{method} {path}: '{{{seg}}}' is not a declared path parameter"
+                );
             }
         }
     }

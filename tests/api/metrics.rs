@@ -250,6 +250,18 @@ pub(crate) async fn metrics_count_what_the_run_path_did(stack: Stack) {
     for (name, labels, value) in &want {
         assert_eq!(sample(&text, name, labels), Some(*value), "{name}{labels:?}: {text}");
     }
+    // Durations and waits are histograms (aggregatable across workers), not
+    // per-process summaries: buckets from milliseconds to an hour.
+    assert!(!text.contains("quantile="), "no summaries: {text}");
+    for name in ["oprun_run_duration_seconds", "oprun_queue_latency_seconds"] {
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{name} is a histogram: {text}");
+        for le in ["0.005", "3600", "+Inf"] {
+            assert!(
+                text.contains(&format!("{name}_bucket{{")) && text.contains(&format!("le=\"{le}\"")),
+                "{name} le={le}"
+            );
+        }
+    }
     // Nothing else was counted under these names.
     for (name, n) in [
         ("oprun_runs_finished_total", 3),
