@@ -90,10 +90,7 @@ pub(super) async fn bench_full(
 ) -> CliResult<()> {
     let dispatcher = Dispatcher::new(service.clone(), authorizer.clone(), queue.clone() as Arc<dyn JobQueue>);
     let budget = if args.budget {
-        let budgets = match &app.config.budgets.redis_url {
-            Some(url) => Budgets::shared(url).map_err(CliError::Usage)?,
-            None => Budgets::in_process(),
-        };
+        let budgets = Budgets::from_config(&app.config.budgets).map_err(CliError::Usage)?;
         // Room for every slot, twice over: a shared permit is given back
         // in the background, after its run has ended.
         let concurrency = u32::try_from(args.concurrency.saturating_mul(2)).unwrap_or(u32::MAX);

@@ -152,21 +152,17 @@ fn budgets(app: &App) -> CliResult<oprun_worker::budget::Budgets> {
         .providers
         .values()
         .any(|p| p.concurrency_per_environment.is_some() || p.rate_per_environment.is_some());
+    let budgets = Budgets::from_config(&app.config.budgets).map_err(CliError::Usage)?;
     match &app.config.budgets.redis_url {
         Some(url) => {
-            let budgets = Budgets::shared(url).map_err(CliError::Usage)?;
             info!(redis = %oprun_shared::redact::redact_url(url), "provider budgets are shared by every worker through Redis");
-            Ok(budgets)
         }
-        None => {
-            if limited && app.db.runs.backend() == "postgres" {
-                tracing::warn!(
-                    "provider budgets are per process: without budgets.redis_url (or OPRUN_REDIS_URL) each worker \
-                     process keeps its own concurrency_per_environment and rate_per_environment, so N workers send \
-                     up to N times them to one environment"
-                );
-            }
-            Ok(Budgets::in_process())
-        }
+        None if limited && app.db.runs.backend() == "postgres" => tracing::warn!(
+            "provider budgets are per process: without budgets.redis_url (or OPRUN_REDIS_URL) each worker \
+             process keeps its own concurrency_per_environment and rate_per_environment, so N workers send \
+             up to N times them to one environment"
+        ),
+        None => {}
     }
+    Ok(budgets)
 }

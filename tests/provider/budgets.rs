@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use oprun_scheduler::DispatchOutcome;
+use oprun_shared::RunOutcome;
 use oprun_shared::testing::{REDIS_URL_VAR, require_env};
-use oprun_shared::{DispatchRequest, Initiator, RunOutcome, Scope, SourceSurface};
 use oprun_worker::budget::{BudgetKey, Budgets, Limits, Take};
 use serde_json::json;
 use uuid::Uuid;
@@ -127,25 +127,18 @@ async fn without_redis_a_process_keeps_its_own_budget() {
     assert!(err.contains("budgets.redis_url"), "{err}");
 }
 
-fn request(env: &str) -> DispatchRequest {
-    DispatchRequest {
-        available_at: None,
-        operation: "test.collect".into(),
-        scope: Scope { workspace_id: "contoso".into(), environment_id: Some(env.into()), ..Scope::default() },
-        initiator: Initiator::user("ops-user-1"),
-        source: SourceSurface::Cli,
-        context: json!({}),
-        params: json!({}),
-    }
-}
-
 /// Dispatch `n` runs of `test.collect` in `env` (in batches); their ids.
 async fn dispatch_n(e: &Env, env: &str, n: usize) -> Vec<Uuid> {
     let mut ids = Vec::with_capacity(n);
     let mut left = n;
     while left > 0 {
         let k = left.min(500);
-        for r in e.dispatcher.dispatch_many((0..k).map(|_| request(env)).collect()).await.unwrap() {
+        for r in e
+            .dispatcher
+            .dispatch_many((0..k).map(|_| crate::request("test.collect", env, json!({}))).collect())
+            .await
+            .unwrap()
+        {
             match r.unwrap() {
                 DispatchOutcome::Dispatched { run, .. } => ids.push(run.id),
                 other => panic!("{other:?}"),
@@ -181,6 +174,17 @@ fn start_workers(e: &Env, fix: &Fix, extra: &str, redis: &str, n: usize, concurr
         })
         .collect();
     Workers { _procs: procs, _dir: dir }
+}
+
+/// A Postgres env, Redis database `db` emptied, and the provider answering
+/// one page per run after `delay_ms`.
+async fn setup(db: u8, delay_ms: usize) -> (Env, String, fixture::Provider) {
+    let e = Env::new(Stack::PostgresRedis).await;
+    let redis = redis_db(db).await;
+    let p = provider(3, 8).await;
+    p.fix.pages.store(1, Ordering::SeqCst);
+    p.fix.delay_ms.store(delay_ms, Ordering::SeqCst);
+    (e, redis, p)
 }
 
 /// Runs completed by environment: (succeeded, completed otherwise).
@@ -227,11 +231,7 @@ fn peak_after(fix: &Fix, env: &str, from: Instant) -> usize {
 /// processes did work.
 #[tokio::test]
 async fn two_workers_share_the_per_environment_limit() {
-    let e = Env::new(Stack::PostgresRedis).await;
-    let redis = redis_db(2).await;
-    let p = provider(3, 8).await;
-    p.fix.pages.store(1, Ordering::SeqCst);
-    p.fix.delay_ms.store(100, Ordering::SeqCst);
+    let (e, redis, p) = setup(2, 100).await;
     let mut ids = dispatch_n(&e, A, 12).await;
     ids.extend(dispatch_n(&e, B, 12).await);
     let _w = start_workers(&e, &p.fix, "concurrency_per_environment = 2\n", &redis, 2, 8, "limit");
@@ -258,14 +258,10 @@ async fn two_workers_share_the_per_environment_limit() {
 /// slowed, and every run succeeds (A's snoozed, holding no slot).
 #[tokio::test]
 async fn a_429_blocks_its_environment_for_every_worker_and_no_other() {
-    let e = Env::new(Stack::PostgresRedis).await;
-    let redis = redis_db(3).await;
-    let p = provider(3, 8).await;
-    p.fix.pages.store(1, Ordering::SeqCst);
-    p.fix.delay_ms.store(50, Ordering::SeqCst);
+    let (e, redis, p) = setup(3, 50).await;
     p.script("/coll/contoso-prod?page=1", vec![(429, vec![("retry-after", "5".into())], "slow down".into())]);
-    let mut ids = dispatch_n(&e, A, 6).await;
-    ids.extend(dispatch_n(&e, B, 12).await);
+    dispatch_n(&e, A, 6).await;
+    dispatch_n(&e, B, 12).await;
     let extra = "concurrency_per_environment = 2\nretry_after_cap = \"1s\"\n";
     let _w = start_workers(&e, &p.fix, extra, &redis, 2, 4, "blocked");
     let pool = sqlx::PgPool::connect(&e.db.url).await.unwrap();
@@ -294,7 +290,6 @@ async fn a_429_blocks_its_environment_for_every_worker_and_no_other() {
     .await
     .unwrap();
     assert!(snoozed >= 1, "A's runs waited snoozed, not in a worker slot");
-    assert_eq!(ids.len(), 18);
 }
 
 /// Tenant A with 2,000 queued runs and a limit of 1, tenant B with 20
@@ -302,11 +297,7 @@ async fn a_429_blocks_its_environment_for_every_worker_and_no_other() {
 /// moved, and the provider never sees 2 requests for one environment.
 #[tokio::test]
 async fn a_tenant_backlog_at_its_limit_does_not_hold_back_another_tenant() {
-    let e = Env::new(Stack::PostgresRedis).await;
-    let redis = redis_db(4).await;
-    let p = provider(3, 8).await;
-    p.fix.pages.store(1, Ordering::SeqCst);
-    p.fix.delay_ms.store(20, Ordering::SeqCst);
+    let (e, redis, p) = setup(4, 20).await;
     dispatch_n(&e, A, 2000).await;
     dispatch_n(&e, B, 20).await;
     let started = Instant::now();

@@ -22,8 +22,9 @@ use common::{Env, Stack};
 use fixture::Provider;
 use oprun_worker::http::Providers;
 
-async fn dispatch(e: &Env, op: &str, env: &str, params: Value) -> OperationRun {
-    let req = DispatchRequest {
+/// A run of `op` in `env` of workspace `contoso`, by the operator.
+fn request(op: &str, env: &str, params: Value) -> DispatchRequest {
+    DispatchRequest {
         available_at: None,
         operation: op.into(),
         scope: Scope { workspace_id: "contoso".into(), environment_id: Some(env.into()), ..Scope::default() },
@@ -31,8 +32,11 @@ async fn dispatch(e: &Env, op: &str, env: &str, params: Value) -> OperationRun {
         source: SourceSurface::Cli,
         context: json!({}),
         params,
-    };
-    match e.dispatcher.dispatch(req).await.unwrap() {
+    }
+}
+
+async fn dispatch(e: &Env, op: &str, env: &str, params: Value) -> OperationRun {
+    match e.dispatcher.dispatch(request(op, env, params)).await.unwrap() {
         DispatchOutcome::Dispatched { run, .. } => *run,
         other => panic!("{other:?}"),
     }

@@ -85,7 +85,8 @@ impl LocalBudgets {
         });
     }
 
-    pub(super) fn in_use(&self, key: &BudgetKey) -> u32 {
+    #[cfg(test)]
+    fn in_use(&self, key: &BudgetKey) -> u32 {
         self.with(key, |s, _| s.in_use)
     }
 }

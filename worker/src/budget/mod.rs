@@ -17,7 +17,7 @@
 //! and once more when Redis answers again).
 //!
 //! Every wait is a duration measured by the budget's own clock (Redis's
-//! `TIME`, or this process's monotonic clock), never an instant compared
+//! `TIME`, or this process's: the worker's clock), never an instant compared
 //! across machines.
 //!
 //! Files: `local.rs` (the in-process budgets), `shared.rs` (Redis: one Lua
@@ -84,13 +84,6 @@ pub struct Limits {
     pub per_second: Option<f64>,
     /// How long a permit lives if it is never given back (a dead worker's).
     pub lease: Duration,
-}
-
-impl Limits {
-    /// Whether the budget limits anything besides blocks.
-    pub fn limits(&self) -> bool {
-        self.concurrency.is_some() || self.per_second.is_some()
-    }
 }
 
 /// What a budget said to a request.
@@ -250,6 +243,15 @@ impl Budgets {
         }
     }
 
+    /// The budgets `[budgets]` configures: shared through its Redis, or in
+    /// process without one.
+    pub fn from_config(cfg: &crate::config::BudgetsConfig) -> Result<Self, String> {
+        match &cfg.redis_url {
+            Some(url) => Self::shared(url),
+            None => Ok(Self::in_process()),
+        }
+    }
+
     /// Budgets shared through the Redis server at `url` (connected lazily:
     /// a Redis that is down at start-up only means in-process budgets until
     /// it answers). A URL that does not parse is an error naming it, without
@@ -318,10 +320,5 @@ impl Budgets {
     /// found full a moment ago): a worker does not claim their runs.
     pub fn saturated(&self) -> Vec<BudgetKey> {
         self.marks.live()
-    }
-
-    /// Permits of `key` in use in this process (what the metrics show).
-    pub fn local_in_use(&self, key: &BudgetKey) -> u32 {
-        self.local.in_use(key)
     }
 }

@@ -182,6 +182,12 @@ impl Provider {
         BudgetKey::new(&self.name, ctx.run().environment_id.as_deref())
     }
 
+    /// One more wait for the budget of `key` (`why`: blocked, full, paced).
+    fn count_wait(&self, key: &BudgetKey, why: &'static str) {
+        metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => why)
+            .increment(1);
+    }
+
     /// Room for one request in the budget of `key`, and a slot of this
     /// process's own limit. A block shorter than the in-attempt cap is
     /// waited for here (as a Retry-After of the request's own); a longer
@@ -201,8 +207,7 @@ impl Provider {
                     return Ok(Admitted { _permit: permit, _slot: slot, in_use });
                 }
                 Take::Blocked { remaining } if remaining > self.retry_after_cap => {
-                    metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => "blocked")
-                        .increment(1);
+                    self.count_wait(key, "blocked");
                     return Err(OperationError::RetryAfter {
                         reason: ReasonCode::ProviderThrottled,
                         message: format!(
@@ -214,8 +219,7 @@ impl Provider {
                     });
                 }
                 Take::Blocked { remaining } => {
-                    metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => "blocked")
-                        .increment(1);
+                    self.count_wait(key, "blocked");
                     metrics::counter!("oprun_provider_throttle_wait_ms_total", "provider" => self.name.clone())
                         .increment(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
                     let mut counts = SummaryCounts::new();
@@ -237,8 +241,7 @@ impl Provider {
                         ),
                         _ => ("full", BUDGET_WAIT_MIN, format!("{key}: every permit of its budget is in use")),
                     };
-                    metrics::counter!("oprun_budget_waits_total", "provider" => self.name.clone(), "environment" => key.environment.clone(), "why" => why)
-                        .increment(1);
+                    self.count_wait(key, why);
                     // Runs that found the budget full together do not come
                     // back together (0–255 ms more).
                     let jitter = Duration::from_millis(u64::from(uuid::Uuid::now_v7().as_bytes()[15]));

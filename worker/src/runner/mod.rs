@@ -13,10 +13,9 @@ use oprun_shared::{
     RunOutcome, RunStatus, ServiceError, StoreError, Transition,
 };
 use tokio::sync::{mpsc, oneshot};
-
-use crate::budget::Budgets;
 use tracing::{Instrument, info, warn};
 
+use crate::budget::Budgets;
 use crate::operation::{LeaseFlags, OperationError, Operations, RunContext};
 
 mod batch;
