@@ -37,6 +37,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// HTTP API.
     pub api: ApiConfig,
+    /// How long completed runs, audit rows and ticks are kept.
+    pub retention: oprun_shared::RetentionPolicy,
     /// An access file applied at start-up of `up` (relative to the config file).
     pub access_file: Option<PathBuf>,
     /// Operation capabilities (besides the built-in ones).
@@ -124,6 +126,7 @@ impl Config {
         self.budgets.validate(&mut problems);
         self.scheduler.validate(&mut problems);
         self.api.validate(&mut problems);
+        self.retention.validate(&mut problems);
         validate_providers(&self.providers, &self.operations, &mut problems);
         validate_schedules(&self.schedules, &catalog, &mut problems);
         problems.into_result()

@@ -49,6 +49,13 @@ enum Command {
     Runs(commands::runs::RunsCommand),
     /// Move stale runs on now (what the automatic reconciler does).
     Reconcile(commands::reconcile::ReconcileArgs),
+    /// Delete what the `[retention]` windows no longer keep (one pass).
+    Prune(commands::prune::PruneArgs),
+    /// The audit log, newest first.
+    Audit(commands::audit::AuditArgs),
+    /// Schedules at run time: list, show, pause, resume, backfill.
+    #[command(subcommand)]
+    Schedules(commands::schedules::SchedulesCommand),
     /// Measure the real path: N runs dispatched, claimed, reauthorized,
     /// completed and audited (needs a scratch store).
     Bench(bench::BenchArgs),

@@ -476,6 +476,7 @@ async fn a_reconcile_pass_waiting_on_a_locked_run_does_not_hold_the_ticks_back()
         oprun_shared::Initiator::service("svc-reconciler"),
         Duration::from_millis(100),
         Duration::from_millis(100),
+        None,
         async move {
             let _ = stop_rx.await;
         },

@@ -107,7 +107,12 @@ impl Dispatcher {
         if let Decision::Denied { reason, message } = decision {
             return self.refuse(req, reason, message).await;
         }
+        let scheduled = (req.source == SourceSurface::Scheduler).then(|| req.clone());
         let Dispatched { run, deduplicated } = self.service.dispatch(req).await?;
+        if let Some(req) = scheduled {
+            // Allowed again: the schedule's open refusals in this scope end.
+            self.service.close_refusals(&req).await?;
+        }
         let mut push_failed = false;
         if deduplicated {
             metrics::counter!("oprun_dispatch_deduplicated_total", "operation" => run.operation.clone()).increment(1);

@@ -7,9 +7,13 @@ mod loops;
 pub mod operator;
 pub mod reconciler;
 pub mod schedule;
+pub mod schedules;
 
 pub use dispatch::{DispatchError, DispatchOutcome, Dispatcher};
-pub use loops::run_loops;
-pub use operator::{ActionError, Operator, Retried, RunReads};
+pub use loops::{Retention, run_loops};
+pub use operator::{
+    ActionError, BULK_DEFAULT_MAX, BULK_HARD_MAX, BulkAction, BulkItem, BulkReport, Operator, Retried, RunReads,
+};
 pub use reconciler::reconcile_and_push;
-pub use schedule::{ScheduleError, Scheduler, TickOutcome};
+pub use schedule::{Backfilled, ScheduleError, Scheduler, TickOutcome};
+pub use schedules::{Paused, ScheduleView, Schedules};

@@ -5,10 +5,24 @@
 use std::future::Future;
 use std::time::Duration;
 
-use oprun_shared::{Initiator, ReconcileFilter};
-use tracing::warn;
+use std::sync::Arc;
+
+use oprun_shared::{Initiator, ReconcileFilter, RetentionPolicy, TickStore};
+use tracing::{info, warn};
 
 use crate::{Dispatcher, Scheduler, reconcile_and_push};
+
+/// The maintenance loop's retention: its policy, the ticks it prunes, and
+/// the actor its summary audit rows name.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// The windows.
+    pub policy: RetentionPolicy,
+    /// The tick record.
+    pub ticks: Arc<dyn TickStore>,
+    /// Who prunes.
+    pub actor: Initiator,
+}
 
 /// Run the scheduler (if any) every `tick` and the reconciler every
 /// `reconcile_every` until `shutdown` resolves. The two loops run side by
@@ -22,6 +36,7 @@ pub async fn run_loops(
     reconciler_actor: Initiator,
     tick: Duration,
     reconcile_every: Duration,
+    retention: Option<Retention>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Only ever changed once, to "stop" (`changed()` also ends when the
@@ -42,13 +57,33 @@ pub async fn run_loops(
             .await;
         }
     };
+    let retention_stopped = stop_rx.clone();
+    let service = dispatcher.service().clone();
+    let prunes = async {
+        let Some(r) = retention.as_ref().filter(|r| r.policy.enabled) else { return };
+        let service = &service;
+        every(r.policy.every, retention_stopped, move || async move {
+            match service.prune(&r.policy, r.ticks.as_ref(), &r.actor, false).await {
+                Ok(report) if report.total_runs() + report.audit_rows + report.ticks > 0 => info!(
+                    runs = report.total_runs(),
+                    audit_rows = report.audit_rows,
+                    ticks = report.ticks,
+                    more = report.more,
+                    "retention pass"
+                ),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "retention pass failed"),
+            }
+        })
+        .await;
+    };
     let (dispatcher, actor) = (&dispatcher, &reconciler_actor);
     let reconciles = every(reconcile_every, stop_rx, move || async move {
         if let Err(e) = reconcile_and_push(dispatcher, actor, &ReconcileFilter::default(), false).await {
             warn!(error = %e, "reconciler pass failed");
         }
     });
-    tokio::join!(stop, schedules, reconciles);
+    tokio::join!(stop, schedules, reconciles, prunes);
 }
 
 /// Run `pass` every `period` (the first at once; a late pass delays the

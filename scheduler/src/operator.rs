@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use oprun_shared::{
     Authorizer, Cancelled, Decision, Initiator, OperationRun, OperationRunService, RUNS_RECONCILE, RUNS_RETRY,
-    RUNS_VIEW, ReconcileFilter, ReconcileReport, RunDetail, RunFilter, ServiceError, TransitionError, Viewer,
-    run_detail,
+    RUNS_VIEW, ReconcileFilter, ReconcileReport, RunDetail, RunFilter, RunOutcome, ServiceError, TransitionError,
+    Viewer, run_detail,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -35,6 +35,9 @@ pub enum ActionError {
     /// Bad input (422).
     #[error("{0}")]
     Invalid(String),
+    /// No such schedule, or one in a workspace the caller may not see (404).
+    #[error("schedule '{0}' not found")]
+    NoSuchSchedule(String),
     /// The store failed (503).
     #[error("run store: {0}")]
     Store(#[source] oprun_shared::store::BoxError),
@@ -44,7 +47,7 @@ impl ActionError {
     /// A stable machine code for error bodies.
     pub fn code(&self) -> &'static str {
         match self {
-            ActionError::NotFound(_) => "not_found",
+            ActionError::NotFound(_) | ActionError::NoSuchSchedule(_) => "not_found",
             ActionError::Forbidden(_) => "forbidden",
             ActionError::Conflict(_) => "conflict",
             ActionError::Invalid(_) => "invalid_input",
@@ -66,6 +69,9 @@ fn from_service(id: Uuid, e: ServiceError) -> ActionError {
         other => ActionError::Invalid(other.to_string()),
     }
 }
+
+/// The audit action of a refused operator action.
+pub const REFUSED_ACTION: &str = "operator.refused";
 
 /// What a retry did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -160,8 +166,47 @@ impl Operator {
     }
 
     /// Retry a blocked or failed run as `actor`, who must hold `runs.retry`
-    /// and the operation's capability in the run's scope now.
+    /// and the operation's capability in the run's scope now. A refusal
+    /// (403) is audited with the caller.
     pub async fn retry(&self, actor: &Initiator, id: Uuid) -> Result<Retried, ActionError> {
+        let r = self.retry_unaudited(actor, id).await;
+        self.audit_refusal(actor, "retry", Some(id), r).await
+    }
+
+    /// Cancel as `actor` (who must hold `runs.cancel`): a queued run at once,
+    /// a running one by request. A refusal (403) is audited with the caller.
+    pub async fn cancel(&self, actor: &Initiator, id: Uuid) -> Result<Cancelled, ActionError> {
+        let r = self.cancel_unaudited(actor, id).await;
+        self.audit_refusal(actor, "cancel", Some(id), r).await
+    }
+
+    /// Record a refused operator action (`operator.refused`, with the
+    /// caller and what it asked), then hand the result back.
+    pub async fn audit_refusal<T>(
+        &self,
+        actor: &Initiator,
+        action: &str,
+        run: Option<Uuid>,
+        result: Result<T, ActionError>,
+    ) -> Result<T, ActionError> {
+        if let Err(ActionError::Forbidden(message)) = &result {
+            let service = self.dispatcher.service();
+            let mut entry = oprun_shared::AuditEntry::new(service.clock().now(), actor.clone(), REFUSED_ACTION)
+                .details(serde_json::json!({ "action": action, "run_id": run, "message": message }));
+            // The run's workspace is named only when the caller may see it.
+            if let Some(id) = run
+                && let Ok((r, _)) = self.reads.visible_run(&actor.id, id).await
+            {
+                entry.workspace_id = Some(r.workspace_id);
+            }
+            if let Err(e) = service.record(entry).await {
+                tracing::warn!(error = %e, "a refused operator action could not be audited");
+            }
+        }
+        result
+    }
+
+    async fn retry_unaudited(&self, actor: &Initiator, id: Uuid) -> Result<Retried, ActionError> {
         let (run, viewer) = self.reads.visible_run(&actor.id, id).await?;
         if !viewer.can(RUNS_RETRY) {
             return Err(ActionError::Forbidden(format!(
@@ -189,9 +234,7 @@ impl Operator {
         Ok(Retried { run: dispatched.run, deduplicated: dispatched.deduplicated, push_failed })
     }
 
-    /// Cancel as `actor` (who must hold `runs.cancel`): a queued run at once,
-    /// a running one by request.
-    pub async fn cancel(&self, actor: &Initiator, id: Uuid) -> Result<Cancelled, ActionError> {
+    async fn cancel_unaudited(&self, actor: &Initiator, id: Uuid) -> Result<Cancelled, ActionError> {
         let (run, viewer) = self.reads.visible_run(&actor.id, id).await?;
         if !viewer.can(oprun_shared::RUNS_CANCEL) {
             return Err(ActionError::Forbidden(format!(
@@ -209,6 +252,16 @@ impl Operator {
     /// workspaces where it holds it, and an actor that holds it nowhere is
     /// refused. A refusal names no workspace the caller did not name.
     pub async fn reconcile(
+        &self,
+        actor: &Initiator,
+        filter: &ReconcileFilter,
+        dry_run: bool,
+    ) -> Result<ReconcileReport, ActionError> {
+        let r = self.reconcile_unaudited(actor, filter, dry_run).await;
+        self.audit_refusal(actor, "reconcile", None, r).await
+    }
+
+    async fn reconcile_unaudited(
         &self,
         actor: &Initiator,
         filter: &ReconcileFilter,
@@ -233,5 +286,222 @@ impl Operator {
         }
         let scoped = ReconcileFilter { within: Some(allowed.into_iter().collect()), ..filter.clone() };
         reconcile_and_push(&self.dispatcher, actor, &scoped, dry_run).await.map_err(store)
+    }
+}
+
+/// An action taken on every run a filter matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// Retry blocked and failed runs (runs already retried are left out).
+    Retry,
+    /// Cancel queued and running runs.
+    Cancel,
+}
+
+impl BulkAction {
+    fn capability(self) -> &'static str {
+        match self {
+            BulkAction::Retry => RUNS_RETRY,
+            BulkAction::Cancel => oprun_shared::RUNS_CANCEL,
+        }
+    }
+}
+
+/// The most runs one action by filter touches unless its caller raises it.
+pub const BULK_DEFAULT_MAX: u32 = 1000;
+/// The most runs one action by filter may ever touch.
+pub const BULK_HARD_MAX: u32 = 10_000;
+
+/// What an action by filter did to one run (or, dry, would do).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BulkItem {
+    /// The run.
+    pub run_id: Uuid,
+    /// Its operation.
+    pub operation: String,
+    /// Its workspace and environment.
+    pub workspace_id: String,
+    /// Its environment.
+    pub environment_id: Option<String>,
+    /// Its reason code.
+    pub reason_code: Option<String>,
+    /// `would_retry` / `would_cancel` (dry), `retried`, `deduplicated`,
+    /// `cancelled`, `cancel_requested`, `refused` or `conflict`.
+    pub result: &'static str,
+    /// The retry run, for a retry.
+    pub new_run_id: Option<Uuid>,
+    /// Why it was refused or in conflict.
+    pub message: Option<String>,
+}
+
+/// What an action by filter did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BulkReport {
+    /// The action.
+    pub action: BulkAction,
+    /// Nothing was done; `runs` says what would be.
+    pub dry_run: bool,
+    /// Runs the filter matched (at most `max`).
+    pub matched: usize,
+    /// More runs matched than `max`: run it again (or raise `max`).
+    pub more: bool,
+    /// The cap this call used.
+    pub max: u32,
+    /// Per run, newest first.
+    pub runs: Vec<BulkItem>,
+}
+
+impl BulkReport {
+    /// How many runs ended with `result`.
+    pub fn count(&self, result: &str) -> usize {
+        self.runs.iter().filter(|r| r.result == result).count()
+    }
+}
+
+impl Operator {
+    /// Retry or cancel every run `filter` matches among those `actor` may
+    /// see and act on (a run elsewhere is not matched, as if it did not
+    /// exist), at most `max` (default [`BULK_DEFAULT_MAX`], at most
+    /// [`BULK_HARD_MAX`]): each run authorized and audited on its own, with
+    /// `actor` as the actor, as the one-run action is; dedup holds (a run
+    /// with an active retry gets it back). `dry_run` lists them and does
+    /// nothing. A pass that acted is also audited as one summary row.
+    pub async fn act_on_filter(
+        &self,
+        actor: &Initiator,
+        action: BulkAction,
+        mut filter: RunFilter,
+        max: Option<u32>,
+        dry_run: bool,
+    ) -> Result<BulkReport, ActionError> {
+        let max = max.unwrap_or(BULK_DEFAULT_MAX);
+        if !(1..=BULK_HARD_MAX).contains(&max) {
+            return Err(ActionError::Invalid(format!("max must be 1–{BULK_HARD_MAX}, got {max}")));
+        }
+        let access = self.dispatcher.authorizer().access();
+        let allowed = access.workspaces_with(&actor.id, action.capability()).await.map_err(store)?;
+        if allowed.is_empty() {
+            let refused = Err(ActionError::Forbidden(format!(
+                "actor '{}' does not hold '{}' in any active workspace",
+                actor.id,
+                action.capability()
+            )));
+            return self.audit_refusal(actor, &format!("{action:?}_by_filter").to_lowercase(), None, refused).await;
+        }
+        filter.visible_workspaces = Some(self.reads.visible_workspaces(&actor.id).await?.into_iter().collect());
+        filter.workspace_in = Some(allowed);
+        let candidates = self.candidates(action, filter, max as usize).await?;
+        let more = candidates.len() > max as usize;
+        let mut runs = Vec::with_capacity(candidates.len().min(max as usize));
+        for run in candidates.into_iter().take(max as usize) {
+            let mut item = BulkItem {
+                run_id: run.id,
+                operation: run.operation.clone(),
+                workspace_id: run.workspace_id.clone(),
+                environment_id: run.environment_id.clone(),
+                reason_code: run.reason_code.clone(),
+                result: match action {
+                    BulkAction::Retry => "would_retry",
+                    BulkAction::Cancel => "would_cancel",
+                },
+                new_run_id: None,
+                message: None,
+            };
+            if !dry_run {
+                let done = match action {
+                    BulkAction::Retry => self.retry(actor, run.id).await.map(|r| {
+                        item.new_run_id = Some(r.run.id);
+                        if r.deduplicated { "deduplicated" } else { "retried" }
+                    }),
+                    BulkAction::Cancel => self.cancel(actor, run.id).await.map(|c| match c {
+                        Cancelled::Cancelled(_) => "cancelled",
+                        Cancelled::Requested(_) => "cancel_requested",
+                    }),
+                };
+                item.result = match done {
+                    Ok(r) => r,
+                    Err(e @ ActionError::Store(_)) => return Err(e),
+                    Err(e @ ActionError::Forbidden(_)) => {
+                        item.message = Some(e.to_string());
+                        "refused"
+                    }
+                    Err(e) => {
+                        item.message = Some(e.to_string());
+                        "conflict"
+                    }
+                };
+            }
+            runs.push(item);
+        }
+        let report = BulkReport { action, dry_run, matched: runs.len(), more, max, runs };
+        if !dry_run {
+            let service = self.dispatcher.service();
+            let results: std::collections::BTreeMap<&str, usize> =
+                report.runs.iter().fold(Default::default(), |mut m, r| {
+                    *m.entry(r.result).or_default() += 1;
+                    m
+                });
+            let entry = oprun_shared::AuditEntry::new(
+                service.clock().now(),
+                actor.clone(),
+                format!("runs.{}_by_filter", if action == BulkAction::Retry { "retry" } else { "cancel" }),
+            )
+            .details(serde_json::json!({ "matched": report.matched, "more": more, "max": max, "results": results }));
+            service.record(entry).await.map_err(store)?;
+        }
+        Ok(report)
+    }
+
+    /// The runs an action by filter would touch, newest first, at most
+    /// `max + 1` (to tell whether there are more): for a retry, completed
+    /// blocked or failed runs (or the outcome the filter names) that no run
+    /// retries yet; for a cancel, queued and running runs.
+    async fn candidates(
+        &self,
+        action: BulkAction,
+        mut filter: RunFilter,
+        max: usize,
+    ) -> Result<Vec<OperationRun>, ActionError> {
+        let service = self.dispatcher.service();
+        let mut out = Vec::new();
+        filter.limit = oprun_shared::store::MAX_PAGE;
+        loop {
+            let page = service.list(&filter).await.map_err(store)?;
+            let full = page.len() == filter.limit as usize;
+            filter.before = page.last().map(|r| r.id);
+            for run in page {
+                let wanted = match action {
+                    BulkAction::Retry => {
+                        run.status == oprun_shared::RunStatus::Completed
+                            && match filter.outcome {
+                                Some(o) => run.outcome == o,
+                                None => matches!(run.outcome, RunOutcome::Blocked | RunOutcome::Failed),
+                            }
+                    }
+                    BulkAction::Cancel => run.status != oprun_shared::RunStatus::Completed,
+                };
+                if !wanted {
+                    continue;
+                }
+                if action == BulkAction::Retry {
+                    let retried = RunFilter { retry_of: Some(run.id), limit: 1, ..RunFilter::default() };
+                    if let Some(r) = service.list(&retried).await.map_err(store)?.first() {
+                        // Already retried: only an active retry is returned
+                        // again (dedup); a finished one is history.
+                        if r.status == oprun_shared::RunStatus::Completed {
+                            continue;
+                        }
+                    }
+                }
+                out.push(run);
+                if out.len() > max {
+                    return Ok(out);
+                }
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 }

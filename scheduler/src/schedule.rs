@@ -57,6 +57,15 @@ pub struct TickOutcome {
     pub run_ids: Vec<Uuid>,
 }
 
+/// One tick of a backfill.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Backfilled {
+    /// The tick.
+    pub scheduled_for: DateTime<Utc>,
+    /// What it decided (`None`: already recorded, left as it was; or a dry run).
+    pub decision: Option<TickDecision>,
+}
+
 /// A scheduler failure (the pass stops; the next pass retries).
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -164,15 +173,132 @@ impl Scheduler {
         self
     }
 
-    /// Decide every tick due now, for every schedule.
+    /// Decide every tick due now, for every schedule, then settle the
+    /// ticks whose runs have all finished (the clean streak).
     pub async fn run_once(&self) -> Result<Vec<TickOutcome>, ScheduleError> {
         let now = self.clock.now();
+        // Pauses are stored: every scheduler reads them on every pass.
+        let paused: std::collections::BTreeSet<String> = self
+            .ticks
+            .schedule_states()
+            .await?
+            .into_iter()
+            .filter(|s| s.paused_at.is_some())
+            .map(|s| s.schedule)
+            .collect();
         let mut out = vec![];
         for s in &self.schedules {
-            match self.run_schedule(s, now).await {
+            let is_paused = paused.contains(&s.spec.name);
+            match self.run_schedule(s, now, is_paused).await {
                 Ok(mut ticks) => out.append(&mut ticks),
                 Err(e) => warn!(schedule = %s.spec.name, error = %e, "schedule pass failed; retrying next pass"),
             }
+            if let Err(e) = self.settle(s).await {
+                warn!(schedule = %s.spec.name, error = %e, "settling ticks failed; retrying next pass");
+            }
+        }
+        Ok(out)
+    }
+
+    /// The names of the schedules this scheduler runs.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.schedules.iter().map(|s| s.spec.name.as_str())
+    }
+
+    /// Settle the oldest unsettled ticks of `s` whose outcome is known, in
+    /// order, and move its clean streak on: one read of the ticks, one of
+    /// their runs and one write per pass, never a query per tick. Stops at
+    /// the first tick still undecided or with a run still active.
+    async fn settle(&self, s: &Prepared) -> Result<usize, ScheduleError> {
+        let name = &s.spec.name;
+        let ticks = self.ticks.unsettled_ticks(name, MAX_TICKS_PER_PASS as u32).await?;
+        if ticks.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = ticks
+            .iter()
+            .filter(|t| t.decision == TickDecision::Fired)
+            .flat_map(|t| t.run_ids.iter().copied())
+            .collect();
+        let runs: std::collections::HashMap<Uuid, OperationRun> =
+            self.dispatcher.service().store().get_runs(&ids).await?.into_iter().map(|r| (r.id, r)).collect();
+        let mut settled = vec![];
+        for t in &ticks {
+            let clean = match t.decision {
+                TickDecision::Claimed => break,
+                TickDecision::SkippedPaused => None,
+                TickDecision::Fired => {
+                    let of_tick: Vec<Option<&OperationRun>> = t.run_ids.iter().map(|id| runs.get(id)).collect();
+                    if of_tick.iter().flatten().any(|r| r.status != RunStatus::Completed) {
+                        break; // a run still active: its outcome is not known yet
+                    }
+                    Some(
+                        !of_tick.is_empty()
+                            && of_tick.iter().all(|r| r.is_some_and(|r| r.outcome == RunOutcome::Succeeded)),
+                    )
+                }
+                _ => Some(false),
+            };
+            settled.push((t.scheduled_for, clean));
+        }
+        let n = settled.len();
+        if n > 0 && !self.ticks.settle_ticks(name, &settled, self.clock.now()).await? {
+            return Ok(0); // another scheduler settled them first
+        }
+        Ok(n)
+    }
+
+    /// Fire the ticks of schedule `name` due in `[from, to]` that no
+    /// scheduler recorded, once each, marked as catch-up and as `by`'s
+    /// backfill (at most [`MAX_TICKS_PER_PASS`] ticks; a tick already
+    /// recorded is left as it is). `dry_run` only lists them.
+    pub async fn backfill(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        by: &Initiator,
+        dry_run: bool,
+    ) -> Result<Vec<Backfilled>, ScheduleError> {
+        let config = |message: String| ScheduleError::Config { name: name.to_string(), message };
+        let s = self
+            .schedules
+            .iter()
+            .find(|s| s.spec.name == name)
+            .ok_or_else(|| config("no such enabled schedule".into()))?;
+        if to < from {
+            return Err(config("backfill: the end is before the start".into()));
+        }
+        if to > self.clock.now() {
+            return Err(config("backfill: the end is in the future (the scheduler fires those ticks)".into()));
+        }
+        let start = from - chrono::Duration::nanoseconds(1);
+        let times: Vec<DateTime<Utc>> = s
+            .cron
+            .after(&start.with_timezone(&s.tz))
+            .map(|t| t.with_timezone(&Utc))
+            .take_while(|t| *t <= to)
+            .take(MAX_TICKS_PER_PASS + 1)
+            .collect();
+        if times.len() > MAX_TICKS_PER_PASS {
+            return Err(config(format!(
+                "backfill: more than {MAX_TICKS_PER_PASS} ticks in that range; backfill a shorter one"
+            )));
+        }
+        let mark = json!({ "backfill": { "by": format!("{}:{}", by.kind, by.id) } });
+        let mut out = vec![];
+        for at in times {
+            if dry_run {
+                out.push(Backfilled { scheduled_for: at, decision: None });
+                continue;
+            }
+            let now = self.clock.now();
+            if !self.ticks.claim_tick(name, at, TickDecision::Claimed, &self.name, now).await? {
+                out.push(Backfilled { scheduled_for: at, decision: None });
+                continue;
+            }
+            let tick = self.drive_marked(s, at, true, Dispatched::default(), Some(&mark)).await?;
+            out.push(Backfilled { scheduled_for: at, decision: Some(tick.decision) });
         }
         Ok(out)
     }
@@ -193,7 +319,12 @@ impl Scheduler {
         ticks.into_iter().enumerate().map(|(i, t)| (t, newest_due && i + 1 == n)).collect()
     }
 
-    async fn run_schedule(&self, s: &Prepared, now: DateTime<Utc>) -> Result<Vec<TickOutcome>, ScheduleError> {
+    async fn run_schedule(
+        &self,
+        s: &Prepared,
+        now: DateTime<Utc>,
+        paused: bool,
+    ) -> Result<Vec<TickOutcome>, ScheduleError> {
         let name = &s.spec.name;
         let mut out = vec![];
         // Ticks taken but never decided (a scheduler died, or a pass failed,
@@ -211,6 +342,20 @@ impl Scheduler {
             let missed = late > self.on_time;
             let window = chrono::Duration::from_std(s.spec.misfire_window).unwrap_or(chrono::Duration::MAX);
             let fire = !missed || (s.spec.misfire == MisfirePolicy::FireOnce && newest && late <= window);
+            if paused {
+                // Paused: recorded as such, neither fired nor missed.
+                if self.ticks.claim_tick(name, at, TickDecision::SkippedPaused, &self.name, now).await? {
+                    metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => "skipped_paused")
+                        .increment(1);
+                    out.push(TickOutcome {
+                        schedule: name.clone(),
+                        scheduled_for: at,
+                        decision: TickDecision::SkippedPaused,
+                        run_ids: vec![],
+                    });
+                }
+                continue;
+            }
             if !fire {
                 if self.ticks.claim_tick(name, at, TickDecision::SkippedMisfire, &self.name, now).await? {
                     info!(schedule = %name, scheduled_for = %at, "tick missed: skipped by the misfire policy");
@@ -242,8 +387,23 @@ impl Scheduler {
         catch_up: bool,
         so_far: Dispatched,
     ) -> Result<TickOutcome, ScheduleError> {
+        self.drive_marked(s, at, catch_up, so_far, None).await
+    }
+
+    /// [`drive`](Self::drive), with `mark`'s keys added to the tick's details.
+    async fn drive_marked(
+        &self,
+        s: &Prepared,
+        at: DateTime<Utc>,
+        catch_up: bool,
+        so_far: Dispatched,
+        mark: Option<&Value>,
+    ) -> Result<TickOutcome, ScheduleError> {
         let name = &s.spec.name;
-        let (decision, run_ids, details) = self.fire(s, at, catch_up, so_far).await?;
+        let (decision, run_ids, mut details) = self.fire(s, at, catch_up, so_far).await?;
+        if let (Some(Value::Object(m)), Value::Object(d)) = (mark, &mut details) {
+            d.extend(m.clone());
+        }
         self.ticks.decide_tick(name, at, decision, &run_ids, &details).await?;
         info!(schedule = %name, scheduled_for = %at, %decision, runs = run_ids.len(), "tick decided");
         metrics::counter!("oprun_schedule_ticks_total", "schedule" => name.clone(), "decision" => decision.as_str())

@@ -38,12 +38,17 @@ pub use reason::{Envelope, NextStep, ReasonCode, Retryability, required_capabili
 pub use run::{FailureEntry, Initiator, MAX_FAILURE_ENTRIES, OperationRun, Scope};
 pub use service::{
     AttemptEnd, BlockFrom, Cancelled, Claim, Completion, DispatchRequest, Dispatched, Finish, Later, Lease, LeaseState,
-    OperationRunService, ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport, ServiceConfig, ServiceError,
+    OperationRunService, PRUNE_ACTION, PruneReport, ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport,
+    RetentionPolicy, ServiceConfig, ServiceError,
 };
 pub use store::{
-    ClaimedReady, Database, ReadyClaim, RunFilter, RunStore, StaleRun, StoreError, Update, Wakeups, Written,
+    AuditFilter, ClaimedReady, Database, InitiatorFilter, PrunedPage, ReadyClaim, RunFilter, RunStore, StaleRun,
+    StoreError, Update, Wakeups, Written,
 };
-pub use ticks::{TickDecision, TickRecord, TickStore};
+pub use ticks::{ScheduleState, Settlement, TickDecision, TickRecord, TickStore};
 pub use tokens::TokenStore;
 pub use view::{RunDetail, RunView, run_detail};
-pub use viewer::{ACCESS_MANAGE, METRICS_VIEW, RUNS_CANCEL, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, Viewer};
+pub use viewer::{
+    ACCESS_MANAGE, AUDIT_VIEW, METRICS_VIEW, RUNS_CANCEL, RUNS_RECONCILE, RUNS_RETRY, RUNS_VIEW, SCHEDULES_MANAGE,
+    Viewer,
+};

@@ -105,6 +105,17 @@ pub struct OperationRun {
     /// attempt).
     #[serde(default)]
     pub snoozes: i32,
+    /// How many refused scheduled dispatches this blocked run stands for
+    /// (one per tick while the refusal lasts; 0 for a run that was not refused).
+    #[serde(default)]
+    pub refusals: i32,
+    /// The newest of those refusals.
+    #[serde(default)]
+    pub last_refused_at: Option<DateTime<Utc>>,
+    /// The open refusal this run collapses (`schedule|workspace|environment`),
+    /// cleared when the schedule fires there again or the run is retried.
+    #[serde(default)]
+    pub refusal_key: Option<String>,
     /// The run this one retries.
     pub retry_of: Option<Uuid>,
     /// The worker holding the lease while running.

@@ -294,6 +294,9 @@ pub fn run(now: DateTime<Utc>) -> OperationRun {
         attempt: 1,
         max_attempts: 3,
         snoozes: 0,
+        refusals: 0,
+        last_refused_at: None,
+        refusal_key: None,
         retry_of: None,
         lease_owner: None,
         lease_expires_at: None,
@@ -434,6 +437,34 @@ impl RunStore for FaultyStore {
     }
     async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError> {
         self.inner.audit_for_run(run_id).await
+    }
+    async fn list_audit(&self, filter: &crate::store::AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.list_audit(filter).await
+    }
+    async fn prune_runs(
+        &self,
+        outcome: crate::RunOutcome,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<crate::store::PrunedPage, StoreError> {
+        self.inner.prune_runs(outcome, before, limit).await
+    }
+    async fn count_prunable_runs(
+        &self,
+        outcome: crate::RunOutcome,
+        before: DateTime<Utc>,
+        cap: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner.count_prunable_runs(outcome, before, cap).await
+    }
+    async fn prune_audit(&self, before: DateTime<Utc>, limit: u32, dry_run: bool) -> Result<u64, StoreError> {
+        self.inner.prune_audit(before, limit, dry_run).await
+    }
+    async fn record_refusal(&self, run: &OperationRun, audit: &AuditEntry) -> Result<(OperationRun, bool), StoreError> {
+        self.inner.record_refusal(run, audit).await
+    }
+    async fn close_refusals(&self, key: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.close_refusals(key, now).await
     }
     async fn claim_ready(&self, claim: &crate::ReadyClaim) -> Result<crate::ClaimedReady, StoreError> {
         self.inner.claim_ready(claim).await

@@ -27,6 +27,8 @@ text_enum! {
         SkippedMisfire => "skipped_misfire",
         /// Dispatch-time authorization refused it (a blocked run records why).
         Refused => "refused",
+        /// The schedule was paused: not fired, and not missed either.
+        SkippedPaused => "skipped_paused",
     }
 }
 
@@ -47,7 +49,35 @@ pub struct TickRecord {
     pub decided_by: String,
     /// When.
     pub decided_at: DateTime<Utc>,
+    /// Whether the tick is clean: fired and every run succeeded (`None`
+    /// until it settles, and for a paused tick, which neither counts nor
+    /// breaks a streak).
+    pub clean: Option<bool>,
+    /// Whether its outcome is known and counted in the schedule's streak.
+    pub settled: bool,
 }
+
+/// A schedule's run-time state: paused or not, and its clean streak.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct ScheduleState {
+    /// The schedule.
+    pub schedule: String,
+    /// When it was paused (`None`: running).
+    pub paused_at: Option<DateTime<Utc>>,
+    /// Who paused it.
+    pub paused_by: Option<String>,
+    /// Why, in their words.
+    pub pause_note: Option<String>,
+    /// Clean ticks in a row, up to the newest settled tick, over the whole
+    /// history.
+    pub clean_streak: i64,
+    /// The newest settled tick.
+    pub settled_through: Option<DateTime<Utc>>,
+}
+
+/// How one tick settled: `Some(clean)`, or `None` for a tick that neither
+/// counts nor breaks a streak.
+pub type Settlement = (DateTime<Utc>, Option<bool>);
 
 /// The tick record. Implemented by both stores.
 #[async_trait]
@@ -103,4 +133,34 @@ pub trait TickStore: Send + Sync + std::fmt::Debug {
 
     /// A schedule's ticks, newest first.
     async fn ticks(&self, schedule: &str, limit: u32) -> Result<Vec<TickRecord>, StoreError>;
+
+    /// A schedule's ticks not yet settled, oldest first (at most `limit`).
+    async fn unsettled_ticks(&self, schedule: &str, limit: u32) -> Result<Vec<TickRecord>, StoreError>;
+
+    /// Settle ticks of `schedule` in the order given (oldest first) and
+    /// move its streak on, in one transaction; false (nothing written) if
+    /// another scheduler settled any of them first.
+    async fn settle_ticks(
+        &self,
+        schedule: &str,
+        settled: &[Settlement],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Every schedule's stored state (schedules never paused nor settled
+    /// have none).
+    async fn schedule_states(&self) -> Result<Vec<ScheduleState>, StoreError>;
+
+    /// Pause (`Some((by, note))`) or resume (`None`) a schedule; false when
+    /// it already was so.
+    async fn set_paused(
+        &self,
+        schedule: &str,
+        pause: Option<(&str, Option<&str>)>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// One page of ticks decided before `before` deleted (dry: counted);
+    /// never a schedule's newest tick nor one still claimed.
+    async fn prune_ticks(&self, before: DateTime<Utc>, limit: u32, dry_run: bool) -> Result<u64, StoreError>;
 }

@@ -17,10 +17,15 @@ pub const ACCESS_MANAGE: &str = "access.manage";
 /// schedules and operations, so a scrape needs it in every active workspace.
 pub const METRICS_VIEW: &str = "metrics.view";
 
+/// Capability to pause, resume and backfill the schedules of a workspace.
+pub const SCHEDULES_MANAGE: &str = "schedules.manage";
+/// Capability to read a workspace's audit log of administrative acts.
+pub const AUDIT_VIEW: &str = "audit.view";
+
 /// The capabilities oprun itself defines; operation capabilities come from
 /// the operation catalog.
 pub const BUILTIN_CAPABILITIES: &[&str] =
-    &[RUNS_VIEW, RUNS_RETRY, RUNS_CANCEL, RUNS_RECONCILE, ACCESS_MANAGE, METRICS_VIEW];
+    &[RUNS_VIEW, RUNS_RETRY, RUNS_CANCEL, RUNS_RECONCILE, ACCESS_MANAGE, METRICS_VIEW, SCHEDULES_MANAGE, AUDIT_VIEW];
 
 /// A viewer of one run: an actor and the capabilities it holds *now* in the
 /// run's workspace. Guidance and translations never offer what the viewer

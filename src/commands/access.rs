@@ -25,6 +25,21 @@ pub async fn access_apply(path: Option<&Path>, file: &Path) -> CliResult<()> {
     let app = App::open(path).await?;
     let access = app.parse_access(&text, &file.display().to_string())?;
     let report = app.db.access.apply_access(&access).await.map_err(store_err)?;
+    let actor = oprun_shared::Initiator::user(oprun_shared::access::LOCAL_ADMIN);
+    audit_apply(&app, &actor, &file.display().to_string(), &report).await?;
     outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default())?;
     Ok(())
+}
+
+/// The audit row of an applied access file: who applied which file, and
+/// what it changed.
+pub async fn audit_apply(
+    app: &App,
+    actor: &oprun_shared::Initiator,
+    file: &str,
+    report: &oprun_shared::access::ApplyReport,
+) -> CliResult<()> {
+    let entry = oprun_shared::AuditEntry::new(app.clock.now(), actor.clone(), "access.apply")
+        .details(serde_json::json!({ "file": file, "changed": report }));
+    app.service.record(entry).await.map_err(store_err)
 }

@@ -5,9 +5,12 @@
 //! known actors, the operator and its errors).
 
 pub mod access;
+pub mod audit;
 pub mod dispatch;
+pub mod prune;
 pub mod reconcile;
 pub mod runs;
+pub mod schedules;
 pub mod serve;
 pub mod tokens;
 
@@ -42,6 +45,9 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Runs(RunsCommand::Retry(args)) => runs::runs_act(path, args, true).await,
         Command::Runs(RunsCommand::Cancel(args)) => runs::runs_act(path, args, false).await,
         Command::Reconcile(args) => reconcile::reconcile(path, args).await,
+        Command::Prune(args) => prune::prune(path, args).await,
+        Command::Audit(args) => audit::audit(path, args).await,
+        Command::Schedules(cmd) => schedules::run(path, cmd).await,
         Command::Token(TokenCommand::Create { actor, expires_in, json }) => {
             tokens::token_create(path, &actor, expires_in, json).await
         }
@@ -67,7 +73,9 @@ async fn operator(app: &App) -> CliResult<Operator> {
 /// An operator action's refusal, by its exit code.
 fn action_err(e: ActionError) -> CliError {
     match e {
-        ActionError::NotFound(_) | ActionError::Invalid(_) => CliError::Usage(e.to_string()),
+        ActionError::NotFound(_) | ActionError::NoSuchSchedule(_) | ActionError::Invalid(_) => {
+            CliError::Usage(e.to_string())
+        }
         ActionError::Forbidden(_) | ActionError::Conflict(_) => CliError::Refused(e.to_string()),
         ActionError::Store(_) => CliError::Runtime(e.to_string()),
     }

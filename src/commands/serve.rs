@@ -44,6 +44,7 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
     let app = App::open(path).await?;
     if scheduler && let Some(access) = app.configured_access()? {
         let report = app.db.access.apply_access(&access).await.map_err(store_err)?;
+        super::access::audit_apply(&app, &Initiator::service("oprun-up"), "configured access file", &report).await?;
         info!(actors = report.actors, workspaces = report.workspaces, "access file applied");
     }
     let queue = app.queue().await?;
@@ -69,8 +70,13 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
         let actor = Initiator::service(app.config.scheduler.reconciler_actor.clone());
         let (tick, every) = (app.config.scheduler.tick, app.config.scheduler.reconcile_interval);
         let rx = stop_rx.clone();
+        let retention = oprun_scheduler::Retention {
+            policy: app.config.retention.clone(),
+            ticks: app.db.ticks.clone(),
+            actor: Initiator::service(crate::commands::prune::RETENTION_ACTOR),
+        };
         tasks.spawn(async move {
-            run_loops(Some(sched), dispatcher, actor, tick, every, stopped(rx)).await;
+            run_loops(Some(sched), dispatcher, actor, tick, every, Some(retention), stopped(rx)).await;
             Ok(())
         });
     }

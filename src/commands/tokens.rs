@@ -50,6 +50,12 @@ pub async fn token_create(path: Option<&Path>, actor: &str, expires_in: Option<D
     let now = app.clock.now();
     let expires_at = oprun_scheduler::api::expiry(now, expires_in).map_err(CliError::Usage)?;
     app.db.tokens.create_token(&id, &hash, actor, now, expires_at).await.map_err(store_err)?;
+    audit_token(
+        &app,
+        "token.create",
+        serde_json::json!({ "token_id": id, "for_actor": actor, "expires_at": expires_at }),
+    )
+    .await?;
     if json {
         let v = serde_json::json!({ "id": id, "actor": actor, "token": token, "expires_at": expires_at });
         outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
@@ -70,9 +76,18 @@ pub async fn token_create(path: Option<&Path>, actor: &str, expires_in: Option<D
 pub async fn token_revoke(path: Option<&Path>, id: &str) -> CliResult<()> {
     let app = App::open(path).await?;
     if app.db.tokens.revoke_token(id, app.clock.now()).await.map_err(store_err)? {
+        audit_token(&app, "token.revoke", serde_json::json!({ "token_id": id })).await?;
         outln!("revoked {id}")?;
         Ok(())
     } else {
         Err(CliError::Usage(format!("no live token with id '{id}'")))
     }
+}
+
+/// The audit row of a token change, by the local administrator (never the
+/// token, nor its hash).
+async fn audit_token(app: &App, action: &str, details: serde_json::Value) -> CliResult<()> {
+    let actor = oprun_shared::Initiator::user(oprun_shared::access::LOCAL_ADMIN);
+    let entry = oprun_shared::AuditEntry::new(app.clock.now(), actor, action).details(details);
+    app.service.record(entry).await.map_err(store_err)
 }

@@ -75,7 +75,7 @@ pub(super) async fn log_errors(request: axum::extract::Request, next: axum::midd
 impl From<ActionError> for ApiError {
     fn from(e: ActionError) -> Self {
         let status = match &e {
-            ActionError::NotFound(_) => StatusCode::NOT_FOUND,
+            ActionError::NotFound(_) | ActionError::NoSuchSchedule(_) => StatusCode::NOT_FOUND,
             ActionError::Forbidden(_) => StatusCode::FORBIDDEN,
             ActionError::Conflict(_) => StatusCode::CONFLICT,
             ActionError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -91,6 +91,22 @@ pub struct ListQuery {
     /// Only queued runs waiting for their time (delayed, retrying later,
     /// snoozed): `true`.
     waiting: Option<bool>,
+    /// One environment.
+    environment: Option<String>,
+    /// One reason code.
+    reason: Option<String>,
+    /// Runs dispatched by this schedule.
+    schedule: Option<String>,
+    /// Runs started by ACTOR or KIND:ACTOR.
+    initiator: Option<String>,
+    /// Created at or after (RFC 3339).
+    created_after: Option<String>,
+    /// Created before (RFC 3339).
+    created_before: Option<String>,
+    /// Completed at or after (RFC 3339).
+    completed_after: Option<String>,
+    /// Completed before (RFC 3339).
+    completed_before: Option<String>,
     /// Cursor: runs older than this id.
     before: Option<String>,
     /// Page size, 1–1000 (default 50).
@@ -107,6 +123,16 @@ pub(super) fn list_filter(q: ListQuery, now: DateTime<Utc>) -> ApiResult<RunFilt
         return Err(ApiError::invalid("limit must be 1–1000"));
     }
     let before = q.before.as_deref().map(run_id).transpose()?;
+    let fields = FilterFields {
+        environment: q.environment,
+        reason: q.reason,
+        schedule: q.schedule,
+        initiator: q.initiator,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        completed_after: q.completed_after,
+        completed_before: q.completed_before,
+    };
     Ok(RunFilter {
         workspace_id: q.workspace,
         operation: q.operation,
@@ -115,8 +141,118 @@ pub(super) fn list_filter(q: ListQuery, now: DateTime<Utc>) -> ApiResult<RunFilt
         before,
         limit,
         waiting_at: q.waiting.unwrap_or(false).then_some(now),
-        ..RunFilter::default()
+        ..fields.filter()?
     })
+}
+
+/// The filters `GET /v1/runs` and the actions by filter share beyond
+/// status, outcome, operation and workspace.
+#[derive(Debug, Default)]
+pub(super) struct FilterFields {
+    pub(super) environment: Option<String>,
+    pub(super) reason: Option<String>,
+    pub(super) schedule: Option<String>,
+    pub(super) initiator: Option<String>,
+    pub(super) created_after: Option<String>,
+    pub(super) created_before: Option<String>,
+    pub(super) completed_after: Option<String>,
+    pub(super) completed_before: Option<String>,
+}
+
+impl FilterFields {
+    pub(super) fn filter(self) -> ApiResult<RunFilter> {
+        let time = |name: &str, v: Option<String>| -> ApiResult<Option<DateTime<Utc>>> {
+            v.map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| ApiError::invalid(format!("{name}: '{}' is not an RFC 3339 time", s.escape_debug())))
+            })
+            .transpose()
+        };
+        for (name, v) in [("environment", &self.environment), ("reason", &self.reason), ("schedule", &self.schedule)] {
+            if let Some(v) = v
+                && (v.is_empty() || v.len() > 200 || v.chars().any(char::is_control))
+            {
+                return Err(ApiError::invalid(format!("{name}: must be 1–200 printable characters")));
+            }
+        }
+        let initiator = self
+            .initiator
+            .map(|s| {
+                s.parse::<oprun_shared::InitiatorFilter>().map_err(|e| ApiError::invalid(format!("initiator: {e}")))
+            })
+            .transpose()?;
+        Ok(RunFilter {
+            environment_id: self.environment,
+            reason_code: self.reason,
+            schedule: self.schedule,
+            initiator,
+            created_after: time("created_after", self.created_after)?,
+            created_before: time("created_before", self.created_before)?,
+            completed_after: time("completed_after", self.completed_after)?,
+            completed_before: time("completed_before", self.completed_before)?,
+            ..RunFilter::default()
+        })
+    }
+}
+
+/// Body of `POST /v1/runs/retry` and `/v1/runs/cancel`: the filter (at
+/// least one field), `dry_run` and `max`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkBody {
+    /// List what would be done; do nothing.
+    #[serde(default)]
+    pub(super) dry_run: bool,
+    /// At most this many runs (default 1000, at most 10000).
+    pub(super) max: Option<u32>,
+    status: Option<String>,
+    outcome: Option<String>,
+    operation: Option<String>,
+    workspace: Option<String>,
+    environment: Option<String>,
+    reason: Option<String>,
+    schedule: Option<String>,
+    initiator: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    completed_after: Option<String>,
+    completed_before: Option<String>,
+}
+
+/// The run filter of an action by filter (one field at least: an empty
+/// filter would act on every run).
+pub(super) fn bulk_filter(b: &BulkBody) -> ApiResult<RunFilter> {
+    let status =
+        b.status.as_ref().map(|s| s.parse::<RunStatus>().map_err(|e| ApiError::invalid(e.to_string()))).transpose()?;
+    let outcome = b
+        .outcome
+        .as_ref()
+        .map(|s| s.parse::<RunOutcome>().map_err(|e| ApiError::invalid(e.to_string())))
+        .transpose()?;
+    let fields = FilterFields {
+        environment: b.environment.clone(),
+        reason: b.reason.clone(),
+        schedule: b.schedule.clone(),
+        initiator: b.initiator.clone(),
+        created_after: b.created_after.clone(),
+        created_before: b.created_before.clone(),
+        completed_after: b.completed_after.clone(),
+        completed_before: b.completed_before.clone(),
+    };
+    let filter = RunFilter {
+        status,
+        outcome,
+        operation: b.operation.clone(),
+        workspace_id: b.workspace.clone(),
+        ..fields.filter()?
+    };
+    if filter == RunFilter::default() {
+        return Err(ApiError::invalid(
+            "name at least one filter (reason, operation, workspace, …): an empty filter would act on every run",
+        ));
+    }
+    Ok(filter)
 }
 
 /// The (empty) body of retry and cancel.
@@ -135,4 +271,12 @@ pub struct ReconcileBody {
     pub(super) operation: Option<String>,
     /// Only this workspace.
     pub(super) workspace: Option<String>,
+}
+
+/// Body of `POST /v1/schedules/{name}/pause`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    /// Why (at most 500 characters).
+    pub(super) note: Option<String>,
 }

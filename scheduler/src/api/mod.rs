@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use oprun_shared::{
-    AccessStore, Clock, Initiator, JobQueue, METRICS_VIEW, ReconcileFilter, RunOutcome, RunView, TickStore, TokenStore,
+    AccessStore, Clock, Initiator, JobQueue, METRICS_VIEW, ReconcileFilter, RunView, TickStore, TokenStore,
 };
 use serde_json::{Value, json};
 use utoipa::OpenApi;
@@ -29,8 +29,8 @@ mod tokens;
 
 pub use error::ApiError;
 use error::{ApiResult, log_errors};
+use input::{BulkBody, NoBody, PauseBody, body_json, bulk_filter, list_filter, path_run_id};
 pub use input::{ListQuery, ReconcileBody, parse_empty_body, parse_list_query, parse_reconcile_body, parse_run_id};
-use input::{NoBody, body_json, list_filter, path_run_id};
 use tokens::caller;
 pub use tokens::{MAX_TOKEN_LIFETIME, TOKEN_PREFIX, expiry, hash_token, new_token};
 
@@ -140,6 +140,82 @@ async fn cancel_run(
     Ok(Json(json!({ "result": result, "run": RunView::from(&run) })))
 }
 
+/// Retry every blocked or failed run a filter matches (each authorized and
+/// audited on its own; `dry_run` lists them).
+#[utoipa::path(post, path = "/v1/runs/retry", request_body = BulkBody, responses(
+    (status = 200, description = "the report: matched, more, and per run what was done"),
+    (status = 403, description = "no runs.retry anywhere"), (status = 422, description = "bad or empty filter")))]
+async fn retry_by_filter(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    bulk(state, headers, body, crate::operator::BulkAction::Retry).await
+}
+
+/// Cancel every queued or running run a filter matches.
+#[utoipa::path(post, path = "/v1/runs/cancel", request_body = BulkBody, responses(
+    (status = 200, description = "the report: matched, more, and per run what was done"),
+    (status = 403, description = "no runs.cancel anywhere"), (status = 422, description = "bad or empty filter")))]
+async fn cancel_by_filter(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    bulk(state, headers, body, crate::operator::BulkAction::Cancel).await
+}
+
+async fn bulk(
+    state: ApiState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    action: crate::operator::BulkAction,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let b: BulkBody = body_json(body)?;
+    let filter = bulk_filter(&b)?;
+    let report = state.operator.act_on_filter(&actor, action, filter, b.max, b.dry_run).await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Pause a schedule (stored: every scheduler honours it); body `{"note": "…"}` or empty.
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", params(("name" = String, Path, description = "schedule")),
+    request_body = PauseBody, responses((status = 200, description = "{\"changed\": bool}"),
+    (status = 403, description = "no schedules.manage"), (status = 404, description = "no such schedule")))]
+async fn pause_schedule(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let Path(name) = name.map_err(|r| ApiError::invalid(r.body_text()))?;
+    let b: PauseBody = body_json(body)?;
+    let changed = schedule_admin(&state).set_paused(&actor, &name, Some(b.note.as_deref())).await?;
+    Ok(Json(json!({ "schedule": name, "paused": true, "changed": changed })))
+}
+
+/// Resume a paused schedule.
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", params(("name" = String, Path, description = "schedule")),
+    responses((status = 200, description = "{\"changed\": bool}"),
+    (status = 403, description = "no schedules.manage"), (status = 404, description = "no such schedule")))]
+async fn resume_schedule(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let Path(name) = name.map_err(|r| ApiError::invalid(r.body_text()))?;
+    let _: NoBody = body_json(body)?;
+    let changed = schedule_admin(&state).set_paused(&actor, &name, None).await?;
+    Ok(Json(json!({ "schedule": name, "paused": false, "changed": changed })))
+}
+
+fn schedule_admin(state: &ApiState) -> crate::schedules::Schedules {
+    crate::schedules::Schedules::new(state.operator.clone(), state.schedules.clone(), state.ticks.clone())
+}
+
 /// Move stale runs on (or, dry, report what would move).
 #[utoipa::path(post, path = "/v1/reconcile", request_body = ReconcileBody, responses(
     (status = 200, description = "the reconcile report"), (status = 403, description = "not allowed")))]
@@ -160,35 +236,16 @@ async fn reconcile(
 #[utoipa::path(get, path = "/v1/schedules", responses((status = 200, description = "{\"schedules\": [...]}")))]
 async fn schedules(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let actor = caller(&state, &headers).await?;
-    let visible = state.operator.reads().visible_workspaces(&actor.id).await?;
-    let mut out = vec![];
-    for s in state.schedules.iter().filter(|s| visible.contains(&s.workspace)) {
-        let ticks = state.ticks.ticks(&s.name, 20).await.map_err(ApiError::unavailable)?;
-        let mut succeeded_streak = 0;
-        for t in &ticks {
-            if t.decision != oprun_shared::TickDecision::Fired {
-                break;
-            }
-            let mut all_ok = !t.run_ids.is_empty();
-            for id in &t.run_ids {
-                let run = state.operator.dispatcher().service().get(*id).await;
-                all_ok &= matches!(run, Ok(r) if r.outcome == RunOutcome::Succeeded);
-            }
-            if !all_ok {
-                break;
-            }
-            succeeded_streak += 1;
-        }
-        let recent: Vec<Value> = ticks
-            .iter()
-            .map(|t| json!({ "scheduled_for": t.scheduled_for, "decision": t.decision, "run_ids": t.run_ids }))
-            .collect();
-        out.push(json!({
-            "name": s.name, "cron": s.cron, "timezone": s.timezone, "operation": s.operation,
-            "workspace": s.workspace, "environment": s.environment, "enabled": s.enabled,
-            "recent_ticks": recent, "consecutive_succeeded_ticks": succeeded_streak,
-        }));
-    }
+    let views = schedule_admin(&state).list(&actor.id, 20).await?;
+    let out: Vec<Value> = views
+        .into_iter()
+        .map(|v| {
+            let mut j = serde_json::to_value(&v).unwrap_or_default();
+            // The streak under its earlier name, for existing clients.
+            j["consecutive_succeeded_ticks"] = json!(v.clean_streak);
+            j
+        })
+        .collect();
     Ok(Json(json!({ "schedules": out })))
 }
 
@@ -263,6 +320,10 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(run_audit))
         .routes(routes!(retry_run))
         .routes(routes!(cancel_run))
+        .routes(routes!(retry_by_filter))
+        .routes(routes!(cancel_by_filter))
+        .routes(routes!(pause_schedule))
+        .routes(routes!(resume_schedule))
         .routes(routes!(reconcile))
         .routes(routes!(schedules))
         .routes(routes!(healthz))

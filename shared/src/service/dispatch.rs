@@ -99,6 +99,23 @@ fn check_document(field: &str, v: &Value) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// The key of a scheduled dispatch's open refusal: its schedule and scope
+/// (`None` for a dispatch no schedule made).
+fn refusal_key(req: &DispatchRequest) -> Option<String> {
+    if req.source != SourceSurface::Scheduler {
+        return None;
+    }
+    let schedule = req.context.get("schedule").and_then(Value::as_str)?;
+    Some(format!(
+        "{}|{}|{}|{}|{}",
+        key_part(Some(schedule)),
+        key_part(Some(&req.scope.workspace_id)),
+        key_part(req.scope.environment_id.as_deref()),
+        key_part(req.scope.target_type.as_deref()),
+        key_part(req.scope.target_id.as_deref()),
+    ))
+}
+
 /// The audit row of a dispatch.
 fn dispatch_audit(req: &DispatchRequest, now: DateTime<Utc>) -> AuditEntry {
     AuditEntry::new(now, req.initiator.clone(), Transition::Dispatch.action())
@@ -180,6 +197,9 @@ impl OperationRunService {
             attempt: 1,
             max_attempts: i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
             snoozes: 0,
+            refusals: 0,
+            last_refused_at: None,
+            refusal_key: None,
             retry_of: None,
             lease_owner: None,
             lease_expires_at: None,
@@ -275,6 +295,24 @@ impl OperationRunService {
         let audit = AuditEntry::new(now, req.initiator.clone(), Transition::DispatchRefused.action())
             .reason(reason.as_str())
             .details(json!({ "source_surface": req.source.as_str(), "message": redact::sanitize(message) }));
+        // A schedule refused tick after tick keeps one blocked run per scope
+        // and reason that counts the refusals (the tick ledger has each).
+        if let Some(key) = refusal_key(&req) {
+            run.refusals = 1;
+            run.last_refused_at = Some(now);
+            run.refusal_key = Some(key);
+            let (run, _new) = self.store.record_refusal(&run, &audit).await?;
+            return Ok(run);
+        }
         Ok(self.insert(run, &[audit]).await?.run)
+    }
+
+    /// A scheduled dispatch was made in its scope: the refusals open there
+    /// for its schedule are over (the next refusal is a new run).
+    pub async fn close_refusals(&self, req: &DispatchRequest) -> Result<u64, ServiceError> {
+        match refusal_key(req) {
+            Some(key) => Ok(self.store.close_refusals(&key, self.clock.now()).await?),
+            None => Ok(0),
+        }
     }
 }

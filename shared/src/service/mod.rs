@@ -31,6 +31,7 @@ mod dispatch;
 mod finish;
 mod later;
 mod lease;
+mod prune;
 mod reconcile;
 mod retry;
 
@@ -39,6 +40,7 @@ pub use dispatch::{DispatchRequest, Dispatched};
 pub use finish::{BlockFrom, Completion, Finish};
 pub use later::{AttemptEnd, Later};
 pub use lease::{Claim, Lease, LeaseState};
+pub use prune::{PRUNE_ACTION, PruneReport, RetentionPolicy};
 pub use reconcile::{ReconcileAction, ReconcileFilter, ReconcileKind, ReconcileReport};
 
 /// Why the service refused or failed.

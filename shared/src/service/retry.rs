@@ -79,7 +79,12 @@ impl OperationRunService {
         on_old.environment_id = old.environment_id.clone();
         on_old.to_status = Some(old.status);
         on_old.outcome = Some(old.outcome);
-        self.insert(run, &[on_new, on_old]).await
+        let retried = self.insert(run, &[on_new, on_old]).await?;
+        // A retried refusal is closed: a refusal after it is a new run.
+        if let Some(key) = &old.refusal_key {
+            self.store.close_refusals(key, now).await?;
+        }
+        Ok(retried)
     }
 
     /// A waiting queued run made ready now, audited `run.retry_now`.

@@ -412,10 +412,90 @@ pub struct RunFilter {
     /// after it): delayed runs, retries waiting for their next attempt,
     /// snoozed runs.
     pub waiting_at: Option<DateTime<Utc>>,
+    /// Only these workspaces (a second visibility bound, e.g. where an
+    /// operator holds the capability an action needs); `Some(empty)` lists
+    /// nothing.
+    pub workspace_in: Option<Vec<String>>,
+    /// One reason code.
+    pub reason_code: Option<String>,
+    /// One environment.
+    pub environment_id: Option<String>,
+    /// Runs dispatched by this schedule.
+    pub schedule: Option<String>,
+    /// Runs started by this actor (of this kind, when given).
+    pub initiator: Option<InitiatorFilter>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Completed at or after (completed runs only).
+    pub completed_after: Option<DateTime<Utc>>,
+    /// Completed before (completed runs only).
+    pub completed_before: Option<DateTime<Utc>>,
     /// Cursor: only runs older than this id (lists are newest first).
     pub before: Option<Uuid>,
     /// At most this many (the store caps it at 1,000).
     pub limit: u32,
+}
+
+/// Runs by who started them: `kind:id` (`user:ops-user-1`,
+/// `schedule:svc-scheduler`) or an actor id of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitiatorFilter {
+    /// The actor kind, when named.
+    pub kind: Option<crate::lifecycle::ActorKind>,
+    /// The actor id.
+    pub id: String,
+}
+
+impl std::str::FromStr for InitiatorFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, id) = match s.split_once(':') {
+            Some((k, id)) if matches!(k, "user" | "service" | "schedule") => {
+                (Some(k.parse().map_err(|e| format!("{e}"))?), id)
+            }
+            _ => (None, s),
+        };
+        if id.trim().is_empty() || id.len() > crate::run::MAX_ID_LEN || id.chars().any(char::is_control) {
+            return Err(format!(
+                "'{}' is not an initiator (ACTOR or KIND:ACTOR, KIND user, service or schedule)",
+                s.escape_debug()
+            ));
+        }
+        Ok(Self { kind, id: id.to_string() })
+    }
+}
+
+/// Which audit rows to read (`oprun audit`). Every field narrows the list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuditFilter {
+    /// Only rows of these workspaces; `Some(empty)` lists nothing.
+    pub visible_workspaces: Option<Vec<String>>,
+    /// One actor id.
+    pub actor: Option<String>,
+    /// One action (`schedule.pause`), or a prefix ending in `*` (`access.*`).
+    pub action: Option<String>,
+    /// Only rows of no run (administrative acts, refused actions).
+    pub administrative: bool,
+    /// One run's rows.
+    pub run_id: Option<Uuid>,
+    /// At or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Cursor: rows older than this id (newest first).
+    pub before: Option<i64>,
+    /// At most this many (capped at 1,000).
+    pub limit: u32,
+}
+
+/// What one page of retention deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrunedPage {
+    /// Runs deleted.
+    pub runs: u64,
+    /// Their audit rows, deleted with them.
+    pub audit_rows: u64,
 }
 
 /// Which stale candidates to scan.
@@ -576,6 +656,41 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// Append an audit row that goes with no run write (a denial, a refusal).
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Audit rows, newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// One page of retention, in one transaction: at most `limit` completed
+    /// runs of `outcome` that completed before `before` and that no run
+    /// retries, oldest first, deleted with their audit rows.
+    async fn prune_runs(
+        &self,
+        outcome: RunOutcome,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<PrunedPage, StoreError>;
+
+    /// How many runs [`prune_runs`](Self::prune_runs) would delete over all
+    /// its pages, counting at most `cap`.
+    async fn count_prunable_runs(
+        &self,
+        outcome: RunOutcome,
+        before: DateTime<Utc>,
+        cap: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// One page of audit rows of no run older than `before` deleted (dry:
+    /// counted); how many.
+    async fn prune_audit(&self, before: DateTime<Utc>, limit: u32, dry_run: bool) -> Result<u64, StoreError>;
+
+    /// Write a refused scheduled dispatch's blocked run with its audit row,
+    /// or, when an open refusal of the same key and reason exists, count one
+    /// more refusal on it (no new row). The run as it is now, and whether it
+    /// is new.
+    async fn record_refusal(&self, run: &OperationRun, audit: &AuditEntry) -> Result<(OperationRun, bool), StoreError>;
+
+    /// Close the open refusals of `key` (their runs stay, counted); how many.
+    async fn close_refusals(&self, key: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// A run's audit rows, oldest first.
     async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError>;

@@ -2,6 +2,7 @@
 //! lifecycle table, run through `OperationRunService` against real Postgres
 //! and a real SQLite file. Each case below runs once per backend.
 
+mod at_scale;
 mod audit;
 mod cancel;
 mod claim;
@@ -96,6 +97,13 @@ macro_rules! conformance {
 // Every case, by the file (transition family) that holds it; each runs once
 // per backend as `postgres::<case>` and `sqlite::<case>`.
 conformance!(
+    at_scale: [
+        every_new_filter_returns_exactly_the_matching_runs,
+        prune_by_policy_keeps_what_must_be_kept,
+        a_schedule_refused_tick_after_tick_keeps_one_blocked_run,
+        ticks_settle_into_a_streak_and_pauses_are_stored,
+        the_audit_log_reads_by_actor_action_and_time,
+    ],
     dispatch: [
         dispatch_writes_a_queued_pending_run_with_its_audit_row,
         dispatch_of_an_active_scope_returns_the_existing_run_marked_deduplicated,

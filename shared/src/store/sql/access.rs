@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Backend, Cols, SqlStore, Stmt};
 use crate::access::{AccessFacts, AccessFile, AccessStore, ApplyReport, Request};
 use crate::store::{MAX_PAGE, StoreError};
-use crate::ticks::{TickDecision, TickRecord, TickStore};
+use crate::ticks::{ScheduleState, Settlement, TickDecision, TickRecord, TickStore};
 use crate::tokens::TokenStore;
 
 const UPSERT_ACTOR: &str = "INSERT INTO actors (id, kind, display_name, status) VALUES ($1, $2, $3, $4) \
@@ -87,7 +87,8 @@ const DECIDE_TICK: &str = "UPDATE schedule_ticks SET decision = $3, run_ids = $4
 const PROGRESS_TICK: &str = "UPDATE schedule_ticks SET run_ids = $4, details = $5, decided_at = $6 \
     WHERE schedule = $1 AND scheduled_for = $2 AND decided_by = $3 AND decision = 'claimed'";
 
-const TICK_COLUMNS: &str = "schedule, scheduled_for, decision, run_ids, details, decided_by, decided_at";
+const TICK_COLUMNS: &str =
+    "schedule, scheduled_for, decision, run_ids, details, decided_by, decided_at, settled, clean";
 
 fn reclaim_ticks() -> String {
     format!(
@@ -99,6 +100,25 @@ fn reclaim_ticks() -> String {
 fn select_ticks() -> String {
     format!("SELECT {TICK_COLUMNS} FROM schedule_ticks WHERE schedule = $1 ORDER BY scheduled_for DESC LIMIT $2")
 }
+
+const SELECT_STREAK: &str = "SELECT clean_streak FROM schedule_state WHERE schedule = $1";
+
+const UPSERT_STREAK: &str = "INSERT INTO schedule_state (schedule, clean_streak, settled_through, updated_at) \
+    VALUES ($1, $2, $3, $4) ON CONFLICT (schedule) DO UPDATE SET clean_streak = excluded.clean_streak, \
+    settled_through = excluded.settled_through, updated_at = excluded.updated_at";
+
+const SELECT_STATES: &str = "SELECT schedule, paused_at, paused_by, pause_note, clean_streak, settled_through \
+    FROM schedule_state ORDER BY schedule";
+
+/// Pause a schedule that is not paused (a row is written either way the
+/// first time).
+const PAUSE: &str = "INSERT INTO schedule_state (schedule, paused_at, paused_by, pause_note, updated_at) \
+    VALUES ($1, $2, $3, $4, $2) ON CONFLICT (schedule) DO UPDATE SET paused_at = excluded.paused_at, \
+    paused_by = excluded.paused_by, pause_note = excluded.pause_note, updated_at = excluded.updated_at \
+    WHERE schedule_state.paused_at IS NULL";
+
+const RESUME: &str = "UPDATE schedule_state SET paused_at = NULL, paused_by = NULL, pause_note = NULL, updated_at = $2 \
+    WHERE schedule = $1 AND paused_at IS NOT NULL";
 
 const SELECT_LAST_TICK: &str =
     "SELECT scheduled_for FROM schedule_ticks WHERE schedule = $1 ORDER BY scheduled_for DESC LIMIT 1";
@@ -129,6 +149,8 @@ fn tick_record(r: &impl Cols, schedule: &str) -> Result<TickRecord, StoreError> 
         details: r.json("details")?,
         decided_by: r.text("decided_by")?,
         decided_at: r.time("decided_at")?,
+        clean: r.opt_int("clean")?.map(|c| c != 0),
+        settled: r.int("settled")? != 0,
     })
 }
 
@@ -335,5 +357,86 @@ impl<B: Backend> TickStore for SqlStore<B> {
     async fn ticks(&self, schedule: &str, limit: u32) -> Result<Vec<TickRecord>, StoreError> {
         let stmt = Stmt::new(select_ticks()).arg(schedule).arg(i64::from(limit.min(MAX_PAGE)));
         self.fetch(stmt).await?.iter().map(|r| tick_record(r, schedule)).collect()
+    }
+
+    async fn unsettled_ticks(&self, schedule: &str, limit: u32) -> Result<Vec<TickRecord>, StoreError> {
+        let stmt = Stmt::new(format!(
+            "SELECT {TICK_COLUMNS} FROM schedule_ticks WHERE schedule = $1 AND settled = 0 ORDER BY scheduled_for LIMIT $2"
+        ))
+        .arg(schedule)
+        .arg(i64::from(limit.clamp(1, MAX_PAGE)));
+        self.fetch(stmt).await?.iter().map(|r| tick_record(r, schedule)).collect()
+    }
+
+    async fn settle_ticks(
+        &self,
+        schedule: &str,
+        settled: &[Settlement],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let Some(newest) = settled.iter().map(|s| s.0).max() else { return Ok(true) };
+        let mut tx = B::begin_write(&self.pool).await?;
+        for (at, clean) in settled {
+            let stmt = Stmt::new(
+                "UPDATE schedule_ticks SET settled = 1, clean = $3 WHERE schedule = $1 AND scheduled_for = $2 AND settled = 0",
+            )
+            .arg(schedule)
+            .arg(*at)
+            .arg(clean.map(i32::from));
+            if B::execute(&mut tx, stmt).await? != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        let rows = B::fetch(&mut tx, Stmt::new(SELECT_STREAK).arg(schedule)).await?;
+        let mut streak = rows.first().map(|r| r.int("clean_streak")).transpose()?.unwrap_or(0);
+        for (_, clean) in settled {
+            match clean {
+                Some(true) => streak = streak.saturating_add(1),
+                Some(false) => streak = 0,
+                None => {}
+            }
+        }
+        B::execute(&mut tx, Stmt::new(UPSERT_STREAK).arg(schedule).arg(streak).arg(newest).arg(now)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn schedule_states(&self) -> Result<Vec<ScheduleState>, StoreError> {
+        let rows = self.fetch(Stmt::new(SELECT_STATES)).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ScheduleState {
+                    schedule: r.text("schedule")?,
+                    paused_at: r.opt_time("paused_at")?,
+                    paused_by: r.opt_text("paused_by")?,
+                    pause_note: r.opt_text("pause_note")?,
+                    clean_streak: i64::from(r.int("clean_streak")?),
+                    settled_through: r.opt_time("settled_through")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_paused(
+        &self,
+        schedule: &str,
+        pause: Option<(&str, Option<&str>)>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let stmt = match pause {
+            Some((by, note)) => Stmt::new(PAUSE).arg(schedule).arg(now).arg(by).arg(note),
+            None => Stmt::new(RESUME).arg(schedule).arg(now),
+        };
+        Ok(self.execute(stmt).await? == 1)
+    }
+
+    async fn prune_ticks(&self, before: DateTime<Utc>, limit: u32, dry_run: bool) -> Result<u64, StoreError> {
+        let stmt = super::retention::prune_ticks(before, limit, dry_run);
+        if dry_run {
+            let rows = self.fetch(stmt).await?;
+            return Ok(rows.first().map(|r| r.bigint("n")).transpose()?.map_or(0, |n| u64::try_from(n).unwrap_or(0)));
+        }
+        Ok(self.execute(stmt).await?)
     }
 }

@@ -24,6 +24,7 @@ use crate::store::{Guard, RunWrite, StoreError};
 mod access;
 pub(crate) mod run_store;
 pub use run_store::TxDispatch;
+pub(crate) mod retention;
 pub(crate) mod runs;
 
 /// One argument of a statement, by the column type it binds to.
@@ -34,6 +35,7 @@ pub enum Arg {
     Uuids(Vec<Uuid>),
     Text(Option<String>),
     Int(i32),
+    OptInt(Option<i32>),
     BigInt(i64),
     Time(Option<DateTime<Utc>>),
     Json(Option<serde_json::Value>),
@@ -77,6 +79,11 @@ impl From<Option<&str>> for Arg {
 impl From<i32> for Arg {
     fn from(v: i32) -> Self {
         Arg::Int(v)
+    }
+}
+impl From<Option<i32>> for Arg {
+    fn from(v: Option<i32>) -> Self {
+        Arg::OptInt(v)
     }
 }
 impl From<i64> for Arg {
@@ -174,6 +181,7 @@ impl Stmt {
         for<'q> Option<Uuid>: sqlx::Encode<'q, DB> + Type<DB>,
         for<'q> Option<String>: sqlx::Encode<'q, DB> + Type<DB>,
         for<'q> i32: sqlx::Encode<'q, DB> + Type<DB>,
+        for<'q> Option<i32>: sqlx::Encode<'q, DB> + Type<DB>,
         for<'q> i64: sqlx::Encode<'q, DB> + Type<DB>,
         for<'q> Option<DateTime<Utc>>: sqlx::Encode<'q, DB> + Type<DB>,
         for<'q> Option<Json<serde_json::Value>>: sqlx::Encode<'q, DB> + Type<DB>,
@@ -185,6 +193,7 @@ impl Stmt {
                 Arg::Uuids(v) => uuids(&mut out, v),
                 Arg::Text(v) => out.add(v.clone()),
                 Arg::Int(v) => out.add(*v),
+                Arg::OptInt(v) => out.add(*v),
                 Arg::BigInt(v) => out.add(*v),
                 Arg::Time(v) => out.add(*v),
                 Arg::Json(v) => out.add(v.clone().map(Json)),
@@ -216,6 +225,7 @@ pub trait Cols {
     fn text(&self, col: &str) -> Result<String, sqlx::Error>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
     fn int(&self, col: &str) -> Result<i32, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> Result<Option<i32>, sqlx::Error>;
     fn bigint(&self, col: &str) -> Result<i64, sqlx::Error>;
     fn time(&self, col: &str) -> Result<DateTime<Utc>, sqlx::Error>;
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error>;
@@ -247,6 +257,9 @@ where
         self.try_get(col)
     }
     fn int(&self, col: &str) -> Result<i32, sqlx::Error> {
+        self.try_get(col)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i32>, sqlx::Error> {
         self.try_get(col)
     }
     fn bigint(&self, col: &str) -> Result<i64, sqlx::Error> {

@@ -7,14 +7,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::retention;
 use super::runs::{self, BRIEF_COLUMNS, SELECT_ACTIVE_FOR_KEY, SELECT_AUDIT_FOR_RUN, SELECT_RUN};
 use super::{Backend, Cols, SqlStore, Stmt};
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::lifecycle::RunStatus;
+use crate::lifecycle::{RunOutcome, RunStatus};
 use crate::run::OperationRun;
 use crate::store::{
-    ClaimedReady, Guard, Inserted, ReadyClaim, RunFilter, RunStore, RunWrite, StaleQuery, StaleRun, StoreError, Update,
-    Wakeups, Written,
+    AuditFilter, ClaimedReady, Guard, Inserted, PrunedPage, ReadyClaim, RunFilter, RunStore, RunWrite, StaleQuery,
+    StaleRun, StoreError, Update, Wakeups, Written,
 };
 
 /// Ids a statement names at most (SQLite binds one each).
@@ -338,6 +339,62 @@ impl<B: Backend> RunStore for SqlStore<B> {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         insert_audit::<B>(&mut conn, std::slice::from_ref(entry)).await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let Some(stmt) = retention::list_audit(filter) else { return Ok(Vec::new()) };
+        retention::audit_rows(&self.fetch(stmt).await?)
+    }
+
+    async fn prune_runs(
+        &self,
+        outcome: RunOutcome,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<PrunedPage, StoreError> {
+        let mut tx = B::begin_write(&self.pool).await?;
+        let page = retention::prune_runs::<B>(&mut tx, outcome, before, limit).await?;
+        tx.commit().await?;
+        Ok(page)
+    }
+
+    async fn count_prunable_runs(
+        &self,
+        outcome: RunOutcome,
+        before: DateTime<Utc>,
+        cap: u64,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        retention::count_runs::<B>(&mut conn, outcome, before, cap).await
+    }
+
+    async fn prune_audit(&self, before: DateTime<Utc>, limit: u32, dry_run: bool) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        retention::prune_audit::<B>(&mut conn, before, limit, dry_run).await
+    }
+
+    async fn record_refusal(&self, run: &OperationRun, audit: &AuditEntry) -> Result<(OperationRun, bool), StoreError> {
+        let mut tx = B::begin_write(&self.pool).await?;
+        let rows = B::fetch(&mut tx, retention::upsert_refusal(run)).await?;
+        let Some(row) = rows.first() else {
+            tx.rollback().await?;
+            return Err(StoreError::Corrupt {
+                id: run.id.to_string(),
+                field: "refusal_key",
+                problem: "the refusal upsert returned no row".into(),
+            });
+        };
+        let written = runs::run_from_row(row)?;
+        let new = written.id == run.id;
+        if new {
+            insert_audit::<B>(&mut tx, &[audit.for_run(&written)]).await?;
+        }
+        tx.commit().await?;
+        Ok((written, new))
+    }
+
+    async fn close_refusals(&self, key: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(self.execute(retention::close_refusals(key, now)).await?)
     }
 
     async fn audit_for_run(&self, run_id: Uuid) -> Result<Vec<AuditEvent>, StoreError> {

@@ -106,7 +106,7 @@ pub(crate) fn insert_runs<'a>(runs: impl IntoIterator<Item = &'a OperationRun>) 
 }
 
 /// A run's columns, in [`RUN_COLUMNS`] order.
-fn run_values(run: &OperationRun) -> Vec<super::Arg> {
+pub(crate) fn run_values(run: &OperationRun) -> Vec<super::Arg> {
     vec![
         run.id.into(),
         run.operation.as_str().into(),
@@ -191,10 +191,27 @@ pub(crate) fn select_runs<B: Backend>(ids: &[Uuid]) -> Stmt {
     q
 }
 
+/// The schedule a run was dispatched by (its context's `schedule`).
+/// Identical to the expression of the schedule index (migration 0008).
+pub(crate) const SCHEDULE_OF: &str = "(context ->> 'schedule')";
+
 /// A page of runs, newest first; `None` when the filter admits none.
 pub(crate) fn list_runs(f: &RunFilter) -> Option<Stmt> {
     let mut q = Stmt::new("SELECT * FROM operation_runs WHERE 1 = 1");
+    push_filter(&mut q, f)?;
+    q.push(" ORDER BY id DESC LIMIT ").bind(i64::from(f.limit.clamp(1, MAX_PAGE)));
+    Some(q)
+}
+
+/// The conditions of `f` (after a `WHERE …`); `None` when it admits none.
+fn push_filter(q: &mut Stmt, f: &RunFilter) -> Option<()> {
     if let Some(ws) = &f.visible_workspaces {
+        if ws.is_empty() {
+            return None;
+        }
+        q.push(" AND workspace_id IN ").bind_list(ws);
+    }
+    if let Some(ws) = &f.workspace_in {
         if ws.is_empty() {
             return None;
         }
@@ -218,11 +235,37 @@ pub(crate) fn list_runs(f: &RunFilter) -> Option<Stmt> {
     if let Some(v) = f.waiting_at {
         q.push(" AND status = 'queued' AND available_at > ").bind(v);
     }
+    if let Some(v) = &f.reason_code {
+        q.push(" AND reason_code = ").bind(v);
+    }
+    if let Some(v) = &f.environment_id {
+        q.push(" AND environment_id = ").bind(v);
+    }
+    if let Some(v) = &f.schedule {
+        q.push(&format!(" AND {SCHEDULE_OF} = ")).bind(v);
+    }
+    if let Some(i) = &f.initiator {
+        if let Some(kind) = i.kind {
+            q.push(" AND actor_kind = ").bind(kind.as_str());
+        }
+        q.push(" AND actor_id = ").bind(&i.id);
+    }
+    if let Some(v) = f.created_after {
+        q.push(" AND created_at >= ").bind(v);
+    }
+    if let Some(v) = f.created_before {
+        q.push(" AND created_at < ").bind(v);
+    }
+    if let Some(v) = f.completed_after {
+        q.push(" AND status = 'completed' AND completed_at >= ").bind(v);
+    }
+    if let Some(v) = f.completed_before {
+        q.push(" AND status = 'completed' AND completed_at < ").bind(v);
+    }
     if let Some(v) = f.before {
         q.push(" AND id < ").bind(v);
     }
-    q.push(" ORDER BY id DESC LIMIT ").bind(i64::from(f.limit.clamp(1, MAX_PAGE)));
-    Some(q)
+    Some(())
 }
 
 /// A page of stale candidates, by id; `None` when the query admits none.
@@ -380,6 +423,9 @@ pub(crate) fn run_from_row(row: &impl Cols) -> Result<OperationRun, StoreError> 
         attempt: row.int("attempt")?,
         max_attempts: row.int("max_attempts")?,
         snoozes: row.int("snoozes")?,
+        refusals: row.int("refusals")?,
+        last_refused_at: row.opt_time("last_refused_at")?,
+        refusal_key: row.opt_text("refusal_key")?,
         retry_of: row.opt_uuid("retry_of")?,
         lease_owner: row.opt_text("lease_owner")?,
         lease_expires_at: row.opt_time("lease_expires_at")?,
