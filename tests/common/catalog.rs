@@ -119,7 +119,7 @@ settings = { path = "/tick/{environment}", method = "POST" }
 /// reauthorization case, so that a single edit breaks each run differently.
 pub const ACCESS: &str = r#"
 [roles]
-operator = ["inventory.sync", "report.build", "runs.view", "runs.retry", "runs.cancel", "runs.reconcile"]
+operator = ["inventory.sync", "report.build", "runs.view", "runs.retry", "runs.cancel", "runs.reconcile", "schedules.manage", "audit.view"]
 automation = ["inventory.sync", "report.build"]
 viewer = ["runs.view"]
 
