@@ -240,3 +240,101 @@ fn runs_show_gives_the_checkpoint_only_to_a_workspace_admin() {
     let v = json(&oprun(p, &["runs", "show", &id, "--json"]));
     assert_eq!((&v["has_checkpoint"], &v["checkpoint"]), (&Value::Bool(true), &checkpoint), "{v}");
 }
+
+/// Operations at scale from the CLI on the embedded default: filters,
+/// actions by filter (dry run first), schedules paused and resumed, a
+/// retention pass, and the audit log of every administrative act; bad
+/// input exits 2 naming the flag.
+#[test]
+fn filters_bulk_actions_schedules_prune_and_audit_from_the_cli() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let p = dir.path();
+    let access = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml");
+    assert!(oprun(p, &["access", "apply", access]).status.success());
+    let scope = ["--workspace", "contoso", "--environment", "contoso-prod"];
+    let mut ids = vec![];
+    for _ in 0..3 {
+        let out = oprun(
+            p,
+            &[&["dispatch", "demo.inventory_sync"][..], &scope, &["--in", "1h", "--as", "ops-user-1", "--json"]]
+                .concat(),
+        );
+        ids.push(json(&out)["run"]["id"].as_str().unwrap().to_string());
+        // Only one is active per scope (dedup): cancel it so the next is new.
+        let _ = oprun(p, &["runs", "cancel", ids.last().unwrap(), "--as", "ops-user-1"]);
+    }
+    let out = oprun(
+        p,
+        &[&["dispatch", "demo.inventory_sync"][..], &scope, &["--in", "1h", "--as", "ops-user-1", "--json"]].concat(),
+    );
+    let queued = json(&out)["run"]["id"].as_str().unwrap().to_string();
+    // Filters: by initiator kind, environment, created range.
+    let listed = json(&oprun(
+        p,
+        &[
+            "runs",
+            "list",
+            "--json",
+            "--environment",
+            "contoso-prod",
+            "--initiator",
+            "user:ops-user-1",
+            "--created-after",
+            "1h",
+        ],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+    let none = json(&oprun(p, &["runs", "list", "--json", "--environment", "fabrikam-prod"]));
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    let cancelled = json(&oprun(p, &["runs", "list", "--json", "--outcome", "cancelled", "--limit", "2"]));
+    let last = cancelled[1]["id"].as_str().unwrap();
+    let next = json(&oprun(p, &["runs", "list", "--json", "--outcome", "cancelled", "--before", last]));
+    assert_eq!(next.as_array().unwrap().len(), 1, "the cursor pages on");
+    // Cancel by filter: a dry run first.
+    let dry = json(&oprun(p, &["runs", "cancel", "--status", "queued", "--dry-run", "--as", "ops-user-1", "--json"]));
+    assert_eq!((dry["matched"].as_u64(), dry["runs"][0]["result"].as_str()), (Some(1), Some("would_cancel")));
+    assert_eq!(dry["runs"][0]["run_id"], queued.as_str());
+    let done = json(&oprun(p, &["runs", "cancel", "--status", "queued", "--as", "ops-user-1", "--json"]));
+    assert_eq!(done["runs"][0]["result"], "cancelled");
+    // Schedules: pause, list shows it, the viewer may not resume, resume.
+    let out =
+        oprun(p, &["schedules", "pause", "demo-contoso-inventory", "--as", "ops-user-1", "--note", "maintenance"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = json(&oprun(p, &["schedules", "list", "--json"]));
+    let paused = list.as_array().unwrap().iter().find(|s| s["name"] == "demo-contoso-inventory").unwrap();
+    assert_eq!(paused["paused"]["note"], "maintenance", "{paused}");
+    assert_eq!(oprun(p, &["schedules", "resume", "demo-contoso-inventory", "--as", "viewer-1"]).status.code(), Some(3));
+    assert!(oprun(p, &["schedules", "resume", "demo-contoso-inventory", "--as", "ops-user-1"]).status.success());
+    // A retention pass (nothing is old yet) and its audit row.
+    let pruned = json(&oprun(p, &["prune", "--json"]));
+    assert_eq!(pruned[0]["runs"]["cancelled"], 0);
+    let audit = json(&oprun(p, &["audit", "--admin", "--json", "--limit", "100"]));
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    for want in [
+        "access.apply",
+        "schedule.pause",
+        "schedule.resume",
+        "operator.refused",
+        "retention.prune",
+        "runs.cancel_by_filter",
+    ] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+    let by_actor = json(&oprun(p, &["audit", "--actor", "viewer-1", "--json"]));
+    assert!(by_actor.as_array().unwrap().iter().all(|a| a["actor"]["id"] == "viewer-1"), "{by_actor}");
+    // Bad input: exit 2, naming what is wrong.
+    for (args, want) in [
+        (&["runs", "retry", "--as", "ops-user-1"][..], "give a run id, or filters"),
+        (&["runs", "retry", &ids[0], "--reason", "x", "--as", "ops-user-1"][..], "not both"),
+        (&["runs", "list", "--created-after", "yesterday-ish"][..], "--created-after"),
+        (&["runs", "list", "--initiator", "user:"][..], "--initiator"),
+        (&["runs", "list", "--before", "nope"][..], "--before"),
+        (&["runs", "cancel", "--status", "queued", "--max", "0", "--as", "ops-user-1"][..], "--max"),
+        (&["schedules", "pause", "no-such", "--as", "ops-user-1"][..], "schedule 'no-such' not found"),
+        (&["schedules", "backfill", "demo-contoso-inventory", "--from", "soon", "--as", "ops-user-1"][..], "--from"),
+        (&["audit", "--since", "later"][..], "--since"),
+    ] {
+        let err = usage_error(p, args, want);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
