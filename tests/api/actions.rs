@@ -143,7 +143,7 @@ pub(crate) async fn an_operator_reconcile_without_a_workspace_touches_only_its_w
     let (ops, _) = a.token("ops-user-1", None).await;
     let (viewer, _) = a.token("viewer-1", None).await;
     let depth = a.e.queue.depth().await.unwrap();
-    let audited = audit_rows(&a.e).await;
+    let before = audit_rows(&a.e).await;
     for body in ["{}", r#"{"dry_run": true}"#] {
         let (status, v) = a.call("POST", "/v1/reconcile", Some(&viewer), Some(body)).await;
         assert_eq!((status, error_code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{body}: {v}");
@@ -153,6 +153,8 @@ pub(crate) async fn an_operator_reconcile_without_a_workspace_touches_only_its_w
             "{v}"
         );
     }
+    let audited = audit_rows(&a.e).await;
+    assert_eq!(audited, before + 2, "each refusal is audited (operator.refused) with the caller");
     // The dry run: the action it would take, nothing done.
     let (status, dry) = a.call("POST", "/v1/reconcile", Some(&ops), Some(r#"{"dry_run": true}"#)).await;
     assert_eq!(status, StatusCode::OK, "{dry}");

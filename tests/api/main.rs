@@ -235,6 +235,7 @@ both_stacks!(
     reads: [
         schedules_show_recent_decisions_in_visible_workspaces_only,
         a_run_s_checkpoint_is_shown_only_to_workspace_admins,
+        runs_are_filtered_and_cancelled_by_filter,
     ],
     actions: [
         blocked_then_fixed_then_retried_succeeds_with_the_chain_audited,

@@ -31,6 +31,9 @@ pub(crate) async fn schedules_show_recent_decisions_in_visible_workspaces_only(s
     ticks.claim_tick("contoso-sync", t1, oprun_shared::TickDecision::SkippedMisfire, "s", now).await.unwrap();
     ticks.claim_tick("contoso-sync", t2, oprun_shared::TickDecision::Claimed, "s", now).await.unwrap();
     ticks.decide_tick("contoso-sync", t2, oprun_shared::TickDecision::Fired, &[run.id], &json!({})).await.unwrap();
+    // The schedulers settle ticks into the stored streak as their runs end
+    // (tests/scheduler.rs drives that); here, as they would have.
+    assert!(ticks.settle_ticks("contoso-sync", &[(t1, Some(false)), (t2, Some(true))], now).await.unwrap());
     let (ops, _) = a.token("ops-user-1", None).await;
     let (status, v) = a.call("GET", "/v1/schedules", Some(&ops), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -41,6 +44,63 @@ pub(crate) async fn schedules_show_recent_decisions_in_visible_workspaces_only(s
         list[0]["recent_ticks"].as_array().unwrap().iter().map(|t| t["decision"].as_str().unwrap()).collect();
     assert_eq!(decisions, vec!["fired", "skipped_misfire"]);
     assert_eq!(list[0]["consecutive_succeeded_ticks"], 1);
+    assert_eq!(list[0]["clean_streak"], 1);
+    assert_eq!(list[0]["paused"], Value::Null);
+    // Pausing needs schedules.manage there: the viewer is refused, the
+    // operator pauses it, a schedule of another tenant is not found.
+    let (viewer, _) = a.token("viewer-1", None).await;
+    let (status, v) = a.call("POST", "/v1/schedules/contoso-sync/pause", Some(&viewer), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let (status, v) = a.call("POST", "/v1/schedules/fab-sync/pause", Some(&ops), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) =
+        a.call("POST", "/v1/schedules/contoso-sync/pause", Some(&ops), Some(r#"{"note": "outage"}"#)).await;
+    assert_eq!((status, v["changed"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    let (status, v) = a.call("POST", "/v1/schedules/contoso-sync/pause", Some(&ops), Some(r#"{"nope": 1}"#)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (_, v) = a.call("GET", "/v1/schedules", Some(&ops), None).await;
+    assert_eq!(v["schedules"][0]["paused"]["note"], "outage", "{v}");
+    let (status, v) = a.call("POST", "/v1/schedules/contoso-sync/resume", Some(&ops), None).await;
+    assert_eq!((status, v["changed"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+}
+
+/// Filters on `GET /v1/runs` and cancel by filter: an empty filter is
+/// refused, a dry run changes nothing, another tenant's runs are never
+/// matched, each run is audited with the caller.
+pub(crate) async fn runs_are_filtered_and_cancelled_by_filter(stack: Stack) {
+    let a = api(stack).await;
+    let mine = a.dispatch("ops-user-1", "contoso", "contoso-prod", "test.fanout", json!({})).await;
+    let other_env = a.dispatch("ops-user-1", "contoso", "contoso-dev", "test.fanout", json!({})).await;
+    let theirs = a.dispatch("fab-user", "fabrikam", "fabrikam-prod", "test.fanout", json!({})).await;
+    let (ops, _) = a.token("ops-user-1", None).await;
+    let ids = |v: &Value| -> Vec<String> {
+        v["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    };
+    let (status, v) =
+        a.call("GET", "/v1/runs?environment=contoso-prod&initiator=user:ops-user-1", Some(&ops), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(ids(&v), vec![mine.id.to_string()]);
+    let (status, v) = a.call("GET", "/v1/runs?created_after=yesterday", Some(&ops), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (status, v) = a.call("POST", "/v1/runs/cancel", Some(&ops), Some("{}")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "an empty filter would act on every run: {v}");
+    let body = r#"{"operation": "test.fanout", "status": "queued", "dry_run": true}"#;
+    let (status, v) = a.call("POST", "/v1/runs/cancel", Some(&ops), Some(body)).await;
+    assert_eq!((status, v["matched"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+    assert!(v["runs"].as_array().unwrap().iter().all(|r| r["run_id"] != theirs.id.to_string()), "{v}");
+    let body = r#"{"operation": "test.fanout", "status": "queued"}"#;
+    let (status, v) = a.call("POST", "/v1/runs/cancel", Some(&ops), Some(body)).await;
+    assert_eq!((status, v["matched"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+    for id in [mine.id, other_env.id] {
+        let run = a.e.service.get(id).await.unwrap();
+        assert_eq!(run.outcome, oprun_shared::RunOutcome::Cancelled);
+        let trail = a.e.service.audit(id).await.unwrap();
+        assert_eq!(trail.last().unwrap().entry.actor.id, "ops-user-1");
+    }
+    assert_eq!(a.e.service.get(theirs.id).await.unwrap().status, oprun_shared::RunStatus::Queued);
+    let (viewer, _) = a.token("viewer-1", None).await;
+    let (status, v) = a.call("POST", "/v1/runs/retry", Some(&viewer), Some(r#"{"outcome": "blocked"}"#)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
 }
 
 /// The access truth plus `admin-1`, who holds `access.manage` in contoso.
