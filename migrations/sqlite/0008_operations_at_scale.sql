@@ -3,12 +3,9 @@
 -- Keep equivalent to migrations/postgres/0008_operations_at_scale.sql.
 
 CREATE INDEX operation_runs_reason ON operation_runs (reason_code, id) WHERE reason_code IS NOT NULL;
-CREATE INDEX operation_runs_environment ON operation_runs (environment_id, id) WHERE environment_id IS NOT NULL;
-CREATE INDEX operation_runs_actor ON operation_runs (actor_id, id);
 -- Keep the expression identical to `SCHEDULE_OF` in shared/src/store/sql/runs.rs.
 CREATE INDEX operation_runs_schedule ON operation_runs ((context ->> 'schedule'), id)
     WHERE (context ->> 'schedule') IS NOT NULL;
-CREATE INDEX operation_runs_created_at ON operation_runs (created_at);
 CREATE INDEX operation_runs_completed ON operation_runs (outcome, completed_at) WHERE status = 'completed';
 
 ALTER TABLE operation_runs ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0 CHECK (refusals >= 0);
