@@ -445,9 +445,10 @@ impl RunStore for FaultyStore {
         &self,
         outcome: crate::RunOutcome,
         before: DateTime<Utc>,
+        from: Option<DateTime<Utc>>,
         limit: u32,
     ) -> Result<crate::store::PrunedPage, StoreError> {
-        self.inner.prune_runs(outcome, before, limit).await
+        self.inner.prune_runs(outcome, before, from, limit).await
     }
     async fn count_prunable_runs(
         &self,

@@ -169,14 +169,19 @@ impl OperationRunService {
             if dry_run {
                 n = self.store.count_prunable_runs(outcome, before, budget).await?;
             } else {
+                let mut from = None;
                 while budget > n {
                     let limit = u32::try_from((budget - n).min(u64::from(policy.page))).unwrap_or(policy.page);
-                    let page = self.store.prune_runs(outcome, before, limit).await?;
+                    let page = self.store.prune_runs(outcome, before, from, limit).await?;
                     n += page.runs;
                     report.run_audit_rows += page.audit_rows;
-                    if page.runs < u64::from(limit) {
+                    // A short page is the last; a page of nothing deleted
+                    // (every run found was retried meanwhile) too, so that
+                    // the cursor cannot stand still.
+                    if page.found < u64::from(limit) || page.runs == 0 {
                         break;
                     }
+                    from = page.through;
                 }
             }
             budget = budget.saturating_sub(n);

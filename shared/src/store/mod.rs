@@ -496,6 +496,11 @@ pub struct PrunedPage {
     pub runs: u64,
     /// Their audit rows, deleted with them.
     pub audit_rows: u64,
+    /// Runs the page found (a run retried meanwhile is found, not deleted).
+    pub found: u64,
+    /// The newest completion time the page found: where the next page of
+    /// the same pass starts.
+    pub through: Option<DateTime<Utc>>,
 }
 
 /// Which stale candidates to scan.
@@ -661,12 +666,14 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// One page of retention, in one transaction: at most `limit` completed
-    /// runs of `outcome` that completed before `before` and that no run
-    /// retries, oldest first, deleted with their audit rows.
+    /// runs of `outcome` that completed before `before` (and at or after
+    /// `from`, the previous page's `through`) and that no run retries,
+    /// oldest first, deleted with their audit rows.
     async fn prune_runs(
         &self,
         outcome: RunOutcome,
         before: DateTime<Utc>,
+        from: Option<DateTime<Utc>>,
         limit: u32,
     ) -> Result<PrunedPage, StoreError>;
 

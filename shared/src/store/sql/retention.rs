@@ -17,21 +17,26 @@ use crate::store::{AuditFilter, MAX_PAGE, PrunedPage, StoreError};
 /// that run is), oldest first: one page of retention. The outcome and age
 /// index (migration 0008) serves it as a range scan that stops after the
 /// page.
-fn prunable(outcome: RunOutcome, before: DateTime<Utc>, limit: i64) -> Stmt {
-    Stmt::new(
-        "SELECT r.id AS id FROM operation_runs r WHERE r.status = 'completed' AND r.outcome = $1 \
-         AND r.completed_at < $2 \
-         AND NOT EXISTS (SELECT 1 FROM operation_runs n WHERE n.retry_of = r.id) \
-         ORDER BY r.completed_at LIMIT $3",
+fn prunable(outcome: RunOutcome, before: DateTime<Utc>, from: Option<DateTime<Utc>>, limit: i64) -> Stmt {
+    let mut q = Stmt::new(
+        "SELECT r.id AS id, r.completed_at AS completed_at FROM operation_runs r \
+         WHERE r.status = 'completed' AND r.outcome = $1 AND r.completed_at < $2 \
+         AND NOT EXISTS (SELECT 1 FROM operation_runs n WHERE n.retry_of = r.id)",
     )
     .arg(outcome.as_str())
-    .arg(before)
-    .arg(limit)
+    .arg(before);
+    // The pass's cursor: the index entries of the pages already deleted are
+    // dead until vacuumed; starting after them keeps each page its own size.
+    if let Some(from) = from {
+        q.push(" AND r.completed_at >= ").bind(from);
+    }
+    q.push(" ORDER BY r.completed_at LIMIT ").bind(limit);
+    q
 }
 
 /// How many runs [`prunable`] would find, counting at most `cap`.
 fn count_prunable(outcome: RunOutcome, before: DateTime<Utc>, cap: i64) -> Stmt {
-    let page = prunable(outcome, before, cap);
+    let page = prunable(outcome, before, None, cap);
     Stmt { sql: format!("SELECT COUNT(*) AS n FROM ({}) p", page.sql), args: page.args }
 }
 
@@ -50,11 +55,13 @@ pub(crate) async fn prune_runs<B: Backend>(
     conn: &mut B::Connection,
     outcome: RunOutcome,
     before: DateTime<Utc>,
+    from: Option<DateTime<Utc>>,
     limit: u32,
 ) -> Result<PrunedPage, StoreError> {
     let limit = i64::from(limit.clamp(1, MAX_PAGE));
-    let rows = B::fetch(&mut *conn, prunable(outcome, before, limit)).await?;
+    let rows = B::fetch(&mut *conn, prunable(outcome, before, from, limit)).await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.uuid("id")).collect::<Result<_, _>>()?;
+    let through = rows.iter().map(|r| r.time("completed_at")).collect::<Result<Vec<_>, _>>()?.into_iter().max();
     if ids.is_empty() {
         return Ok(PrunedPage::default());
     }
@@ -67,7 +74,7 @@ pub(crate) async fn prune_runs<B: Backend>(
     B::push_ids(&mut del, &ids);
     del.push(" AND NOT EXISTS (SELECT 1 FROM operation_runs n WHERE n.retry_of = operation_runs.id)");
     let runs = B::execute(&mut *conn, del).await?;
-    Ok(PrunedPage { runs, audit_rows })
+    Ok(PrunedPage { runs, audit_rows, found: ids.len() as u64, through })
 }
 
 /// How many runs one outcome's window would prune (at most `cap`).

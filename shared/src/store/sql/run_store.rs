@@ -350,10 +350,11 @@ impl<B: Backend> RunStore for SqlStore<B> {
         &self,
         outcome: RunOutcome,
         before: DateTime<Utc>,
+        from: Option<DateTime<Utc>>,
         limit: u32,
     ) -> Result<PrunedPage, StoreError> {
         let mut tx = B::begin_write(&self.pool).await?;
-        let page = retention::prune_runs::<B>(&mut tx, outcome, before, limit).await?;
+        let page = retention::prune_runs::<B>(&mut tx, outcome, before, from, limit).await?;
         tx.commit().await?;
         Ok(page)
     }
