@@ -62,6 +62,37 @@ pub(crate) async fn schedules_show_recent_decisions_in_visible_workspaces_only(s
     assert_eq!(v["schedules"][0]["paused"]["note"], "outage", "{v}");
     let (status, v) = a.call("POST", "/v1/schedules/contoso-sync/resume", Some(&ops), None).await;
     assert_eq!((status, v["changed"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    // One schedule; another tenant's is not found.
+    let (status, v) = a.call("GET", "/v1/schedules/contoso-sync", Some(&ops), None).await;
+    assert_eq!((status, v["name"].as_str()), (StatusCode::OK, Some("contoso-sync")), "{v}");
+    let (status, _) = a.call("GET", "/v1/schedules/fab-sync", Some(&ops), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Backfill 08:00–08:20: five unrecorded ticks, a dry run first.
+    let range = r#""from": "2026-11-02T08:00:00Z", "to": "2026-11-02T08:20:00Z""#;
+    let path = "/v1/schedules/contoso-sync/backfill";
+    let (status, v) = a.call("POST", path, Some(&ops), Some(&format!("{{{range}, \"dry_run\": true}}"))).await;
+    assert_eq!((status, v["ticks"].as_array().map(Vec::len)), (StatusCode::OK, Some(5)), "{v}");
+    let (status, v) = a.call("POST", path, Some(&viewer), Some(&format!("{{{range}}}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let (status, v) = a.call("POST", path, Some(&ops), Some(r#"{"from": "yesterday"}"#)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (status, v) = a.call("POST", path, Some(&ops), Some(&format!("{{{range}}}"))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["ticks"].as_array().unwrap().iter().all(|t| t["decision"].is_string()), "{v}");
+    let (_, again) = a.call("POST", path, Some(&ops), Some(&format!("{{{range}}}"))).await;
+    assert!(again["ticks"].as_array().unwrap().iter().all(|t| t["decision"].is_null()), "each tick once: {again}");
+    // The audit log: the workspace's administrative acts for a holder of
+    // audit.view there; nothing for the viewer.
+    let (status, v) = a.call("GET", "/v1/audit?admin=true&action=schedule.*&limit=100", Some(&ops), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let actions: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for want in ["schedule.pause", "schedule.resume", "schedule.backfill"] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+    let (status, v) = a.call("GET", "/v1/audit", Some(&viewer), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let (status, v) = a.call("GET", "/v1/audit?limit=0", Some(&ops), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 }
 
 /// Filters on `GET /v1/runs` and cancel by filter: an empty filter is

@@ -305,6 +305,9 @@ fn filters_bulk_actions_schedules_prune_and_audit_from_the_cli() {
     assert_eq!(paused["paused"]["note"], "maintenance", "{paused}");
     assert_eq!(oprun(p, &["schedules", "resume", "demo-contoso-inventory", "--as", "viewer-1"]).status.code(), Some(3));
     assert!(oprun(p, &["schedules", "resume", "demo-contoso-inventory", "--as", "ops-user-1"]).status.success());
+    // Tokens made and revoked are audited (by id, never the token).
+    let token = json(&oprun(p, &["token", "create", "--actor", "ops-user-1", "--json"]));
+    assert!(oprun(p, &["token", "revoke", token["id"].as_str().unwrap()]).status.success());
     // A retention pass (nothing is old yet) and its audit row.
     let pruned = json(&oprun(p, &["prune", "--json"]));
     assert_eq!(pruned[0]["runs"]["cancelled"], 0);
@@ -312,6 +315,8 @@ fn filters_bulk_actions_schedules_prune_and_audit_from_the_cli() {
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
     for want in [
         "access.apply",
+        "token.create",
+        "token.revoke",
         "schedule.pause",
         "schedule.resume",
         "operator.refused",

@@ -280,3 +280,75 @@ pub struct PauseBody {
     /// Why (at most 500 characters).
     pub(super) note: Option<String>,
 }
+
+/// Body of `POST /v1/schedules/{name}/backfill`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillBody {
+    /// From (RFC 3339), inclusive.
+    from: Option<String>,
+    /// To (RFC 3339), inclusive.
+    to: Option<String>,
+    /// List the ticks; fire nothing.
+    #[serde(default)]
+    pub(super) dry_run: bool,
+}
+
+fn rfc3339(name: &str, v: &str) -> ApiResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError::invalid(format!("{name}: '{}' is not an RFC 3339 time", v.escape_debug())))
+}
+
+impl BackfillBody {
+    pub(super) fn range(&self) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
+        match (&self.from, &self.to) {
+            (Some(f), Some(t)) => Ok((rfc3339("from", f)?, rfc3339("to", t)?)),
+            _ => Err(ApiError::invalid("from and to are required (RFC 3339)")),
+        }
+    }
+}
+
+/// Filters of `GET /v1/audit`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// One actor id.
+    actor: Option<String>,
+    /// One action, or a prefix ending in `*`.
+    action: Option<String>,
+    /// At or after (RFC 3339).
+    since: Option<String>,
+    /// Only administrative acts (rows of no run): `true`.
+    admin: Option<bool>,
+    /// Cursor: rows older than this row id.
+    before: Option<i64>,
+    /// Page size, 1–1000 (default 50).
+    limit: Option<u32>,
+}
+
+impl AuditQuery {
+    pub(super) fn filter(self) -> ApiResult<oprun_shared::AuditFilter> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::invalid("limit must be 1–1000"));
+        }
+        for (name, v) in [("actor", &self.actor), ("action", &self.action)] {
+            if let Some(v) = v
+                && (v.is_empty() || v.len() > 200 || v.chars().any(char::is_control))
+            {
+                return Err(ApiError::invalid(format!("{name}: must be 1–200 printable characters")));
+            }
+        }
+        Ok(oprun_shared::AuditFilter {
+            actor: self.actor,
+            action: self.action,
+            since: self.since.as_deref().map(|s| rfc3339("since", s)).transpose()?,
+            administrative: self.admin.unwrap_or(false),
+            before: self.before,
+            limit,
+            ..oprun_shared::AuditFilter::default()
+        })
+    }
+}

@@ -29,7 +29,7 @@ mod tokens;
 
 pub use error::ApiError;
 use error::{ApiResult, log_errors};
-use input::{BulkBody, NoBody, PauseBody, body_json, bulk_filter, list_filter, path_run_id};
+use input::{AuditQuery, BackfillBody, BulkBody, NoBody, PauseBody, body_json, bulk_filter, list_filter, path_run_id};
 pub use input::{ListQuery, ReconcileBody, parse_empty_body, parse_list_query, parse_reconcile_body, parse_run_id};
 use tokens::caller;
 pub use tokens::{MAX_TOKEN_LIFETIME, TOKEN_PREFIX, expiry, hash_token, new_token};
@@ -212,6 +212,82 @@ async fn resume_schedule(
     Ok(Json(json!({ "schedule": name, "paused": false, "changed": changed })))
 }
 
+/// One schedule the caller may see, with its recent ticks.
+#[utoipa::path(get, path = "/v1/schedules/{name}", params(("name" = String, Path, description = "schedule")),
+    responses((status = 200, description = "the schedule"), (status = 404, description = "no such schedule")))]
+async fn show_schedule(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let Path(name) = name.map_err(|r| ApiError::invalid(r.body_text()))?;
+    let view = schedule_admin(&state).show(&actor.id, &name, 50).await?;
+    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+}
+
+/// Fire a past range's unrecorded ticks once each (`schedules.manage`).
+#[utoipa::path(post, path = "/v1/schedules/{name}/backfill", params(("name" = String, Path, description = "schedule")),
+    request_body = BackfillBody, responses((status = 200, description = "{\"ticks\": [...]}"),
+    (status = 403, description = "no schedules.manage"), (status = 404, description = "no such schedule"),
+    (status = 422, description = "bad range")))]
+async fn backfill_schedule(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let Path(name) = name.map_err(|r| ApiError::invalid(r.body_text()))?;
+    let b: BackfillBody = body_json(body)?;
+    let (from, to) = b.range()?;
+    let scheduler = crate::Scheduler::new(
+        &state.schedules,
+        state.operator.dispatcher().clone(),
+        state.access.clone(),
+        state.ticks.clone(),
+        state.clock.clone(),
+        format!("api-backfill-{}", uuid::Uuid::now_v7()),
+        std::time::Duration::from_secs(5),
+    )
+    .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let ticks = schedule_admin(&state).backfill(&actor, &scheduler, &name, (from, to), b.dry_run).await?;
+    Ok(Json(json!({ "schedule": name, "dry_run": b.dry_run, "ticks": ticks })))
+}
+
+/// The audit log of the workspaces where the caller holds `audit.view`,
+/// newest first (rows of no workspace only for a caller holding it in every
+/// active workspace).
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses(
+    (status = 200, description = "{\"events\": [...], \"next_before\": id|null}"),
+    (status = 403, description = "no audit.view anywhere"), (status = 422, description = "bad filter")))]
+async fn audit_log(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller(&state, &headers).await?;
+    let Query(q) = query.map_err(|r| ApiError::invalid(r.body_text()))?;
+    let mut filter = q.filter()?;
+    let held =
+        state.access.workspaces_with(&actor.id, oprun_shared::AUDIT_VIEW).await.map_err(ApiError::unavailable)?;
+    if held.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the caller holds audit.view in no active workspace",
+        ));
+    }
+    let active = state.access.active_workspaces().await.map_err(ApiError::unavailable)?;
+    filter.include_unscoped = active.iter().all(|w| held.contains(w));
+    filter.visible_workspaces = Some(held);
+    let limit = filter.limit;
+    let events =
+        state.operator.dispatcher().service().store().list_audit(&filter).await.map_err(ApiError::unavailable)?;
+    let next = if events.len() == limit as usize { events.last().map(|e| e.id) } else { None };
+    Ok(Json(json!({ "events": events, "next_before": next })))
+}
+
 fn schedule_admin(state: &ApiState) -> crate::schedules::Schedules {
     crate::schedules::Schedules::new(state.operator.clone(), state.schedules.clone(), state.ticks.clone())
 }
@@ -324,6 +400,9 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(cancel_by_filter))
         .routes(routes!(pause_schedule))
         .routes(routes!(resume_schedule))
+        .routes(routes!(show_schedule))
+        .routes(routes!(backfill_schedule))
+        .routes(routes!(audit_log))
         .routes(routes!(reconcile))
         .routes(routes!(schedules))
         .routes(routes!(healthz))

@@ -473,6 +473,9 @@ impl std::str::FromStr for InitiatorFilter {
 pub struct AuditFilter {
     /// Only rows of these workspaces; `Some(empty)` lists nothing.
     pub visible_workspaces: Option<Vec<String>>,
+    /// With `visible_workspaces`: rows of no workspace too (administrative
+    /// acts of the whole installation).
+    pub include_unscoped: bool,
     /// One actor id.
     pub actor: Option<String>,
     /// One action (`schedule.pause`), or a prefix ending in `*` (`access.*`).

@@ -132,7 +132,8 @@ pub(crate) fn list_audit(f: &AuditFilter) -> Option<Stmt> {
         if ws.is_empty() {
             return None;
         }
-        q.push(" AND workspace_id IN ").bind_list(ws);
+        q.push(" AND (workspace_id IN ").bind_list(ws);
+        q.push(if f.include_unscoped { " OR workspace_id IS NULL)" } else { ")" });
     }
     if let Some(v) = &f.actor {
         q.push(" AND actor_id = ").bind(v);
