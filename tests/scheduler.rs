@@ -699,6 +699,8 @@ async fn a_refusal_repeated_over_100_ticks_is_one_blocked_run(stack: Stack) {
     let runs = e.service.list(&blocked).await.unwrap();
     assert_eq!(runs.len(), 1, "one blocked run for 100 refused ticks");
     assert_eq!(runs[0].refusals, 100);
+    let shown = oprun_shared::RunView::from(&runs[0]);
+    assert_eq!((shown.refusals, shown.last_refused_at), (100, runs[0].last_refused_at), "what operators see says so");
     assert_eq!(runs[0].reason_code.as_deref(), Some("execution.environment_not_operable"));
     let ticks = e.db.ticks.ticks("every-minute", 1000).await.unwrap();
     assert_eq!(ticks.len(), 100);

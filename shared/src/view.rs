@@ -60,6 +60,11 @@ pub struct RunView {
     pub failure_summary: Vec<FailureEntry>,
     /// Whether an operator asked it to stop.
     pub cancel_requested: bool,
+    /// How many refused scheduled dispatches this blocked run stands for
+    /// (a schedule refused tick after tick keeps one run; 0: not refused).
+    pub refusals: i32,
+    /// The newest of those refusals.
+    pub last_refused_at: Option<DateTime<Utc>>,
     /// Created.
     pub created_at: DateTime<Utc>,
     /// Started.
@@ -88,6 +93,8 @@ impl From<&OperationRun> for RunView {
             summary_counts: r.summary_counts.to_json(),
             failure_summary: r.failure_summary.clone(),
             cancel_requested: r.cancel_requested_at.is_some(),
+            refusals: r.refusals,
+            last_refused_at: r.last_refused_at,
             created_at: r.created_at,
             started_at: r.started_at,
             completed_at: r.completed_at,

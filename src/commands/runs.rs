@@ -324,6 +324,10 @@ fn print_detail(run: &OperationRun, d: &oprun_shared::RunDetail) -> CliResult<()
     if let Some(r) = run.retry_of {
         outln!("retry of   {r}")?;
     }
+    if run.refusals > 1 {
+        let last = run.last_refused_at.map(|t| t.to_string()).unwrap_or_default();
+        outln!("refused    {} ticks in a row, the last at {last}", run.refusals)?;
+    }
     outln!("counts     {}", run.summary_counts.to_json())?;
     outln!("created    {}", run.created_at)?;
     if let Some(t) = run.started_at {
