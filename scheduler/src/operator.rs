@@ -466,6 +466,9 @@ impl Operator {
         let service = self.dispatcher.service();
         let mut out = Vec::new();
         filter.limit = oprun_shared::store::MAX_PAGE;
+        // Already retried: only an active retry is returned again (dedup); a
+        // finished one is history.
+        filter.without_finished_retry = action == BulkAction::Retry;
         loop {
             let page = service.list(&filter).await.map_err(store)?;
             let full = page.len() == filter.limit as usize;
@@ -483,16 +486,6 @@ impl Operator {
                 };
                 if !wanted {
                     continue;
-                }
-                if action == BulkAction::Retry {
-                    let retried = RunFilter { retry_of: Some(run.id), limit: 1, ..RunFilter::default() };
-                    if let Some(r) = service.list(&retried).await.map_err(store)?.first() {
-                        // Already retried: only an active retry is returned
-                        // again (dedup); a finished one is history.
-                        if r.status == oprun_shared::RunStatus::Completed {
-                            continue;
-                        }
-                    }
                 }
                 out.push(run);
                 if out.len() > max {

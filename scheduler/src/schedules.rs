@@ -194,6 +194,16 @@ impl Schedules {
 
     /// The schedule `name` if `actor` may see its workspace.
     async fn visible(&self, actor: &str, name: &str) -> Result<&ScheduleSpec, ActionError> {
+        Ok(self.visible_with(actor, name).await?.0)
+    }
+
+    /// The schedule `name` if `actor` may see its workspace, and what the
+    /// actor may do there.
+    async fn visible_with(
+        &self,
+        actor: &str,
+        name: &str,
+    ) -> Result<(&ScheduleSpec, oprun_shared::Viewer), ActionError> {
         let spec =
             self.specs.iter().find(|s| s.name == name).ok_or_else(|| ActionError::NoSuchSchedule(name.into()))?;
         let viewer = self
@@ -206,19 +216,12 @@ impl Schedules {
         if !viewer.can(RUNS_VIEW) {
             return Err(ActionError::NoSuchSchedule(name.into()));
         }
-        Ok(spec)
+        Ok((spec, viewer))
     }
 
     /// The schedule `name` if `actor` may change it.
     async fn manageable(&self, actor: &Initiator, name: &str) -> Result<&ScheduleSpec, ActionError> {
-        let spec = self.visible(&actor.id, name).await?;
-        let viewer = self
-            .operator
-            .dispatcher()
-            .authorizer()
-            .viewer(&actor.id, &spec.workspace)
-            .await
-            .map_err(|e| ActionError::Store(Box::new(e)))?;
+        let (spec, viewer) = self.visible_with(&actor.id, name).await?;
         if !viewer.can(SCHEDULES_MANAGE) {
             return Err(ActionError::Forbidden(format!(
                 "actor '{}' does not hold '{SCHEDULES_MANAGE}' in workspace '{}'",

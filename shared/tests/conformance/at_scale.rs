@@ -97,6 +97,18 @@ pub(crate) async fn every_new_filter_returns_exactly_the_matching_runs(b: Backen
         e.svc.list(&RunFilter { limit: 3, before: first.last().map(|r| r.id), ..Default::default() }).await.unwrap();
     assert_eq!(first.len() + rest.len(), 4);
     assert!(rest.iter().all(|r| !first.iter().any(|f| f.id == r.id)));
+    // Runs a finished run retries are left out; one whose retry is active is not.
+    let x = testing::insert(store, completed(testing::run(now), RunOutcome::Failed, now)).await;
+    let mut done = completed(testing::run(now), RunOutcome::Succeeded, now);
+    done.retry_of = Some(x.id);
+    testing::insert(store, done).await;
+    let y = testing::insert(store, completed(testing::run(now), RunOutcome::Failed, now)).await;
+    let mut active = testing::run(now);
+    active.retry_of = Some(y.id);
+    testing::insert(store, active).await;
+    let unretried = list(RunFilter { without_finished_retry: true, ..Default::default() }).await;
+    let unretried = ids(&unretried);
+    assert!(unretried.contains(&y.id) && !unretried.contains(&x.id), "x has a finished retry, y an active one");
     assert!("user:".parse::<InitiatorFilter>().is_err(), "an empty actor id is refused");
 }
 

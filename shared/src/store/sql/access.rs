@@ -435,7 +435,7 @@ impl<B: Backend> TickStore for SqlStore<B> {
         let stmt = super::retention::prune_ticks(before, limit, dry_run);
         if dry_run {
             let rows = self.fetch(stmt).await?;
-            return Ok(rows.first().map(|r| r.bigint("n")).transpose()?.map_or(0, |n| u64::try_from(n).unwrap_or(0)));
+            return super::retention::read_count(&rows);
         }
         Ok(self.execute(stmt).await?)
     }

@@ -34,10 +34,14 @@ fn prunable(outcome: RunOutcome, before: DateTime<Utc>, from: Option<DateTime<Ut
     q
 }
 
-/// How many runs [`prunable`] would find, counting at most `cap`.
-fn count_prunable(outcome: RunOutcome, before: DateTime<Utc>, cap: i64) -> Stmt {
-    let page = prunable(outcome, before, None, cap);
+/// How many rows `page` returns, as one row `n`.
+pub(crate) fn count_of(page: Stmt) -> Stmt {
     Stmt { sql: format!("SELECT COUNT(*) AS n FROM ({}) p", page.sql), args: page.args }
+}
+
+/// The `n` of a [`count_of`] statement's row.
+pub(crate) fn read_count(rows: &[impl Cols]) -> Result<u64, StoreError> {
+    Ok(rows.first().map(|r| r.bigint("n")).transpose()?.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
 }
 
 /// Audit rows of no run (administrative acts, refused actions) older than
@@ -85,8 +89,7 @@ pub(crate) async fn count_runs<B: Backend>(
     cap: u64,
 ) -> Result<u64, StoreError> {
     let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-    let rows = B::fetch(conn, count_prunable(outcome, before, cap)).await?;
-    Ok(rows.first().map(|r| r.bigint("n")).transpose()?.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    read_count(&B::fetch(conn, count_of(prunable(outcome, before, None, cap))).await?)
 }
 
 /// Delete (or, dry, count) one page of audit rows of no run older than
@@ -99,9 +102,7 @@ pub(crate) async fn prune_audit<B: Backend>(
 ) -> Result<u64, StoreError> {
     let page = prunable_audit(before, i64::from(limit.clamp(1, MAX_PAGE)));
     if dry_run {
-        let rows = B::fetch(conn, Stmt { sql: format!("SELECT COUNT(*) AS n FROM ({}) p", page.sql), args: page.args })
-            .await?;
-        return Ok(rows.first().map(|r| r.bigint("n")).transpose()?.map_or(0, |n| u64::try_from(n).unwrap_or(0)));
+        return read_count(&B::fetch(conn, count_of(page)).await?);
     }
     let del = Stmt { sql: format!("DELETE FROM audit_events WHERE id IN ({})", page.sql), args: page.args };
     Ok(B::execute(conn, del).await?)
@@ -117,12 +118,14 @@ const PRUNABLE_TICKS: &str = "SELECT t.schedule, t.scheduled_for FROM schedule_t
 
 /// Delete (or, dry, count) one page of old ticks.
 pub(crate) fn prune_ticks(before: DateTime<Utc>, limit: u32, dry_run: bool) -> Stmt {
-    let sql = if dry_run {
-        format!("SELECT COUNT(*) AS n FROM ({PRUNABLE_TICKS}) p")
-    } else {
-        format!("DELETE FROM schedule_ticks WHERE (schedule, scheduled_for) IN ({PRUNABLE_TICKS})")
-    };
-    Stmt::new(sql).arg(before).arg(i64::from(limit.clamp(1, MAX_PAGE)))
+    let page = Stmt::new(PRUNABLE_TICKS).arg(before).arg(i64::from(limit.clamp(1, MAX_PAGE)));
+    if dry_run {
+        return count_of(page);
+    }
+    Stmt {
+        sql: format!("DELETE FROM schedule_ticks WHERE (schedule, scheduled_for) IN ({})", page.sql),
+        args: page.args,
+    }
 }
 
 /// A page of the audit log, newest first; `None` when the filter admits none.

@@ -262,6 +262,12 @@ fn push_filter(q: &mut Stmt, f: &RunFilter) -> Option<()> {
     if let Some(v) = f.completed_before {
         q.push(" AND status = 'completed' AND completed_at < ").bind(v);
     }
+    if f.without_finished_retry {
+        q.push(
+            " AND NOT EXISTS (SELECT 1 FROM operation_runs n WHERE n.retry_of = operation_runs.id \
+             AND n.status = 'completed')",
+        );
+    }
     if let Some(v) = f.before {
         q.push(" AND id < ").bind(v);
     }
