@@ -27,7 +27,7 @@ pub(crate) async fn blocked_then_fixed_then_retried_succeeds_with_the_chain_audi
     let (ops, _) = a.token("ops-user-1", None).await;
     // Guidance names the fix; retry is not the primary action while the cause remains for this viewer.
     let (_, shown) = a.call("GET", &format!("/v1/runs/{}", run.id), Some(&ops), None).await;
-    assert_eq!(shown["guidance"]["technical"]["reason_code"], "execution.environment_not_operable", "{shown}");
+    assert_eq!(shown["guidance"]["technical_details"]["reason_code"], "execution.environment_not_operable", "{shown}");
     // Retrying before the fix is refused now, not queued to fail again.
     let (status, v) = a.call("POST", &format!("/v1/runs/{}/retry", run.id), Some(&ops), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");

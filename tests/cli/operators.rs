@@ -58,7 +58,7 @@ fn up_on_the_embedded_default_shows_succeeded_and_blocked_runs_with_guidance() {
 
     let id = blocked["id"].as_str().unwrap();
     let shown = json(&oprun(dir.path(), &["runs", "show", id, "--json"]));
-    assert_eq!(shown["guidance"]["technical"]["reason_code"], "execution.environment_not_operable", "{shown}");
+    assert_eq!(shown["guidance"]["technical_details"]["reason_code"], "execution.environment_not_operable", "{shown}");
     assert!(!shown["guidance"]["primary_action"]["key"].as_str().unwrap().is_empty());
     // As the README shows: whoever may fix it (the local administrator
     // holds access.manage) is told to restore the environment …

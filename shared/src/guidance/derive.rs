@@ -3,9 +3,9 @@
 
 use super::{
     ACTION_CANCEL, ACTION_RETRY_NOW, ACTION_VIEW_RETRY, Action, ActionKind, CaseScope, CaseStatus, GuidanceContext,
-    ResolutionCase, SOURCE_KIND_RUN, Severity, SourceRef, SourceRelation, TechnicalDetails,
+    ResolutionCase, SOURCE_KIND_RUN, ScopeType, Severity, SourceRef, SourceRelation, TechnicalDetails,
 };
-use crate::lifecycle::{RunOutcome, RunStatus};
+use crate::lifecycle::{RunOutcome, RunStatus, Transition};
 use crate::reason::{
     self, ReasonCode, Remedy, Retryability, STEP_GRANT_CAPABILITY, STEP_RETRY, STEP_REVIEW_DETAILS, translate,
 };
@@ -147,18 +147,27 @@ pub fn guidance(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> R
     source_refs.extend(ctx.retry_chain.iter().map(|&id| SourceRef::run(id, SourceRelation::RetryOf)));
     source_refs.extend(ctx.retried_by.map(|id| SourceRef::run(id, SourceRelation::RetriedBy)));
 
+    let primary_action = linked(verdict.primary, run, ctx);
+    let secondary_actions = verdict.secondary.into_iter().map(|a| linked(a, run, ctx)).collect();
     ResolutionCase {
-        key: format!("{SOURCE_KIND_RUN}:{}", run.id),
-        scope: CaseScope { workspace_id: run.workspace_id.clone(), environment_id: run.environment_id.clone() },
+        key: case_key(verdict.status, run, ctx),
+        run_id: run.id,
+        scope: CaseScope {
+            scope_type: if run.environment_id.is_some() { ScopeType::Environment } else { ScopeType::Workspace },
+            workspace_id: run.workspace_id.clone(),
+            environment_id: run.environment_id.clone(),
+            operation: run.operation.clone(),
+        },
+        source_surface: run.source_surface,
         severity: verdict.severity,
         status: verdict.status,
         title: verdict.title,
         reason: verdict.reason,
         impact: verdict.impact,
-        primary_action: verdict.primary,
-        secondary_actions: verdict.secondary,
+        primary_action,
+        secondary_actions,
         source_refs,
-        technical: TechnicalDetails {
+        technical_details: TechnicalDetails {
             reason_code: run.reason_code.clone(),
             retryability: envelope.map(|e| e.retryability),
             operation: run.operation.clone(),
@@ -169,6 +178,54 @@ pub fn guidance(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> R
             lease_owner: run.lease_owner.clone(),
         },
     }
+}
+
+/// The stable key of the kind of case (see [`ResolutionCase::key`]).
+fn case_key(status: CaseStatus, run: &OperationRun, ctx: &GuidanceContext) -> String {
+    let status = serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let what = match run.reason_code.as_deref() {
+        _ if ctx.retried_by.is_some() => "retried".to_string(),
+        Some(code) if code.parse::<ReasonCode>().is_ok() => code.rsplit('.').next().unwrap_or(code).to_string(),
+        Some(_) => "unrecognized_reason".to_string(),
+        None => match (run.status, run.outcome) {
+            (RunStatus::Queued, _) if run.available_at > ctx.now && run.started_at.is_some() => "snoozed",
+            (RunStatus::Queued, _) if run.available_at > ctx.now => "scheduled",
+            (RunStatus::Queued, _) if waited(run, ctx) > ctx.queued_stale_after => "waiting_long",
+            (RunStatus::Queued, _) => "queued",
+            (RunStatus::Running, _) if run.cancel_requested_at.is_some() => "cancelling",
+            (RunStatus::Running, _) => "running",
+            (RunStatus::Completed, RunOutcome::Succeeded) => "succeeded",
+            (RunStatus::Completed, RunOutcome::PartiallySucceeded) => "partially_succeeded",
+            (RunStatus::Completed, RunOutcome::Cancelled) => "cancelled",
+            (RunStatus::Completed, RunOutcome::Pending) => "no_outcome",
+            (RunStatus::Completed, _) => "unknown_error",
+        }
+        .to_string(),
+    };
+    format!("{SOURCE_KIND_RUN}.{status}.{what}")
+}
+
+/// `action` with where it leads, whether it asks first, what it audits and
+/// what run it starts, from its key.
+fn linked(mut action: Action, run: &OperationRun, ctx: &GuidanceContext) -> Action {
+    let id = run.id;
+    let (url, method, confirm, audit, starts) = match action.key.as_str() {
+        STEP_RETRY => (Some(format!("/v1/runs/{id}/retry")), "POST", true, Some(Transition::Retry), true),
+        ACTION_RETRY_NOW => (Some(format!("/v1/runs/{id}/retry")), "POST", true, Some(Transition::RetryNow), false),
+        ACTION_CANCEL => {
+            let t = if run.status == RunStatus::Running { Transition::CancelRequest } else { Transition::Cancel };
+            (Some(format!("/v1/runs/{id}/cancel")), "POST", true, Some(t), false)
+        }
+        ACTION_VIEW_RETRY => (ctx.retried_by.map(|n| format!("/ui/runs/{n}")), "GET", false, None, false),
+        STEP_REVIEW_DETAILS => (Some(format!("/ui/runs/{id}#technical")), "GET", false, None, false),
+        _ => (None, "GET", false, None, false),
+    };
+    action.method = url.as_ref().map(|_| method.to_string());
+    action.url = url;
+    action.requires_confirmation = confirm;
+    action.audit_event = audit.map(|t| t.action().to_string());
+    action.operation_run_type = starts.then(|| run.operation.clone());
+    action
 }
 
 /// A run that ran before and waits for its time to run again: a failed
@@ -201,22 +258,12 @@ fn waiting_to_run_again(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceConte
     let viewer_can_retry =
         viewer.can(RUNS_RETRY) && ctx.operation_capability.as_deref().is_none_or(|cap| viewer.can(cap));
     let primary = if viewer_can_retry {
-        Action {
-            key: ACTION_RETRY_NOW.into(),
-            label: "Retry now instead of waiting".into(),
-            kind: ActionKind::Retry,
-            requires_capability: Some(RUNS_RETRY.into()),
-        }
+        Action::new(ACTION_RETRY_NOW, "Retry now instead of waiting", ActionKind::Retry, Some(RUNS_RETRY))
     } else {
         Action::none("No action needed: the run tries again by itself")
     };
     let secondary = if viewer.can(RUNS_CANCEL) {
-        vec![Action {
-            key: ACTION_CANCEL.into(),
-            label: "Cancel the run".into(),
-            kind: ActionKind::Cancel,
-            requires_capability: Some(RUNS_CANCEL.into()),
-        }]
+        vec![Action::new(ACTION_CANCEL, "Cancel the run", ActionKind::Cancel, Some(RUNS_CANCEL))]
     } else {
         Vec::new()
     };
@@ -255,12 +302,12 @@ fn unsuccessful(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> V
 
     if ctx.retried_by.is_some() {
         let primary = if viewer.can(RUNS_VIEW) {
-            Action {
-                key: ACTION_VIEW_RETRY.into(),
-                label: "Follow the newer run that retries this one".into(),
-                kind: ActionKind::Navigation,
-                requires_capability: Some(RUNS_VIEW.into()),
-            }
+            Action::new(
+                ACTION_VIEW_RETRY,
+                "Follow the newer run that retries this one",
+                ActionKind::Navigation,
+                Some(RUNS_VIEW),
+            )
         } else {
             Action::none("No action needed: a newer run retries this one")
         };
@@ -290,12 +337,12 @@ fn unsuccessful(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> V
                 .operation_capability
                 .as_deref()
                 .map_or_else(|| "the missing capability".to_string(), |cap| format!("the capability '{cap}'"));
-            Action {
-                key: STEP_GRANT_CAPABILITY.into(),
-                label: format!("Grant {what} to the actor that started this run, then retry"),
-                kind: ActionKind::Navigation,
-                requires_capability: Some(ACCESS_MANAGE.into()),
-            }
+            Action::new(
+                STEP_GRANT_CAPABILITY,
+                format!("Grant {what} to the actor that started this run, then retry"),
+                ActionKind::Navigation,
+                Some(ACCESS_MANAGE),
+            )
         } else {
             Action::from_step(reason::ask_admin("grant the missing capability, then retry the run"))
         }),

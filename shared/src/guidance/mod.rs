@@ -6,11 +6,18 @@
 //! viewer (a remedy the viewer cannot perform becomes "Ask a workspace admin
 //! to …"), and it names nothing but the run, its scope and the chain ids the
 //! caller passes in (already filtered to what the viewer may see).
+//!
+//! The envelope is the resolution-case contract every surface carries (API,
+//! CLI `--json`, the dashboard): a stable case `key` naming the kind of case
+//! (`operation_run.blocked.environment_not_operable`), the `scope` with its
+//! `type`, the run's `source_surface`, and actions that say where they lead
+//! (`url`, `method`), whether they need a confirmation, the audit event they
+//! leave and, for one that starts a run, its `operation_run_type`.
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::lifecycle::{RunOutcome, RunStatus};
+use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface};
 use crate::reason::{self, NextStep, Retryability, STEP_CONTACT_ADMIN, STEP_RETRY};
 use crate::viewer::RUNS_RETRY;
 
@@ -99,6 +106,19 @@ pub struct Action {
     pub kind: ActionKind,
     /// The capability it needs; always one the viewer holds.
     pub requires_capability: Option<String>,
+    /// Where it leads: the API path that performs it (`POST
+    /// /v1/runs/{id}/retry`) or a deep link into the dashboard (`/ui/runs/{id}`);
+    /// `null` for an action no surface performs (ask an admin, change the
+    /// access file).
+    pub url: Option<String>,
+    /// The HTTP method of `url` (`POST` performs, `GET` navigates).
+    pub method: Option<String>,
+    /// Whether a surface asks before taking it (it changes a run).
+    pub requires_confirmation: bool,
+    /// The audit action the act records (`run.retry`, `run.cancel`, …).
+    pub audit_event: Option<String>,
+    /// For an action that starts a run: the operation of the run it starts.
+    pub operation_run_type: Option<String>,
 }
 
 /// Action key: follow the newer run that retries this one.
@@ -112,9 +132,25 @@ pub const ACTION_CANCEL: &str = "cancel";
 pub const ACTION_NONE: &str = "none";
 
 impl Action {
+    /// An action that leads nowhere yet ([`derive`] fills `url` and the rest
+    /// from its key).
+    fn new(key: &str, label: impl Into<String>, kind: ActionKind, requires_capability: Option<&str>) -> Self {
+        Self {
+            key: key.into(),
+            label: label.into(),
+            kind,
+            requires_capability: requires_capability.map(str::to_string),
+            url: None,
+            method: None,
+            requires_confirmation: false,
+            audit_event: None,
+            operation_run_type: None,
+        }
+    }
+
     /// Nothing to do, with a label saying why.
     fn none(label: impl Into<String>) -> Self {
-        Self { key: ACTION_NONE.into(), label: label.into(), kind: ActionKind::None, requires_capability: None }
+        Self::new(ACTION_NONE, label, ActionKind::None, None)
     }
 
     /// A translated next step as an action.
@@ -124,28 +160,37 @@ impl Action {
             STEP_RETRY => ActionKind::Retry,
             _ => ActionKind::Navigation,
         };
-        let requires_capability = reason::required_capability(&step.key).map(str::to_string);
-        Self { key: step.key, label: step.label, kind, requires_capability }
+        Self::new(&step.key, step.label, kind, reason::required_capability(&step.key))
     }
 
     /// Retry the run.
     fn retry(label: &str) -> Self {
-        Self {
-            key: STEP_RETRY.into(),
-            label: label.into(),
-            kind: ActionKind::Retry,
-            requires_capability: Some(RUNS_RETRY.into()),
-        }
+        Self::new(STEP_RETRY, label, ActionKind::Retry, Some(RUNS_RETRY))
     }
+}
+
+/// What kind of scope a case belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeType {
+    /// A run of a whole workspace.
+    Workspace,
+    /// A run of one managed environment of a workspace.
+    Environment,
 }
 
 /// The scope a case belongs to (the run's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CaseScope {
+    /// `environment` when the run targets one, else `workspace`.
+    #[serde(rename = "type")]
+    pub scope_type: ScopeType,
     /// The run's workspace.
     pub workspace_id: String,
     /// The run's environment, if any.
     pub environment_id: Option<String>,
+    /// The run's operation.
+    pub operation: String,
 }
 
 /// How a referenced run relates to the case's run.
@@ -204,10 +249,18 @@ pub struct TechnicalDetails {
 /// What one run means for one viewer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResolutionCase {
-    /// `operation_run:<id>`: one case per run.
+    /// The kind of case, stable across runs:
+    /// `operation_run.<status>.<what>`, where `<what>` is the reason code's
+    /// last segment (`operation_run.blocked.environment_not_operable`) or,
+    /// without one, where the run stands (`operation_run.resolved.succeeded`,
+    /// `operation_run.informational.queued`).
     pub key: String,
+    /// The run the case is about (also the `this` source ref).
+    pub run_id: Uuid,
     /// The run's scope.
     pub scope: CaseScope,
+    /// Where the run was started (`scheduler`, `cli`, `api`, `retry`, …).
+    pub source_surface: SourceSurface,
     /// How urgent it is.
     pub severity: Severity,
     /// Where it stands.
@@ -225,5 +278,5 @@ pub struct ResolutionCase {
     /// The run, its visible retry chain and its visible newer retry.
     pub source_refs: Vec<SourceRef>,
     /// The raw facts, including the reason code as stored.
-    pub technical: TechnicalDetails,
+    pub technical_details: TechnicalDetails,
 }

@@ -112,7 +112,7 @@ fn every_reason_code_gives_one_safe_primary_action_to_an_admin_and_a_plain_viewe
             let case = guidance(&r, &viewer, &ctx());
             assert_safe(&case, &viewer);
             assert!(!case.title.is_empty() && !case.reason.is_empty() && !case.impact.is_empty(), "{code}");
-            assert_eq!(case.technical.reason_code.as_deref(), Some(code.as_str()));
+            assert_eq!(case.technical_details.reason_code.as_deref(), Some(code.as_str()));
             assert!(
                 case.source_refs.contains(&SourceRef::run(r.id, SourceRelation::This)),
                 "{code}: the run itself is not among the sources"
@@ -145,7 +145,8 @@ fn capability_missing_tells_an_admin_to_grant_it_and_an_operator_to_ask_an_admin
     assert_eq!(case.primary_action.requires_capability.as_deref(), Some(ACCESS_MANAGE));
     assert!(case.primary_action.label.contains("'inventory.sync'"), "{}", case.primary_action.label);
     assert!(case.primary_action.label.ends_with("then retry"), "{}", case.primary_action.label);
-    assert_eq!(case.secondary_actions, vec![Action::retry("Retry the run")]);
+    let keys: Vec<_> = case.secondary_actions.iter().map(|a| (a.key.as_str(), a.label.as_str(), a.kind)).collect();
+    assert_eq!(keys, vec![(STEP_RETRY, "Retry the run", ActionKind::Retry)]);
 
     let operator = Viewer::new("olga", ["runs.view", "runs.retry"]);
     for viewer in [plain(), operator] {
@@ -209,7 +210,7 @@ fn succeeded_run_is_resolved_with_nothing_to_do() {
         assert_eq!(case.severity, Severity::Success);
         assert_eq!(case.primary_action.kind, ActionKind::None);
         assert!(case.secondary_actions.is_empty());
-        assert_eq!(case.technical.reason_code, None);
+        assert_eq!(case.technical_details.reason_code, None);
     }
 }
 
@@ -221,7 +222,7 @@ fn unknown_code_is_an_unknown_case_with_the_fallback_and_one_primary_action() {
         assert_eq!(case.status, CaseStatus::Unknown);
         assert!(case.title.contains(reason::UNRECOGNISED_LABEL), "{}", case.title);
         assert!(case.reason.contains("vendor.exploded"), "{}", case.reason);
-        assert_eq!(case.technical.reason_code.as_deref(), Some("vendor.exploded"));
+        assert_eq!(case.technical_details.reason_code.as_deref(), Some("vendor.exploded"));
         assert_ne!(case.primary_action.kind, ActionKind::None);
         assert_safe(&case, &viewer);
     }
@@ -265,7 +266,7 @@ fn active_partial_and_cancelled_runs_get_their_own_cases() {
     let running = guidance(&run(RunStatus::Running, RunOutcome::Pending, None), &plain(), &ctx());
     assert_eq!(running.status, CaseStatus::Informational);
     assert!(running.title.to_lowercase().contains("in progress"));
-    assert_eq!(running.technical.lease_owner.as_deref(), Some("worker-1"));
+    assert_eq!(running.technical_details.lease_owner.as_deref(), Some("worker-1"));
 
     let partial = guidance(&run(RunStatus::Completed, RunOutcome::PartiallySucceeded, None), &plain(), &ctx());
     assert_eq!((partial.status, partial.severity), (CaseStatus::NeedsReview, Severity::Warning));
@@ -330,6 +331,101 @@ fn case_serializes_in_snake_case() {
     assert_eq!(v["primary_action"]["kind"], "retry");
     assert_eq!(v["source_refs"][0]["relation"], "this");
     assert_eq!(v["source_refs"][0]["kind"], "operation_run");
-    assert_eq!(v["technical"]["reason_code"], "provider.timeout");
-    assert_eq!(v["technical"]["outcome"], "failed");
+    assert_eq!(v["technical_details"]["reason_code"], "provider.timeout");
+    assert_eq!(v["technical_details"]["outcome"], "failed");
+}
+
+// The resolution-case contract, field by field.
+
+#[test]
+fn case_key_names_the_kind_of_case_not_the_run() {
+    let blocked = run(RunStatus::Completed, RunOutcome::Blocked, Some("execution.environment_not_operable"));
+    let case = guidance(&blocked, &admin(), &ctx());
+    assert_eq!(case.key, "operation_run.blocked.environment_not_operable");
+    // Another run of the same kind: the same key; the run is named apart.
+    let mut other = blocked.clone();
+    other.id = Uuid::from_u128(0xbeef);
+    let again = guidance(&other, &admin(), &ctx());
+    assert_eq!(again.key, case.key);
+    assert_eq!((case.run_id, again.run_id), (blocked.id, other.id));
+    let keyed = |r: &OperationRun, c: &GuidanceContext| guidance(r, &admin(), c).key;
+    assert_eq!(
+        keyed(&run(RunStatus::Completed, RunOutcome::Succeeded, None), &ctx()),
+        "operation_run.resolved.succeeded"
+    );
+    assert_eq!(keyed(&run(RunStatus::Queued, RunOutcome::Pending, None), &ctx()), "operation_run.informational.queued");
+    assert_eq!(
+        keyed(&run(RunStatus::Running, RunOutcome::Pending, None), &ctx()),
+        "operation_run.informational.running"
+    );
+    assert_eq!(
+        keyed(&run(RunStatus::Completed, RunOutcome::Failed, Some("provider.timeout")), &ctx()),
+        "operation_run.action_required.timeout"
+    );
+    assert_eq!(
+        keyed(&run(RunStatus::Completed, RunOutcome::Failed, Some("vendor.exploded")), &ctx()),
+        "operation_run.unknown.unrecognized_reason"
+    );
+    let retried = GuidanceContext { retried_by: Some(Uuid::from_u128(0xfeed)), ..ctx() };
+    assert_eq!(keyed(&blocked, &retried), "operation_run.informational.retried");
+}
+
+#[test]
+fn scope_carries_its_type_and_the_case_its_source_surface() {
+    let mut r = run(RunStatus::Completed, RunOutcome::Succeeded, None);
+    let case = guidance(&r, &admin(), &ctx());
+    assert_eq!(case.scope.scope_type, ScopeType::Environment);
+    assert_eq!(case.scope.operation, OP_CAP);
+    assert_eq!(case.source_surface, SourceSurface::Cli);
+    r.environment_id = None;
+    r.source_surface = SourceSurface::Scheduler;
+    let v = serde_json::to_value(guidance(&r, &admin(), &ctx())).unwrap();
+    assert_eq!(v["scope"]["type"], "workspace");
+    assert_eq!(v["scope"]["workspace_id"], "ws-contoso");
+    assert_eq!(v["source_surface"], "scheduler");
+    assert!(v.get("technical").is_none(), "the old name is gone: {v}");
+}
+
+#[test]
+fn a_retry_action_says_where_it_leads_what_it_audits_and_what_it_starts() {
+    let r = run(RunStatus::Completed, RunOutcome::Failed, Some("provider.timeout"));
+    let a = guidance(&r, &admin(), &ctx()).primary_action;
+    assert_eq!(a.key, STEP_RETRY);
+    assert_eq!(a.url.as_deref(), Some(format!("/v1/runs/{}/retry", r.id).as_str()));
+    assert_eq!(a.method.as_deref(), Some("POST"));
+    assert!(a.requires_confirmation);
+    assert_eq!(a.audit_event.as_deref(), Some("run.retry"));
+    assert_eq!(a.operation_run_type.as_deref(), Some(OP_CAP));
+}
+
+#[test]
+fn retry_now_and_cancel_change_the_same_run_and_start_none() {
+    let ops = Viewer::new("olga", ["runs.view", "runs.retry", "runs.cancel", OP_CAP]);
+    let mut waiting = run(RunStatus::Queued, RunOutcome::Pending, Some("provider.unavailable"));
+    (waiting.attempt, waiting.started_at, waiting.available_at) = (2, Some(at()), at() + chrono::Duration::seconds(30));
+    let case = guidance(&waiting, &ops, &ctx());
+    assert_eq!(case.primary_action.audit_event.as_deref(), Some("run.retry_now"));
+    assert_eq!(case.primary_action.operation_run_type, None);
+    let cancel = &case.secondary_actions[0];
+    assert_eq!(cancel.url.as_deref(), Some(format!("/v1/runs/{}/cancel", waiting.id).as_str()));
+    assert_eq!((cancel.audit_event.as_deref(), cancel.requires_confirmation), (Some("run.cancel"), true));
+}
+
+#[test]
+fn navigation_and_asking_lead_nowhere_that_changes_a_run() {
+    let newer = Uuid::from_u128(0xfeed);
+    let blocked = run(RunStatus::Completed, RunOutcome::Blocked, Some("execution.environment_not_operable"));
+    let follow = guidance(&blocked, &plain(), &GuidanceContext { retried_by: Some(newer), ..ctx() }).primary_action;
+    assert_eq!(follow.key, ACTION_VIEW_RETRY);
+    assert_eq!(
+        (follow.url.as_deref(), follow.method.as_deref()),
+        (Some(format!("/ui/runs/{newer}").as_str()), Some("GET"))
+    );
+    assert!(!follow.requires_confirmation && follow.audit_event.is_none());
+    let ask = guidance(&blocked, &plain(), &ctx()).primary_action;
+    assert_eq!(ask.key, STEP_CONTACT_ADMIN);
+    assert_eq!((ask.url, ask.method, ask.audit_event, ask.operation_run_type), (None, None, None, None));
+    let partial = run(RunStatus::Completed, RunOutcome::PartiallySucceeded, Some("provider.item_failed"));
+    let review = guidance(&partial, &admin(), &ctx()).primary_action;
+    assert_eq!(review.url.as_deref(), Some(format!("/ui/runs/{}#technical", partial.id).as_str()));
 }
