@@ -130,7 +130,7 @@ impl RunReads {
         let (run, viewer) = self.visible_run(actor, id).await?;
         let visible = self.visible_workspaces(actor).await?;
         let is_visible = |ws: &str| visible.contains(ws);
-        let detail = run_detail(&self.service, &run, &viewer, &is_visible).await.map_err(store)?;
+        let detail = run_detail(&self.service, &self.authorizer, &run, &viewer, &is_visible).await.map_err(store)?;
         Ok((run, detail))
     }
 

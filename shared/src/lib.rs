@@ -29,8 +29,8 @@ pub use catalog::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counts::{COUNT_KEYS, CountsError, SummaryCounts};
 pub use guidance::{
-    Action, ActionKind, CaseScope, CaseStatus, GuidanceContext, ResolutionCase, Severity, SourceRef, SourceRelation,
-    TechnicalDetails, guidance,
+    Action, ActionKind, CaseScope, CaseStatus, GuidanceContext, ResolutionCase, ScopeType, Severity, SourceRef,
+    SourceRelation, TechnicalDetails, guidance,
 };
 pub use lifecycle::{ActorKind, ParseEnumError, RunOutcome, RunStatus, SourceSurface, Transition, TransitionError};
 pub use queue::{JobQueue, QueueError};
@@ -42,8 +42,8 @@ pub use service::{
     RetentionPolicy, ServiceConfig, ServiceError,
 };
 pub use store::{
-    AuditFilter, ClaimedReady, Database, InitiatorFilter, PrunedPage, ReadyClaim, RunFilter, RunStore, StaleRun,
-    StoreError, Update, Wakeups, Written,
+    AuditFilter, ClaimedReady, Database, InitiatorFilter, PrunedPage, ReadyClaim, RunCount, RunFilter, RunStore,
+    StaleRun, StoreError, Update, Wakeups, Written,
 };
 pub use ticks::{ScheduleState, Settlement, TickDecision, TickRecord, TickStore};
 pub use tokens::TokenStore;

@@ -429,6 +429,9 @@ impl RunStore for FaultyStore {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, StoreError> {
         self.inner.list_runs(filter).await
     }
+    async fn count_runs(&self, filter: &RunFilter) -> Result<Vec<crate::store::RunCount>, StoreError> {
+        self.inner.count_runs(filter).await
+    }
     async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<StaleRun>, StoreError> {
         self.inner.find_stale(query).await
     }

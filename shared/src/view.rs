@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::access::{Authorizer, Decision};
 use crate::guidance::{GuidanceContext, ResolutionCase, guidance};
 use crate::lifecycle::{RunOutcome, RunStatus, SourceSurface};
 use crate::run::{FailureEntry, Initiator, OperationRun};
@@ -131,6 +132,7 @@ pub struct RunDetail {
 /// outside the viewer's scope is referenced.
 pub async fn run_detail(
     service: &OperationRunService,
+    authorizer: &Authorizer,
     run: &OperationRun,
     viewer: &Viewer,
     visible: &(dyn Fn(&str) -> bool + Sync),
@@ -152,7 +154,12 @@ pub async fn run_detail(
     }
     chain.reverse();
     let newer = service.list(&RunFilter { retry_of: Some(run.id), limit: 1, ..RunFilter::default() }).await?;
+    // A refusal whose cause someone fixed since: the same check passes now.
+    let refused =
+        run.outcome == RunOutcome::Blocked && run.reason_code.as_deref().is_some_and(|c| c.starts_with("execution."));
+    let cause_cleared = refused && matches!(authorizer.reauthorize(run).await?, Decision::Allowed);
     let ctx = GuidanceContext {
+        cause_cleared,
         operation_capability: spec.map(|s| s.capability.clone()),
         retryable_by_operators: spec.is_some_and(|s| s.retryable_by_operators),
         retry_chain: chain,

@@ -288,8 +288,9 @@ pub async fn runs_show(path: Option<&Path>, args: ShowArgs) -> CliResult<()> {
                 }
                 Err(e) => return Err(store_err(e)),
             };
-            let detail =
-                run_detail(&app.service, &run, &local_admin(&app), &|_: &str| true).await.map_err(store_err)?;
+            let detail = run_detail(&app.service, &app.authorizer, &run, &local_admin(&app), &|_: &str| true)
+                .await
+                .map_err(store_err)?;
             (run, detail)
         }
     };

@@ -38,6 +38,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
     }
 
+    /// Its status, message and (for a 5xx) cause.
+    pub(super) fn parts(&self) -> (StatusCode, &str, Option<&str>) {
+        (self.status, &self.message, self.cause.as_deref())
+    }
+
     pub(super) fn unavailable(e: impl std::fmt::Display) -> Self {
         let mut err =
             Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the run store is unavailable; try again");

@@ -26,6 +26,7 @@ use crate::operator::Operator;
 mod error;
 mod input;
 mod tokens;
+mod ui;
 
 pub use error::ApiError;
 use error::{ApiResult, log_errors};
@@ -390,6 +391,7 @@ struct ApiDoc;
 
 /// The router and its generated OpenAPI document.
 pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
+    let dashboard = ui::router(state.clone());
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(list_runs))
         .routes(routes!(show_run))
@@ -413,6 +415,7 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let served = doc.clone();
     let router = router
         .route("/v1/openapi.json", axum::routing::get(move || async move { Json(served) }))
+        .merge(dashboard)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(log_errors));

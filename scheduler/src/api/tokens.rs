@@ -36,14 +36,17 @@ pub(super) async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<I
         .map(str::trim)
         .filter(|t| t.starts_with(TOKEN_PREFIX))
         .ok_or_else(ApiError::unauthorized)?;
-    let actor = state
-        .tokens
-        .token_actor(&hash_token(token), state.clock.now())
-        .await
-        .map_err(ApiError::unavailable)?
-        .ok_or_else(ApiError::unauthorized)?;
+    actor_of_hash(state, &hash_token(token)).await?.ok_or_else(ApiError::unauthorized)
+}
+
+/// The actor of a live token, by the token's hash (`None`: unknown, revoked,
+/// expired, or its actor disabled).
+pub(super) async fn actor_of_hash(state: &ApiState, hash: &str) -> ApiResult<Option<Initiator>> {
+    let Some(actor) = state.tokens.token_actor(hash, state.clock.now()).await.map_err(ApiError::unavailable)? else {
+        return Ok(None);
+    };
     let kind = state.access.actor_kind(&actor).await.map_err(ApiError::unavailable)?;
-    Ok(if kind.as_deref() == Some("service") { Initiator::service(actor) } else { Initiator::user(actor) })
+    Ok(Some(if kind.as_deref() == Some("service") { Initiator::service(actor) } else { Initiator::user(actor) }))
 }
 
 /// The longest token lifetime, `10y` (humantime's years of 365.25 days). A

@@ -356,6 +356,16 @@ fn unsuccessful(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> V
     });
 
     let no_retry = || Action::none("No retry available: this operation cannot be retried by operators");
+    if blocked && ctx.cause_cleared && retry_allowed {
+        let reason =
+            format!("{} This is fixed now: the same check against current access truth passes.", envelope.explanation);
+        let primary = if viewer_can_retry {
+            Action::retry("The cause is fixed: retry the run")
+        } else {
+            Action::from_step(reason::ask_admin("retry the run (its cause is fixed)"))
+        };
+        return Verdict { status, severity: Severity::Warning, title, reason, impact, primary, secondary: Vec::new() };
+    }
     let (primary, secondary) = match envelope.retryability {
         Retryability::RetryNow if retry_allowed && viewer_can_retry => (Action::retry(retry_label), Vec::new()),
         Retryability::RetryNow if retry_allowed => (Action::from_step(reason::ask_admin(retry_ask)), Vec::new()),

@@ -43,6 +43,10 @@ pub struct GuidanceContext {
     /// How long a run of this operation may wait queued before the wait
     /// is worth a look (the catalog's `queued_stale_after`).
     pub queued_stale_after: std::time::Duration,
+    /// For a run refused at dispatch or execution (`execution.*`): the same
+    /// check against current access truth passes now (someone fixed the
+    /// cause), so a retry is what is left to do.
+    pub cause_cleared: bool,
 }
 
 /// How urgent a case is.

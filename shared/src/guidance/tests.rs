@@ -73,6 +73,7 @@ fn ctx() -> GuidanceContext {
         retried_by: None,
         now: at(),
         queued_stale_after: std::time::Duration::from_secs(300),
+        cause_cleared: false,
     }
 }
 
@@ -428,4 +429,26 @@ fn navigation_and_asking_lead_nowhere_that_changes_a_run() {
     let partial = run(RunStatus::Completed, RunOutcome::PartiallySucceeded, Some("provider.item_failed"));
     let review = guidance(&partial, &admin(), &ctx()).primary_action;
     assert_eq!(review.url.as_deref(), Some(format!("/ui/runs/{}#technical", partial.id).as_str()));
+}
+
+#[test]
+fn a_blocked_run_whose_cause_is_fixed_now_makes_retry_the_primary_action() {
+    let blocked = run(RunStatus::Completed, RunOutcome::Blocked, Some("execution.environment_not_operable"));
+    let cleared = GuidanceContext { cause_cleared: true, ..ctx() };
+    let ops = Viewer::new("olga", ["runs.view", "runs.retry", OP_CAP]);
+    let case = guidance(&blocked, &ops, &cleared);
+    assert_eq!((case.primary_action.key.as_str(), case.primary_action.kind), (STEP_RETRY, ActionKind::Retry));
+    assert!(
+        case.reason.ends_with("This is fixed now: the same check against current access truth passes."),
+        "{}",
+        case.reason
+    );
+    assert!(case.secondary_actions.is_empty(), "{:?}", case.secondary_actions);
+    assert_eq!(case.key, "operation_run.blocked.environment_not_operable");
+    // Not before the fix, and never for a viewer who may not retry.
+    assert_eq!(guidance(&blocked, &ops, &ctx()).primary_action.key, STEP_CONTACT_ADMIN);
+    let case = guidance(&blocked, &plain(), &cleared);
+    assert_eq!(case.primary_action.key, STEP_CONTACT_ADMIN);
+    assert!(case.primary_action.label.contains("retry the run"), "{}", case.primary_action.label);
+    assert_safe(&case, &plain());
 }

@@ -137,6 +137,11 @@ impl OperationRunService {
         Ok(self.store.list_runs(filter).await?)
     }
 
+    /// How many runs `filter` admits, per workspace, status and outcome.
+    pub async fn count(&self, filter: &RunFilter) -> Result<Vec<crate::store::RunCount>, ServiceError> {
+        Ok(self.store.count_runs(filter).await?)
+    }
+
     /// A run's audit trail.
     pub async fn audit(&self, id: Uuid) -> Result<Vec<AuditEvent>, ServiceError> {
         Ok(self.store.audit_for_run(id).await?)

@@ -19,7 +19,7 @@ mod write;
 
 pub use database::Database;
 pub use postgres::PgRunStore;
-pub use query::{AuditFilter, InitiatorFilter, PrunedPage, RunFilter, StaleQuery};
+pub use query::{AuditFilter, InitiatorFilter, PrunedPage, RunCount, RunFilter, StaleQuery};
 pub use sql::{Backend, SqlStore, TxDispatch};
 pub use sqlite::{SqliteRunStore, seed_planner_statistics};
 pub use write::{Guard, LeaseEnds, RunWrite, Update};
@@ -231,6 +231,10 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 
     /// Runs, newest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, StoreError>;
+
+    /// How many runs `filter` admits, per workspace, status and outcome
+    /// (its `limit`, `before` and `retry_of` are ignored).
+    async fn count_runs(&self, filter: &RunFilter) -> Result<Vec<RunCount>, StoreError>;
 
     /// Stale candidates, oldest id first.
     async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<StaleRun>, StoreError>;

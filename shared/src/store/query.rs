@@ -48,6 +48,8 @@ pub struct RunFilter {
     /// Only runs no finished run retries (a retry by filter leaves those
     /// alone; a run whose retry is still active is listed).
     pub without_finished_retry: bool,
+    /// Only runs no run retries at all (what still needs an operator).
+    pub without_retry: bool,
     /// Cursor: only runs older than this id (lists are newest first).
     pub before: Option<Uuid>,
     /// At most this many (the store caps it at 1,000).
@@ -139,4 +141,18 @@ pub struct StaleQuery {
     pub after: Option<Uuid>,
     /// Page size.
     pub limit: u32,
+}
+
+/// How many runs of one workspace stand at one status and outcome
+/// ([`super::RunStore::count_runs`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunCount {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The status.
+    pub status: RunStatus,
+    /// The outcome.
+    pub outcome: RunOutcome,
+    /// How many.
+    pub count: u64,
 }

@@ -14,8 +14,8 @@ use crate::audit::{AuditEntry, AuditEvent};
 use crate::lifecycle::{RunOutcome, RunStatus};
 use crate::run::OperationRun;
 use crate::store::{
-    AuditFilter, ClaimedReady, Guard, Inserted, PrunedPage, ReadyClaim, RunFilter, RunStore, RunWrite, StaleQuery,
-    StaleRun, StoreError, Update, Wakeups, Written,
+    AuditFilter, ClaimedReady, Guard, Inserted, PrunedPage, ReadyClaim, RunCount, RunFilter, RunStore, RunWrite,
+    StaleQuery, StaleRun, StoreError, Update, Wakeups, Written,
 };
 
 /// Ids a statement names at most (SQLite binds one each).
@@ -325,6 +325,11 @@ impl<B: Backend> RunStore for SqlStore<B> {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<OperationRun>, StoreError> {
         let Some(stmt) = runs::list_runs(filter) else { return Ok(Vec::new()) };
         self.fetch(stmt).await?.iter().map(runs::run_from_row).collect()
+    }
+
+    async fn count_runs(&self, filter: &RunFilter) -> Result<Vec<RunCount>, StoreError> {
+        let Some(stmt) = runs::count_runs(filter) else { return Ok(Vec::new()) };
+        self.fetch(stmt).await?.iter().map(runs::count_from_row).collect()
     }
 
     async fn find_stale(&self, query: &StaleQuery) -> Result<Vec<StaleRun>, StoreError> {

@@ -10,7 +10,7 @@ use crate::audit::{AuditEntry, AuditEvent};
 use crate::counts::SummaryCounts;
 use crate::lifecycle::RunStatus;
 use crate::run::{Initiator, OperationRun};
-use crate::store::{Guard, MAX_PAGE, RunFilter, RunWrite, StaleQuery, StaleRun, StoreError, Written};
+use crate::store::{Guard, MAX_PAGE, RunCount, RunFilter, RunWrite, StaleQuery, StaleRun, StoreError, Written};
 
 /// The columns of `operation_runs` a new run is written with, in insert
 /// order (the others start at their defaults: `snoozes`).
@@ -203,6 +203,15 @@ pub(crate) fn list_runs(f: &RunFilter) -> Option<Stmt> {
     Some(q)
 }
 
+/// Runs `f` admits, counted per workspace, status and outcome.
+pub(crate) fn count_runs(f: &RunFilter) -> Option<Stmt> {
+    let mut q = Stmt::new("SELECT workspace_id, status, outcome, COUNT(*) AS n FROM operation_runs WHERE 1 = 1");
+    let f = RunFilter { before: None, retry_of: None, ..f.clone() };
+    push_filter(&mut q, &f)?;
+    q.push(" GROUP BY workspace_id, status, outcome ORDER BY workspace_id, status, outcome");
+    Some(q)
+}
+
 /// The conditions of `f` (after a `WHERE …`); `None` when it admits none.
 fn push_filter(q: &mut Stmt, f: &RunFilter) -> Option<()> {
     if let Some(ws) = &f.visible_workspaces {
@@ -267,6 +276,9 @@ fn push_filter(q: &mut Stmt, f: &RunFilter) -> Option<()> {
             " AND NOT EXISTS (SELECT 1 FROM operation_runs n WHERE n.retry_of = operation_runs.id \
              AND n.status = 'completed')",
         );
+    }
+    if f.without_retry {
+        q.push(" AND NOT EXISTS (SELECT 1 FROM operation_runs n WHERE n.retry_of = operation_runs.id)");
     }
     if let Some(v) = f.before {
         q.push(" AND id < ").bind(v);
@@ -400,6 +412,16 @@ where
 }
 
 /// A run as stored.
+pub(crate) fn count_from_row(row: &impl Cols) -> Result<RunCount, StoreError> {
+    let ws = row.text("workspace_id")?;
+    Ok(RunCount {
+        status: parse_text(&ws, "status", row.text("status")?)?,
+        outcome: parse_text(&ws, "outcome", row.text("outcome")?)?,
+        count: u64::try_from(row.bigint("n")?).unwrap_or(0),
+        workspace_id: ws,
+    })
+}
+
 pub(crate) fn run_from_row(row: &impl Cols) -> Result<OperationRun, StoreError> {
     let id = row.uuid("id")?;
     let ids = id.to_string();
