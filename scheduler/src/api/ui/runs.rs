@@ -262,7 +262,7 @@ fn action(detail: &RunDetail, a: &Action, signed: &Signed, primary: bool) -> Mar
         ActionKind::Navigation if a.url.as_deref().is_some_and(|u| u.starts_with("/ui/")) => {
             html! { a href=(a.url.as_deref().unwrap_or("/ui")) data-action=(a.key) { (a.label) } }
         }
-        ActionKind::ContactAdmin => html! { p data-action=(a.key) { strong { "Ask an admin: " } (a.label) } },
+        ActionKind::ContactAdmin => html! { p.ask data-action=(a.key) { (a.label) } },
         _ => html! { p data-action=(a.key) { (a.label) } },
     }
 }
