@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): on a fresh machine it installs what
-# is missing (cargo-nextest with cargo; Postgres, Redis and sqlite3 with apt),
+# is missing (cargo-nextest with cargo; Postgres, Redis, sqlite3, Chromium and
+# chromedriver with apt),
 # starts a throwaway Postgres and Redis on loopback ports in a temp dir,
 # exports their URLs and the Postgres binaries' directory, checks formatting
 # and lints, runs the whole workspace's tests with nextest (it keeps every
@@ -33,6 +34,9 @@ fi
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# The dashboard's tests drive a real Chromium through its WebDriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -49,6 +53,12 @@ pg_pid=""
 redis_pid=""
 cleanup() {
   set +e
+  # The dashboard tests' screenshots outlive the run, for a person to look at.
+  if [ -d "$work/logs/screenshots" ]; then
+    rm -rf "${CARGO_TARGET_DIR:-target}/ui-screenshots"
+    cp -r "$work/logs/screenshots" "${CARGO_TARGET_DIR:-target}/ui-screenshots" \
+      && log "dashboard screenshots: ${CARGO_TARGET_DIR:-target}/ui-screenshots"
+  fi
   if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null; fi
   if [ -n "$pg_pid" ]; then
     # runuser forks: signal the postmaster itself (first line of postmaster.pid).

@@ -174,7 +174,44 @@ impl Browser {
         };
         let shots = screenshot_dir();
         std::fs::create_dir_all(&shots).expect("the screenshot directory");
-        Self { client, _driver: driver_proc, _profile: profile, shots }
+        let browser = Self { client, _driver: driver_proc, _profile: profile, shots };
+        browser.goto("about:blank").await;
+        browser.viewport(1280, 800).await;
+        browser
+    }
+
+    /// Size the window so that the page itself (the viewport) is `w`×`h`
+    /// (the window's size includes the browser's own frame).
+    async fn viewport(&self, w: u32, h: u32) {
+        for _ in 0..3 {
+            let inner = self
+                .client
+                .execute("return [window.innerWidth, window.innerHeight];", vec![])
+                .await
+                .expect("the viewport size");
+            let (iw, ih) = (inner[0].as_u64().unwrap_or(0) as u32, inner[1].as_u64().unwrap_or(0) as u32);
+            if (iw, ih) == (w, h) {
+                return;
+            }
+            let (ow, oh) = self.client.get_window_size().await.expect("the window size");
+            let (ow, oh) = (ow as u32, oh as u32);
+            self.client.set_window_size(ow + w - iw.min(ow + w), oh + h - ih.min(oh + h)).await.expect("resize");
+        }
+    }
+
+    /// Whether the page fits its viewport's width (no sideways scrolling);
+    /// when not, the elements that stick out.
+    async fn fits_width(&self) -> Result<(), String> {
+        let script = "if (document.documentElement.scrollWidth <= window.innerWidth) { return null; } \
+            return Array.from(document.querySelectorAll('body *')) \
+              .filter(e => !e.closest('.scroll, pre') && e.getBoundingClientRect().right > window.innerWidth + 1) \
+              .slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' right=' + e.getBoundingClientRect().right) \
+              .join(', ');";
+        match self.client.execute(script, vec![]).await {
+            Ok(Value::Null) => Ok(()),
+            Ok(v) => Err(format!("wider than the viewport: {v}")),
+            Err(e) => Err(format!("could not measure: {e}")),
+        }
     }
 
     async fn goto(&self, url: &str) {

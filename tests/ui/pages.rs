@@ -61,6 +61,16 @@ async fn an_operator_fixes_a_blocked_run_from_the_dashboard_and_a_viewer_may_onl
     assert!(b.text("#primary-action").await.contains("Ask a workspace admin to make the environment operable"));
     assert_eq!(b.count("button[data-action='retry']").await, 1, "retry is offered (secondary) to the operator");
     b.screenshot("run-blocked").await;
+    b.fits_width().await.expect("the run page fits 1280 px");
+    // On a phone: the same page, no sideways scrolling.
+    b.viewport(390, 844).await;
+    b.goto(&run_page).await;
+    b.fits_width().await.expect("the run page fits a 390 px phone");
+    b.screenshot("run-blocked-phone").await;
+    b.goto(&up.url("/ui/runs")).await;
+    b.fits_width().await.expect("the runs list fits a 390 px phone");
+    b.viewport(1280, 800).await;
+    b.goto(&run_page).await;
 
     // A form posted without its CSRF token is refused, and nothing is done.
     b.client

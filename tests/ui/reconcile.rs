@@ -29,7 +29,7 @@ kind = "demo"
 provider = "demo"
 capability = "inventory.sync"
 scope = "environment"
-lease = "8s"
+lease = "15s"
 heartbeat = "1s"
 max_attempts = 3
 resumable = true
@@ -80,7 +80,7 @@ async fn on_call_reconciles_a_stale_run_with_a_dry_run_then_apply() {
     assert_eq!(b.location().await, "/ui/reconcile");
     // The dry run shows the run once its lease (and grace) has passed.
     let mut shown = false;
-    for _ in 0..40 {
+    for _ in 0..80 {
         b.click("#dry-run").await;
         if b.count(&format!("#reconcile-report a[href='/ui/runs/{id}']")).await == 1 {
             shown = true;
