@@ -31,8 +31,27 @@ pub(crate) async fn blocked_then_fixed_then_retried_succeeds_with_the_chain_audi
     // Retrying before the fix is refused now, not queued to fail again.
     let (status, v) = a.call("POST", &format!("/v1/runs/{}/retry", run.id), Some(&ops), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
-    // Fix the access truth, then retry.
+    // The envelope is the resolution-case contract's: a stable case key, the
+    // scope's type, the run's source surface.
+    let g = &shown["guidance"];
+    assert_eq!(g["key"], "operation_run.blocked.environment_not_operable", "{g}");
+    assert_eq!(
+        (g["run_id"].as_str(), g["scope"]["type"].as_str()),
+        (Some(run.id.to_string().as_str()), Some("environment"))
+    );
+    assert!(g["source_surface"].is_string(), "{g}");
+    // Fix the access truth: the case says the cause is fixed and makes the
+    // retry its primary action, with the API path that performs it.
     a.e.db.access.apply_access(&access(ACCESS)).await.unwrap();
+    let (_, shown) = a.call("GET", &format!("/v1/runs/{}", run.id), Some(&ops), None).await;
+    let primary = &shown["guidance"]["primary_action"];
+    assert_eq!(primary["key"], "retry", "{shown}");
+    assert_eq!(primary["url"], format!("/v1/runs/{}/retry", run.id));
+    assert_eq!((primary["method"].as_str(), primary["requires_confirmation"].as_bool()), (Some("POST"), Some(true)));
+    assert_eq!(
+        (primary["audit_event"].as_str(), primary["operation_run_type"].as_str()),
+        (Some("run.retry"), Some(run.operation.as_str()))
+    );
     let (status, v) = a.call("POST", &format!("/v1/runs/{}/retry", run.id), Some(&ops), None).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let new_id: uuid::Uuid = v["run"]["id"].as_str().unwrap().parse().unwrap();

@@ -158,6 +158,7 @@ conformance!(
     ],
     reads: [
         list_filters_by_visibility_status_outcome_and_pages_by_cursor,
+        counts_group_by_workspace_status_and_outcome_within_the_filter,
     ],
     audit: [
         every_guarded_write_audits_each_run_as_it_was_written,
