@@ -67,7 +67,7 @@ pub(super) async fn overview(State(ui): State<Ui>, headers: HeaderMap, uri: Uri)
         };
         needing.extend(reads.list(actor, filter).await?);
     }
-    needing.sort_by(|a, b| b.id.cmp(&a.id));
+    needing.sort_by_key(|r| std::cmp::Reverse(r.id));
     needing.truncate(20);
     let needing: Vec<RunView> = needing.iter().map(RunView::from).collect();
     let schedules = schedule_admin(&ui).list(actor, 5).await?;
