@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::operator::ActionError;
 
 /// An API error: a status and a JSON body, and the cause behind a 5xx
-/// (never shown to the caller; logged once, by [`log_errors`]).
+/// (never shown to the caller; logged once, by `log_errors`).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
