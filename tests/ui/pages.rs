@@ -82,6 +82,20 @@ async fn an_operator_fixes_a_blocked_run_from_the_dashboard_and_a_viewer_may_onl
     assert!(b.text("main").await.contains("CSRF"));
     assert!(!runs(dir.path()).iter().any(|r| r["retry_of"] == blocked.as_str()), "a refused form retried nothing");
 
+    // Bulk retry by filter: a preview lists the run and changes nothing; a
+    // bad filter is named on the page.
+    b.goto(&up.url("/ui/bulk")).await;
+    b.find("input[name='reason']").await.send_keys("execution.environment_not_operable").await.unwrap();
+    b.click("#preview").await;
+    assert_eq!(b.text("#bulk-report h2").await, "Would retry 1 runs");
+    assert_eq!(b.count(&format!("#bulk-report a[href='/ui/runs/{blocked}']")).await, 1);
+    assert!(b.text("#bulk-report").await.contains("would_retry"));
+    b.screenshot("bulk-preview").await;
+    b.find("input[name='created_after']").await.send_keys("yesterday-ish").await.unwrap();
+    b.click("#preview").await;
+    assert!(b.text("main .notice").await.contains("created_after"), "the bad field is named");
+    assert!(!runs(dir.path()).iter().any(|r| r["retry_of"] == blocked.as_str()), "a preview retried nothing");
+
     // Sign out; the session is gone (the old page sends to sign-in).
     b.goto(&run_page).await;
     b.sign_out().await;
