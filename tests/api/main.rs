@@ -7,6 +7,7 @@ mod common;
 
 mod actions;
 mod authority;
+mod dispatch;
 mod health;
 mod input;
 mod metrics;
@@ -153,6 +154,8 @@ async fn the_openapi_document_names_every_route() {
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in [
         ("get", "/v1/runs"),
+        ("post", "/v1/runs"),
+        ("post", "/v1/runs/batch"),
         ("get", "/v1/runs/{id}"),
         ("get", "/v1/runs/{id}/audit"),
         ("post", "/v1/runs/{id}/retry"),
@@ -245,6 +248,10 @@ both_stacks!(
     metrics: [
         metrics_need_a_token_that_may_view_metrics_in_every_active_workspace,
         metrics_count_what_the_run_path_did,
+    ],
+    dispatch: [
+        dispatch_over_http_answers_every_status,
+        a_batch_dispatches_a_thousand_runs_in_one_request,
     ],
     health: [
         an_unreachable_store_is_a_503_and_readyz_says_so,

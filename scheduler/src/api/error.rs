@@ -16,6 +16,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     cause: Option<String>,
+    /// More fields of the error object (a refusal's reason).
+    extra: Option<serde_json::Value>,
 }
 
 /// What a failed response carries for [`log_errors`] to log.
@@ -27,7 +29,24 @@ struct Failure {
 
 impl ApiError {
     pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), cause: None }
+        Self { status, code, message: message.into(), cause: None, extra: None }
+    }
+
+    /// With more fields in the error object (an object's fields, merged).
+    pub(super) fn with(mut self, extra: serde_json::Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    /// The error object: `{"code", "message", …}`.
+    pub(super) fn body(&self) -> serde_json::Value {
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (&self.extra, body.as_object_mut()) {
+            for (k, v) in extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        body
     }
 
     pub(super) fn invalid(message: impl Into<String>) -> Self {
@@ -53,7 +72,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = json!({ "error": self.body() });
         let mut response = (self.status, Json(body)).into_response();
         response.extensions_mut().insert(Failure { code: self.code, cause: self.cause });
         response

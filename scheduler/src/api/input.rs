@@ -32,7 +32,7 @@ pub(super) fn body_json<T: serde::de::DeserializeOwned + Default>(body: Result<B
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("bodies are at most {MAX_BODY_BYTES} bytes"),
+            format!("the body is too large (at most {MAX_BODY_BYTES} bytes; POST /v1/runs/batch takes 1 MiB)"),
         ),
         _ => ApiError::invalid(r.body_text()),
     })?;

@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 
 use crate::operator::Operator;
 
+mod dispatch;
 mod error;
 mod input;
 mod tokens;
@@ -393,7 +394,7 @@ struct ApiDoc;
 pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let dashboard = ui::router(state.clone());
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(list_runs))
+        .routes(routes!(list_runs, dispatch::dispatch_run))
         .routes(routes!(show_run))
         .routes(routes!(run_audit))
         .routes(routes!(retry_run))
@@ -410,6 +411,11 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(prometheus))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(dispatch::dispatch_batch))
+                .layer(DefaultBodyLimit::max(dispatch::MAX_BATCH_BYTES)),
+        )
         .with_state(state)
         .split_for_parts();
     let served = doc.clone();

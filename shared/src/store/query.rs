@@ -50,6 +50,9 @@ pub struct RunFilter {
     pub without_finished_retry: bool,
     /// Only runs no run retries at all (what still needs an operator).
     pub without_retry: bool,
+    /// Only runs dispatched with this idempotency key (their context's
+    /// `idempotency_key`).
+    pub idempotency_key: Option<String>,
     /// Cursor: only runs older than this id (lists are newest first).
     pub before: Option<Uuid>,
     /// At most this many (the store caps it at 1,000).

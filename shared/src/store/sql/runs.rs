@@ -277,6 +277,9 @@ fn push_filter(q: &mut Stmt, f: &RunFilter) -> Option<()> {
              AND n.status = 'completed')",
         );
     }
+    if let Some(v) = &f.idempotency_key {
+        q.push(" AND (context ->> 'idempotency_key') = ").bind(v);
+    }
     if f.without_retry {
         q.push(" AND NOT EXISTS (SELECT 1 FROM operation_runs n WHERE n.retry_of = operation_runs.id)");
     }
