@@ -112,6 +112,7 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
             .map_err(|e| CliError::Usage(format!("config: {e}")))?;
         let mut operations = Operations::builtin();
         providers.register(&mut operations);
+        operations.check(&app.catalog).map_err(|e| CliError::Usage(format!("config: {e}")))?;
         let runner =
             Runner::new(app.service.clone(), app.authorizer.clone(), operations, worker_id).with_budgets(budgets);
         let opts = WorkerOptions {

@@ -229,3 +229,22 @@ fn a_run_queued_before_the_upgrade_is_served_after_migrate() {
     assert_eq!(shown["outcome"], "succeeded", "{shown}");
     assert_eq!(shown["attempt"], 1, "{shown}");
 }
+
+#[test]
+fn a_catalog_operation_whose_handler_kind_this_binary_lacks_is_a_start_up_error() {
+    let dir = oprun_shared::testing::kept_dir("cli");
+    let p = dir.path();
+    let cfg = p.join("oprun.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "capabilities = [\"inventory.sync\"]\n[store]\nurl = \"sqlite://{}/x.db\"\n\
+             [operations.\"acme.sync\"]\nkind = \"acme.custom\"\ncapability = \"inventory.sync\"\nscope = \"workspace\"\n",
+            p.display()
+        ),
+    )
+    .unwrap();
+    let err = usage_error(p, &["--config", cfg.to_str().unwrap(), "worker"], "an unknown handler kind");
+    assert!(err.contains("operations.\"acme.sync\"") && err.contains("'acme.custom'"), "{err}");
+    assert!(err.contains("demo"), "the kinds it knows are named: {err}");
+}

@@ -267,4 +267,27 @@ impl Operations {
     pub fn for_operation(&self, operation: &str, spec: &OperationSpec) -> Option<Arc<dyn Operation>> {
         self.kinds.get(spec.kind.as_deref().unwrap_or(operation)).cloned()
     }
+
+    /// The kinds registered, in order.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+
+    /// Every catalog operation has a handler here; else the first that has
+    /// none, named with the kind it asks for and the kinds there are (a
+    /// start-up error: a worker must not claim runs it cannot run).
+    pub fn check(&self, catalog: &oprun_shared::Catalog) -> Result<(), String> {
+        for (name, spec) in &catalog.operations {
+            if self.for_operation(name, spec).is_none() {
+                let kind = spec.kind.as_deref().unwrap_or(name);
+                let known: Vec<&str> = self.kinds().collect();
+                return Err(format!(
+                    "operations.\"{name}\": handler kind '{kind}' is not known to this binary (it knows: {}); \
+                     register it (oprun as a library) or fix `kind`",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
 }

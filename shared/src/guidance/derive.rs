@@ -44,7 +44,9 @@ pub fn guidance(run: &OperationRun, viewer: &Viewer, ctx: &GuidanceContext) -> R
             severity: Severity::Warning,
             title: "Waiting longer than expected".into(),
             reason: format!(
-                "No worker has claimed the run for {}: every worker is busy with a backlog, or none is running.",
+                "No worker has claimed the run for {}: every worker is busy with a backlog, none is running, or none \
+                 serves this operation yet (during a rolling deploy an older worker leaves runs of operations it does \
+                 not know to one that does).",
                 humanize(waited(run, ctx))
             ),
             impact: "Nothing has changed yet. The run is never failed for waiting: it starts when a worker \

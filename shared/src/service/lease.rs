@@ -145,7 +145,11 @@ impl OperationRunService {
         let now = self.clock.now();
         let write = RunWrite::claim(worker, now, self.lease_ends(now));
         let audit = AuditEntry::new(now, Self::worker_actor(worker), Transition::Claim.action());
-        let claim = ReadyClaim::new(write, audit, now, limit, cursor.take()).skipping(skip);
+        // Only the operations this process's catalog serves: during a
+        // rolling deploy a run of an operation it does not know waits for a
+        // worker that does, instead of failing run.operation_unknown.
+        let served = self.catalog.operations.keys().cloned().collect();
+        let claim = ReadyClaim::new(write, audit, now, limit, cursor.take()).skipping(skip).only(served);
         let claimed = self.store.claim_ready(&claim).await?;
         *cursor = claimed.last_scope;
         Ok(claimed.runs)

@@ -119,6 +119,10 @@ pub struct ReadyClaim {
     /// Runs left alone: (environment, operation) pairs whose provider budget
     /// has no room now (`""` is "no environment").
     pub(crate) skip: Vec<(String, String)>,
+    /// Only runs of these operations (`None`: any): a worker claims only
+    /// what its own catalog serves, so that during a rolling deploy a run of
+    /// an operation it does not know waits for a worker that does.
+    pub(crate) only: Option<Vec<String>>,
 }
 
 impl ReadyClaim {
@@ -131,7 +135,13 @@ impl ReadyClaim {
         limit: u32,
         after_scope: Option<String>,
     ) -> Self {
-        Self { write, audit, now, limit, after_scope, skip: Vec::new() }
+        Self { write, audit, now, limit, after_scope, skip: Vec::new(), only: None }
+    }
+
+    /// Claim only runs of `operations`.
+    pub fn only(mut self, operations: Vec<String>) -> Self {
+        self.only = Some(operations);
+        self
     }
 
     /// Leave alone the runs of these (environment, operation) pairs (at most

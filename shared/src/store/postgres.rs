@@ -75,6 +75,7 @@ static PICK_READY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          SELECT id FROM operation_runs WHERE status = 'queued' AND {key} = s.k AND available_at <= $2 \
          AND NOT EXISTS (SELECT 1 FROM unnest($5::text[], $6::text[]) AS x(e, o) \
          WHERE x.e = coalesce(environment_id, '') AND x.o = operation) \
+         AND ($7::text[] IS NULL OR operation = ANY($7)) \
          ORDER BY {key}, available_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) p LIMIT $4"
     )
 });
@@ -214,6 +215,7 @@ impl Backend for Postgres {
         per_scope: i64,
         limit: i64,
         skip: &[(String, String)],
+        only: Option<&[String]>,
     ) -> Result<Vec<Uuid>, StoreError> {
         let ids = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(PICK_READY.as_str()))
             .bind(scopes)
@@ -222,6 +224,7 @@ impl Backend for Postgres {
             .bind(limit)
             .bind(skip.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>())
             .bind(skip.iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>())
+            .bind(only.map(|ops| ops.iter().map(String::as_str).collect::<Vec<_>>()))
             .fetch_all(conn)
             .await?;
         Ok(ids)

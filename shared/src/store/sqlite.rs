@@ -203,6 +203,7 @@ impl Backend for Sqlite {
         per_scope: i64,
         limit: i64,
         skip: &[(String, String)],
+        only: Option<&[String]>,
     ) -> Result<Vec<Uuid>, StoreError> {
         let mut ids = Vec::new();
         for scope in scopes {
@@ -210,8 +211,8 @@ impl Backend for Sqlite {
             if left <= 0 {
                 break;
             }
-            for row in
-                Self::fetch(&mut *conn, runs::select_ready_in_scope(scope, now, per_scope.min(left), skip)).await?
+            for row in Self::fetch(&mut *conn, runs::select_ready_in_scope(scope, now, per_scope.min(left), skip, only))
+                .await?
             {
                 ids.push(row.uuid("id")?);
             }

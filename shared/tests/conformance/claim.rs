@@ -121,3 +121,31 @@ pub(crate) async fn concurrent_claims_never_take_the_same_run(b: Backend) {
     }
     assert_eq!(seen, all, "every run claimed");
 }
+
+/// A rolling deploy: a worker whose catalog lacks `report.build` (an older
+/// build) claims the other runs and leaves that one queued, unfailed, for a
+/// worker that serves it.
+pub(crate) async fn a_worker_leaves_runs_of_operations_its_catalog_does_not_serve(b: Backend) {
+    let e = env(b).await;
+    let build = e.svc.dispatch(build_req("contoso")).await.unwrap().run.id;
+    let sync = e.svc.dispatch(super::sync_req("contoso-prod")).await.unwrap().run.id;
+    let mut older = (*oprun_shared::testing::catalog()).clone();
+    older.operations.remove("report.build");
+    let old_worker = oprun_shared::OperationRunService::new(
+        e.db.store.clone(),
+        std::sync::Arc::new(older),
+        e.clock.clone(),
+        oprun_shared::ServiceConfig::default(),
+    );
+    let mut cursor = None;
+    let claimed: Vec<_> =
+        old_worker.claim_ready("w-old", 10, &mut cursor).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(claimed, vec![sync], "the older worker takes only what it serves");
+    let again = old_worker.claim_ready("w-old", 10, &mut None).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let waiting = e.svc.get(build).await.unwrap();
+    assert_eq!((waiting.status, waiting.reason_code), (RunStatus::Queued, None), "left queued, not failed");
+    let taken: Vec<_> = e.svc.claim_ready("w-new", 10, &mut None).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(taken, vec![build], "a worker that serves it claims it");
+    assert!(actions(&e, build).await.contains(&"run.claim".to_string()));
+}

@@ -136,6 +136,7 @@ conformance!(
         claims_take_turns_across_scopes,
         a_run_dispatched_for_later_is_claimed_only_when_its_time_comes,
         concurrent_claims_never_take_the_same_run,
+        a_worker_leaves_runs_of_operations_its_catalog_does_not_serve,
     ],
     cancel: [
         cancel_ends_a_queued_run_at_once_and_asks_a_running_one_to_stop,

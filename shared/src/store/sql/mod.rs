@@ -338,6 +338,7 @@ pub trait Backend: sqlx::Database<Row: Cols> {
         per_scope: i64,
         limit: i64,
         skip: &[(String, String)],
+        only: Option<&[String]>,
     ) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
 
     /// A connection that hears other processes' [`notify_ready`](Self::notify_ready).

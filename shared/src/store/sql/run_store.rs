@@ -425,7 +425,7 @@ impl<B: Backend> RunStore for SqlStore<B> {
         }
         let n = i64::try_from(scopes.len()).unwrap_or(limit);
         let per_scope = (limit + n - 1) / n;
-        let ids = B::pick_ready(&mut tx, &scopes, c.now, per_scope, limit, &c.skip).await?;
+        let ids = B::pick_ready(&mut tx, &scopes, c.now, per_scope, limit, &c.skip, c.only.as_deref()).await?;
         let runs =
             update_in::<B>(&mut tx, &ids, &Guard::from(RunStatus::Queued), &c.write, c.now, Some(&c.audit)).await?;
         tx.commit().await?;

@@ -61,17 +61,36 @@ pub(crate) fn select_queued_scopes(after: &str, limit: i64) -> Stmt {
 
 /// The ids of one scope's ready runs, ready longest first, at most `limit`
 /// (the backends that lock rows add their clause).
-pub(crate) fn select_ready_in_scope(scope: &str, now: DateTime<Utc>, limit: i64, skip: &[(String, String)]) -> Stmt {
+pub(crate) fn select_ready_in_scope(
+    scope: &str,
+    now: DateTime<Utc>,
+    limit: i64,
+    skip: &[(String, String)],
+    only: Option<&[String]>,
+) -> Stmt {
     let mut sql =
         format!("SELECT id FROM operation_runs WHERE status = 'queued' AND {SCOPE_KEY} = $1 AND available_at <= $2");
     for i in 0..skip.len() {
         let n = 4 + 2 * i;
         sql.push_str(&format!(" AND NOT (coalesce(environment_id, '') = ${n} AND operation = ${})", n + 1));
     }
+    if let Some(ops) = only {
+        let first = 4 + 2 * skip.len();
+        let marks: Vec<String> = (0..ops.len()).map(|i| format!("${}", first + i)).collect();
+        // An empty list admits nothing (a worker serving no operation).
+        sql.push_str(&if ops.is_empty() {
+            " AND 1 = 0".to_string()
+        } else {
+            format!(" AND operation IN ({})", marks.join(", "))
+        });
+    }
     sql.push_str(&format!(" ORDER BY {SCOPE_KEY}, available_at, id LIMIT $3"));
     let mut stmt = Stmt::new(sql).arg(scope).arg(now).arg(limit);
     for (e, o) in skip {
         stmt = stmt.arg(e.as_str()).arg(o.as_str());
+    }
+    for o in only.unwrap_or_default() {
+        stmt = stmt.arg(o.as_str());
     }
     stmt
 }
