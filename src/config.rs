@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use oprun_scheduler::config::{ApiConfig, ScheduleSpec, SchedulerConfig, validate_schedules};
+use oprun_scheduler::config::{ApiConfig, MetricsConfig, ScheduleSpec, SchedulerConfig, validate_schedules};
 use oprun_shared::config::{ConfigError, Problems, StoreConfig};
 use oprun_shared::{Catalog, OperationSpec};
 use oprun_worker::config::{BudgetsConfig, ProviderConfig, QueueConfig, WorkerConfig, validate_providers};
@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 /// The environment variable that overrides `api.bind`.
 pub const API_BIND_VAR: &str = "OPRUN_API_BIND";
+/// The environment variable that overrides `metrics.bind`.
+pub const METRICS_BIND_VAR: &str = "OPRUN_METRICS_BIND";
 /// The environment variable that overrides `store.url`.
 pub const DATABASE_URL_VAR: &str = "OPRUN_DATABASE_URL";
 /// The environment variable that names the config file.
@@ -37,6 +39,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// HTTP API.
     pub api: ApiConfig,
+    /// `/metrics` of a process without the API (`oprun worker`).
+    pub metrics: MetricsConfig,
     /// How long completed runs, audit rows and ticks are kept.
     pub retention: oprun_shared::RetentionPolicy,
     /// An access file applied at start-up of `up` (relative to the config file).
@@ -88,6 +92,9 @@ impl Config {
         if let Some(bind) = var(API_BIND_VAR) {
             self.api.bind = bind;
         }
+        if let Some(bind) = var(METRICS_BIND_VAR) {
+            self.metrics.bind = bind;
+        }
         if let Some(url) = var(oprun_worker::budget::REDIS_URL_VAR) {
             self.budgets.redis_url = Some(url);
         }
@@ -126,6 +133,7 @@ impl Config {
         self.budgets.validate(&mut problems);
         self.scheduler.validate(&mut problems);
         self.api.validate(&mut problems);
+        self.metrics.validate(&mut problems);
         self.retention.validate(&mut problems);
         validate_providers(&self.providers, &self.operations, &mut problems);
         validate_schedules(&self.schedules, &catalog, &mut problems);

@@ -98,6 +98,13 @@ fn every_yaml_file_parses_and_the_configmap_holds_a_valid_config() {
     assert!(grace > 30, "{grace}");
     let scheduler = load_yaml(&deploy().join("k8s/scheduler.yaml"));
     assert_eq!(scheduler[0]["spec"]["replicas"].as_i64(), Some(2));
+    // Workers expose their metrics listener and say how to scrape it.
+    let container = &worker[0]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["containerPort"].as_i64(), Some(9464), "the worker's metrics port");
+    assert_eq!(worker[0]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].as_str(), Some("9464"));
+    let monitor = worker.iter().find(|d| d["kind"].as_str() == Some("ServiceMonitor")).expect("a ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"].as_str(), Some("metrics"));
+    assert!(!monitor["spec"]["endpoints"][0]["authorization"]["credentials"].is_badvalue(), "it sends a token");
 }
 
 #[test]
@@ -113,6 +120,7 @@ fn the_compose_file_and_dockerfile_have_the_needed_shape() {
     assert_eq!(services["worker"]["environment"]["OPRUN_REDIS_URL"].as_str(), Some("redis://redis:6379/0"));
     assert_eq!(services["scheduler"]["deploy"]["replicas"].as_i64(), Some(2));
     assert_eq!(services["worker"]["deploy"]["replicas"].as_i64(), Some(2));
+    assert_eq!(services["worker"]["expose"][0].as_str(), Some("9464"), "the worker's metrics listener");
     assert_eq!(services["migrate"]["command"][0].as_str(), Some("migrate"));
     let docker = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
     assert_eq!(docker.lines().filter(|l| l.starts_with("FROM ")).count(), 2, "multi-stage");

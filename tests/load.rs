@@ -67,7 +67,7 @@ fn config(e: &Env, dir: &FsPath, base: &str) -> String {
         "{catalog}\n[store]\nurl = \"{url}\"\nmax_connections = 16\n\
          [queue]\npoll_interval = \"50ms\"\n\
          [worker]\nconcurrency = {WORKER_CONCURRENCY}\nshutdown_grace = \"5s\"\n\
-         [scheduler]\ntick = \"250ms\"\nreconcile_interval = \"2s\"\n[api]\nenabled = false\n\
+         [scheduler]\ntick = \"250ms\"\nreconcile_interval = \"2s\"\n[api]\nenabled = false\n[metrics]\nbind = \"127.0.0.1:0\"\n\
          [providers.graph]\nbase_url = \"{base}\"\ntoken_file = \"{token}\"\nconcurrency = 64\n\
          request_timeout = \"10s\"\n\
          [[schedules]]\nname = \"load-tick\"\ncron = \"* * * * * *\"\noperation = \"load.tick\"\n\

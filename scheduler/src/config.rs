@@ -79,6 +79,31 @@ impl ApiConfig {
     }
 }
 
+/// Where a process that serves no API serves `/metrics` (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to listen on (loopback unless configured otherwise).
+    pub bind: String,
+    /// Whether `oprun worker` (and a scheduler without the API) serves it.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1:9464".into(), enabled: true }
+    }
+}
+
+impl MetricsConfig {
+    /// Add what is wrong with `[metrics]`.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.check(self.bind.parse::<std::net::SocketAddr>().is_ok(), || {
+            format!("metrics.bind: '{}' is not an address like 127.0.0.1:9464", self.bind)
+        });
+    }
+}
+
 /// Overlap policy of a schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

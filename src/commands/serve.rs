@@ -80,30 +80,23 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
             Ok(())
         });
     }
-    if scheduler && app.config.api.enabled {
-        let state = oprun_scheduler::api::ApiState {
-            operator: Operator::new(Dispatcher::new(
-                app.service.clone(),
-                app.authorizer.clone(),
-                queue.clone() as Arc<dyn JobQueue>,
-            )),
-            access: app.db.access.clone(),
-            tokens: app.db.tokens.clone(),
-            ticks: app.db.ticks.clone(),
-            queue: queue.clone() as Arc<dyn JobQueue>,
-            schedules: Arc::new(app.config.schedules.clone()),
-            clock: app.clock.clone(),
-            metrics: oprun::metrics::prometheus_builder()
-                .install_recorder()
-                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
-                .ok(),
-        };
+    let api = scheduler && app.config.api.enabled;
+    if api {
+        let state = api_state(&app, &queue);
         let (bind, rx) = (app.config.api.bind.clone(), stop_rx.clone());
         // Bind now so that a taken port is a start-up error, not a silent gap.
         let listener = tokio::net::TcpListener::bind(&bind)
             .await
             .map_err(|e| CliError::Usage(format!("api.bind {bind}: cannot listen: {e}")))?;
         tasks.spawn(async move { oprun_scheduler::api::serve_on(listener, state, stopped(rx)).await });
+    }
+    if !api && app.config.metrics.enabled {
+        let state = api_state(&app, &queue);
+        let (bind, rx) = (app.config.metrics.bind.clone(), stop_rx.clone());
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .map_err(|e| CliError::Usage(format!("metrics.bind {bind}: cannot listen: {e}")))?;
+        tasks.spawn(async move { oprun_scheduler::api::serve_metrics_on(listener, state, stopped(rx)).await });
     }
     if worker {
         let worker_id = process_name("worker");
@@ -147,6 +140,35 @@ pub async fn serve(path: Option<&Path>, worker: bool, scheduler: bool) -> CliRes
         }
     }
     Ok(())
+}
+
+/// What the API (or the metrics listener) of this process serves from, with
+/// the Prometheus recorder installed (once per process).
+fn api_state(app: &App, queue: &Arc<oprun_worker::queue::Queue>) -> oprun_scheduler::api::ApiState {
+    static RECORDER: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    let metrics = RECORDER
+        .get_or_init(|| {
+            oprun::metrics::prometheus_builder()
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone();
+    oprun_scheduler::api::ApiState {
+        operator: Operator::new(Dispatcher::new(
+            app.service.clone(),
+            app.authorizer.clone(),
+            queue.clone() as Arc<dyn JobQueue>,
+        )),
+        access: app.db.access.clone(),
+        tokens: app.db.tokens.clone(),
+        ticks: app.db.ticks.clone(),
+        queue: queue.clone() as Arc<dyn JobQueue>,
+        schedules: Arc::new(app.config.schedules.clone()),
+        clock: app.clock.clone(),
+        metrics,
+    }
 }
 
 /// The provider budgets of this worker process: shared through Redis when

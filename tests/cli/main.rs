@@ -10,6 +10,7 @@ use serde_json::Value;
 
 mod bench;
 mod dispatch;
+mod metrics;
 mod operators;
 mod startup;
 

@@ -121,7 +121,12 @@ fn a_reader_that_goes_away_ends_every_command_quietly() {
 /// default in `dir`), started now; stdout and stderr captured.
 fn spawn_on(dir: &Path, db_url: Option<&str>, args: &[&str]) -> std::process::Child {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).current_dir(dir).env_remove("OPRUN_CONFIG").env("RUST_LOG", "warn");
+    // Each worker's metrics listener on a port of its own (tests run side by side).
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("OPRUN_CONFIG")
+        .env("RUST_LOG", "warn")
+        .env("OPRUN_METRICS_BIND", "127.0.0.1:0");
     match db_url {
         Some(url) => cmd.env("OPRUN_DATABASE_URL", url),
         None => cmd.env_remove("OPRUN_DATABASE_URL"),

@@ -17,6 +17,7 @@ pub fn binary_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> Str
     format!(
         "{CATALOG}\n[store]\nurl = \"{url}\"\nmax_connections = 4\n[queue]\npoll_interval = \"50ms\"\n\
          [worker]\nconcurrency = 2\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n\
+         [metrics]\nbind = \"127.0.0.1:0\"\n\
          [providers.graph]\nbase_url = \"{provider_base}\"\ntoken_file = \"{token}\"\n",
         url = e.db.url,
         token = token_file.display()
@@ -47,6 +48,8 @@ pub fn spawn_oprun(role: &str, cfg: &std::path::Path, log: &std::path::Path, rus
         .env_remove("OPRUN_DATABASE_URL")
         .env_remove("OPRUN_CONFIG")
         .env("RUST_LOG", rust_log)
+        // A metrics listener of its own (processes of a test run side by side).
+        .env("OPRUN_METRICS_BIND", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr))
         .spawn()

@@ -428,6 +428,32 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
+/// The metrics listener of a process that serves no API (`oprun worker`):
+/// `/metrics` (the same token rule as the API's), `/healthz`, `/readyz`.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(prometheus))
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(log_errors))
+        .with_state(state)
+}
+
+/// Serve the metrics listener on `listener` until `shutdown` resolves.
+pub async fn serve_metrics_on(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
+    axum::serve(listener, metrics_router(state)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
 /// Serve on `listener` until `shutdown` resolves.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,

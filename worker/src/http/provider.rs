@@ -220,8 +220,8 @@ impl Provider {
                 }
                 Take::Blocked { remaining } => {
                     self.count_wait(key, "blocked");
-                    metrics::counter!("oprun_provider_throttle_wait_ms_total", "provider" => self.name.clone())
-                        .increment(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
+                    metrics::histogram!("oprun_provider_throttle_wait_seconds", "provider" => self.name.clone())
+                        .record(remaining.as_secs_f64());
                     let mut counts = SummaryCounts::new();
                     let _ = counts.add("throttle_waits", 1);
                     let _ = counts.add("throttle_wait_ms", u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX));
@@ -427,8 +427,8 @@ impl Provider {
             metrics::counter!("oprun_provider_retries_total", "provider" => self.name.clone(), "reason" => failure.reason.as_str())
                 .increment(1);
             if failure.reason == ReasonCode::ProviderThrottled {
-                metrics::counter!("oprun_provider_throttle_wait_ms_total", "provider" => self.name.clone())
-                    .increment(wait.as_millis() as u64);
+                metrics::histogram!("oprun_provider_throttle_wait_seconds", "provider" => self.name.clone())
+                    .record(wait.as_secs_f64());
             }
             let mut counts = SummaryCounts::new();
             let _ = counts.add("retries", 1);
