@@ -72,7 +72,7 @@ fn config(e: &Env, dir: &FsPath, base: &str) -> String {
          request_timeout = \"10s\"\n\
          [[schedules]]\nname = \"load-tick\"\ncron = \"* * * * * *\"\noperation = \"load.tick\"\n\
          workspace = \"contoso\"\nenvironment = \"contoso-dev\"\nactor = \"svc-scheduler\"\noverlap = \"allow\"\n",
-        catalog = common::CATALOG,
+        catalog = common::binary_catalog(),
         url = e.db.url,
         token = token.display(),
     )

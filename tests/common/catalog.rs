@@ -224,3 +224,18 @@ pub fn access(text: &str) -> AccessFile {
     let caps = oprun_shared::access::grantable_capabilities(&catalog());
     AccessFile::from_toml(text, "test access", Some(&caps)).expect("test access file")
 }
+
+/// The handler kinds the `oprun` binary knows (the built-in and the HTTP
+/// kinds; the tests' own kinds exist only in the test processes).
+pub const BINARY_KINDS: [&str; 3] = ["demo", "http.call", "http.collect"];
+
+/// [`CATALOG`] as an `oprun` binary may run it: the operations of the kinds
+/// it knows (it checks at start that it has a handler for every one; the
+/// others' runs it leaves to the test's in-process workers).
+pub fn binary_catalog() -> String {
+    let mut table: toml::Table = toml::from_str(CATALOG).expect("the test catalog is TOML");
+    if let Some(toml::Value::Table(ops)) = table.get_mut("operations") {
+        ops.retain(|_, op| op.get("kind").and_then(toml::Value::as_str).is_some_and(|k| BINARY_KINDS.contains(&k)));
+    }
+    toml::to_string(&table).expect("the binary catalog")
+}

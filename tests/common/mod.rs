@@ -11,7 +11,7 @@ mod process;
 
 // Each test binary uses its own share of these (as with `dead_code` above).
 #[allow(unused_imports)]
-pub use catalog::{ACCESS, CATALOG, access, catalog};
+pub use catalog::{ACCESS, CATALOG, access, binary_catalog, catalog};
 #[allow(unused_imports)]
 pub use env::{Counting, Env, WorkerHandle, prod_request, reconcile_later, test_queue_config, test_store_at};
 #[allow(unused_imports)]

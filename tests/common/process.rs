@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{CATALOG, Env, provider_token};
+use super::{Env, binary_catalog, provider_token};
 
 /// A config file for the `oprun` binary on this env's store (its queue), with a
 /// `graph` provider at `provider_base` (its token in a file under `dir`).
@@ -15,10 +15,11 @@ pub fn binary_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> Str
         std::fs::write(&token_file, provider_token("binary-config")).unwrap();
     }
     format!(
-        "{CATALOG}\n[store]\nurl = \"{url}\"\nmax_connections = 4\n[queue]\npoll_interval = \"50ms\"\n\
+        "{catalog}\n[store]\nurl = \"{url}\"\nmax_connections = 4\n[queue]\npoll_interval = \"50ms\"\n\
          [worker]\nconcurrency = 2\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n\
          [metrics]\nbind = \"127.0.0.1:0\"\n\
          [providers.graph]\nbase_url = \"{provider_base}\"\ntoken_file = \"{token}\"\n",
+        catalog = binary_catalog(),
         url = e.db.url,
         token = token_file.display()
     )

@@ -101,7 +101,7 @@ fn campaign_config(e: &Env, dir: &FsPath, base: &str) -> String {
          [worker]\nconcurrency = {CAMPAIGN_CONCURRENCY}\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n[metrics]\nbind = \"127.0.0.1:0\"\n\
          [providers.graph]\nbase_url = \"{base}\"\ntoken_file = \"{token}\"\nconcurrency = 32\n\
          request_timeout = \"10s\"\n",
-        catalog = common::CATALOG,
+        catalog = common::binary_catalog(),
         url = e.db.url,
         token = token.display(),
     )

@@ -259,16 +259,36 @@ impl Browser {
         self.client.find_all(Locator::Css(css)).await.map(|v| v.len()).unwrap_or(0)
     }
 
+    /// Click what `css` matches — every click here submits a form or
+    /// follows a link — and wait until the next page has loaded (the old
+    /// document is marked first, so its elements are never read as the new
+    /// page's).
     async fn click(&self, css: &str) {
+        let mark = "document.documentElement.setAttribute('data-left', '1'); return null;";
+        self.client.execute(mark, vec![]).await.expect("mark the page");
         let mut last = None;
+        let mut clicked = false;
         for _ in 0..5 {
             match self.find(css).await.click().await {
-                Ok(()) => return,
+                Ok(()) => {
+                    clicked = true;
+                    break;
+                }
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("click {css}: {last:?}")
+        assert!(clicked, "click {css}: {last:?}");
+        let loaded =
+            "return document.readyState === 'complete' && !document.documentElement.hasAttribute('data-left');";
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Value::Bool(true)) = self.client.execute(loaded, vec![]).await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no new page 15 s after clicking {css}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn h1(&self) -> String {
