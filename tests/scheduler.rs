@@ -369,7 +369,7 @@ async fn schedulers_killed_between_a_ticks_claim_and_its_decision_leave_no_tick_
             "{}[scheduler]\ntick = \"100ms\"\nreconcile_interval = \"1h\"\nabandoned_tick_after = \"2s\"\n\
              [[schedules]]\nname = \"fan\"\ncron = \"* * * * * *\"\noperation = \"test.fanout\"\n\
              workspace = \"contoso\"\nenvironments = \"all\"\nactor = \"svc-scheduler\"\noverlap = \"allow\"\n",
-            common::binary_config(&e, dir.path(), "http://127.0.0.1:9")
+            common::scheduler_config(&e, dir.path(), "http://127.0.0.1:9")
         ),
     )
     .unwrap();

@@ -17,7 +17,7 @@ pub use env::{Counting, Env, WorkerHandle, prod_request, reconcile_later, test_q
 #[allow(unused_imports)]
 pub use logs::{SECRET_MARK, TEST_LOG_FILTER, capture_logs, dump_tables, init_logs, provider_token};
 #[allow(unused_imports)]
-pub use process::{Reaped, binary_config, exit_within, process_log, spawn_oprun};
+pub use process::{Reaped, binary_config, exit_within, process_log, scheduler_config, spawn_oprun};
 
 /// Which stack a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,16 @@ use super::{Env, binary_catalog, provider_token};
 /// A config file for the `oprun` binary on this env's store (its queue), with a
 /// `graph` provider at `provider_base` (its token in a file under `dir`).
 pub fn binary_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> String {
+    config_with(&binary_catalog(), e, dir, provider_base)
+}
+
+/// As [`binary_config`] with the whole test catalog, for `oprun scheduler`
+/// (which dispatches any operation and runs none).
+pub fn scheduler_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> String {
+    config_with(super::CATALOG, e, dir, provider_base)
+}
+
+fn config_with(catalog: &str, e: &Env, dir: &std::path::Path, provider_base: &str) -> String {
     let token_file = dir.join("graph.token");
     if !token_file.exists() {
         std::fs::write(&token_file, provider_token("binary-config")).unwrap();
@@ -19,7 +29,6 @@ pub fn binary_config(e: &Env, dir: &std::path::Path, provider_base: &str) -> Str
          [worker]\nconcurrency = 2\nshutdown_grace = \"1s\"\n[api]\nenabled = false\n\
          [metrics]\nbind = \"127.0.0.1:0\"\n\
          [providers.graph]\nbase_url = \"{provider_base}\"\ntoken_file = \"{token}\"\n",
-        catalog = binary_catalog(),
         url = e.db.url,
         token = token_file.display()
     )
