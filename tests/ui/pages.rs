@@ -118,6 +118,13 @@ async fn an_operator_fixes_a_blocked_run_from_the_dashboard_and_a_viewer_may_onl
     b.goto(&up.url("/ui")).await;
     b.sign_out().await;
 
+    // The schedules that reach the lab are paused first: once the environment
+    // is active their next tick would dispatch a run of the same scope, and
+    // the retry would get that run back (deduplicated) instead of a new one.
+    for schedule in ["demo-contoso-lab-inventory", "demo-contoso-inventory"] {
+        let paused = oprun(dir.path(), &["schedules", "pause", schedule, "--as", "ops-user-1"]);
+        assert!(paused.status.success(), "pause {schedule}: {}", String::from_utf8_lossy(&paused.stderr));
+    }
     // The operator fixes the access (the lab environment active again) …
     let access = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo-access.toml")).unwrap();
     let fixed = access.replace("status = \"suspended\"", "status = \"active\"");

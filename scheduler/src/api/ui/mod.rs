@@ -85,10 +85,19 @@ async fn headers(request: axum::extract::Request, next: axum::middleware::Next) 
     response
 }
 
-/// A signed-in viewer.
+/// A signed-in viewer: the extractor every page and action takes; without
+/// a live session the request is sent to sign-in.
 pub(super) struct Signed {
     actor: Initiator,
     session: Session,
+}
+
+impl axum::extract::FromRequestParts<Ui> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, ui: &Ui) -> Result<Self, Response> {
+        signed_in(ui, &parts.headers, &parts.uri).await
+    }
 }
 
 impl Signed {
@@ -116,6 +125,13 @@ async fn signed_in(ui: &Ui, headers: &HeaderMap, uri: &Uri) -> Result<Signed, Re
             Err(to_sign_in())
         }
         Err(e) => Err(PageError::from(e).into_response()),
+    }
+}
+
+/// Add a `Set-Cookie` header (from [`session::set_cookie`]).
+fn append_cookie(r: &mut Response, (name, value): (axum::http::HeaderName, String)) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        r.headers_mut().append(name, v);
     }
 }
 
@@ -275,11 +291,10 @@ fn sign_in_form(headers: &HeaderMap, next: &str, error: Option<&str>, status: St
         }
     };
     let mut r = html_page(status, page("Sign in", &chrome, false, body));
-    let (name, value) =
-        session::set_cookie(SIGN_IN_COOKIE, Some(&csrf), chrono::Duration::minutes(30), session::over_tls(headers));
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        r.headers_mut().append(name, v);
-    }
+    append_cookie(
+        &mut r,
+        session::set_cookie(SIGN_IN_COOKIE, Some(&csrf), chrono::Duration::minutes(30), session::over_tls(headers)),
+    );
     r
 }
 
@@ -333,43 +348,27 @@ async fn sign_in(State(ui): State<Ui>, headers: HeaderMap, body: Result<Bytes, B
     tracing::info!(actor = %actor.id, "ui: signed in");
     let tls = session::over_tls(&headers);
     let mut r = redirect(&next);
-    for (name, value) in [
-        session::set_cookie(SESSION_COOKIE, Some(&id), SESSION_LIFETIME, tls),
-        session::set_cookie(SIGN_IN_COOKIE, None, SESSION_LIFETIME, tls),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            r.headers_mut().append(name, v);
-        }
-    }
+    append_cookie(&mut r, session::set_cookie(SESSION_COOKIE, Some(&id), SESSION_LIFETIME, tls));
+    append_cookie(&mut r, session::set_cookie(SIGN_IN_COOKIE, None, SESSION_LIFETIME, tls));
     r
 }
 
 async fn sign_out(
     State(ui): State<Ui>,
+    signed: Signed,
     headers: HeaderMap,
-    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
     Form::parse(body)?.check(&signed)?;
     if let Some(id) = session::cookie(&headers, SESSION_COOKIE) {
         ui.sessions.close(id);
     }
     let mut r = redirect("/ui/sign-in");
-    let (name, value) = session::set_cookie(SESSION_COOKIE, None, SESSION_LIFETIME, session::over_tls(&headers));
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        r.headers_mut().append(name, v);
-    }
+    append_cookie(&mut r, session::set_cookie(SESSION_COOKIE, None, SESSION_LIFETIME, session::over_tls(&headers)));
     Ok(r)
 }
 
-async fn not_found(State(ui): State<Ui>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(r) = signed_in(&ui, &headers, &uri).await {
-        return r;
-    }
+async fn not_found(_signed: Signed) -> Response {
     PageError::new(StatusCode::NOT_FOUND, "Not found", "There is no such page.").into_response()
 }
 

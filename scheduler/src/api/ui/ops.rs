@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use maud::{Markup, html};
 use oprun_shared::{ReconcileFilter, RunFilter, RunOutcome, RunStatus, RunView};
 
 use super::layout::{self, badge, csrf_field, opt_time, page, run_link, time};
 use super::runs::runs_table;
-use super::{Form, PageError, PageResult, Signed, Ui, html_page, query_of, signed_in};
+use super::{Form, PageError, PageResult, Signed, Ui, html_page, query_of};
 use crate::api::input::{BulkBody, bulk_filter};
 use crate::operator::{BULK_DEFAULT_MAX, BulkAction};
 
@@ -27,11 +27,7 @@ fn column(status: RunStatus, outcome: RunOutcome) -> &'static str {
     }
 }
 
-pub(super) async fn overview(State(ui): State<Ui>, headers: HeaderMap, uri: Uri) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+pub(super) async fn overview(State(ui): State<Ui>, signed: Signed) -> PageResult {
     let reads = ui.api.operator.reads();
     let actor = &signed.actor.id;
     let visible: Vec<String> = reads.visible_workspaces(actor).await?.into_iter().collect();
@@ -125,11 +121,7 @@ fn schedule_admin(ui: &Ui) -> crate::schedules::Schedules {
     super::super::schedule_admin(&ui.api)
 }
 
-pub(super) async fn schedules(State(ui): State<Ui>, headers: HeaderMap, uri: Uri) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+pub(super) async fn schedules(State(ui): State<Ui>, signed: Signed) -> PageResult {
     let views = schedule_admin(&ui).list(&signed.actor.id, 10).await?;
     let body = html! {
         @if views.is_empty() { p.muted { "No schedule in a workspace you may see." } }
@@ -186,11 +178,7 @@ struct ReconcileForm {
     apply: Option<String>,
 }
 
-pub(super) async fn reconcile_page(State(ui): State<Ui>, headers: HeaderMap, uri: Uri) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+pub(super) async fn reconcile_page(signed: Signed) -> PageResult {
     let body = reconcile_form(&signed, &ReconcileForm::default(), None);
     Ok(html_page(StatusCode::OK, page("Reconcile", &signed.chrome("reconcile"), false, body)))
 }
@@ -209,16 +197,7 @@ fn reconcile_form(signed: &Signed, f: &ReconcileForm, report: Option<Markup>) ->
     }
 }
 
-pub(super) async fn reconcile(
-    State(ui): State<Ui>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+pub(super) async fn reconcile(State(ui): State<Ui>, signed: Signed, body: Result<Bytes, BytesRejection>) -> PageResult {
     let form = Form::parse(body)?;
     form.check(&signed)?;
     let f: ReconcileForm = query_of(&form.encoded_without(&["csrf"]))?;
@@ -271,11 +250,7 @@ const BULK_FIELDS: [(&str, &str); 10] = [
     ("created_before", "Created before"),
 ];
 
-pub(super) async fn bulk_page(State(ui): State<Ui>, headers: HeaderMap, uri: Uri) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+pub(super) async fn bulk_page(signed: Signed) -> PageResult {
     let body = bulk_form(&signed, &Form(Vec::new()), None);
     Ok(html_page(StatusCode::OK, page("Bulk actions", &signed.chrome("bulk"), false, body)))
 }
@@ -302,16 +277,7 @@ fn bulk_form(signed: &Signed, form: &Form, result: Option<Markup>) -> Markup {
     }
 }
 
-pub(super) async fn bulk(
-    State(ui): State<Ui>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+pub(super) async fn bulk(State(ui): State<Ui>, signed: Signed, body: Result<Bytes, BytesRejection>) -> PageResult {
     let form = Form::parse(body)?;
     form.check(&signed)?;
     let action = match form.get("action") {

@@ -6,12 +6,12 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use maud::{Markup, html};
 use oprun_shared::{Action, ActionKind, RunDetail, RunStatus, RunView, SourceRelation};
 
 use super::layout::{self, opt_time, page, run_link, state, time};
-use super::{Form, PageError, PageResult, Signed, Ui, html_page, query_of, redirect, run_id, signed_in};
+use super::{Form, PageError, PageResult, Signed, Ui, html_page, query_of, redirect, run_id};
 use crate::api::input::{ListQuery, list_filter};
 
 /// The filters the runs page offers (names as `GET /v1/runs` takes them).
@@ -31,11 +31,7 @@ const FILTERS: [(&str, &str); 10] = [
 const STATUSES: [&str; 3] = ["queued", "running", "completed"];
 const OUTCOMES: [&str; 7] = ["pending", "succeeded", "partially_succeeded", "blocked", "failed", "cancelled", ""];
 
-pub(super) async fn list(State(ui): State<Ui>, headers: HeaderMap, uri: Uri) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+pub(super) async fn list(State(ui): State<Ui>, signed: Signed, uri: Uri) -> PageResult {
     let raw = uri.query().unwrap_or("");
     let given: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
     let value = |name: &str| given.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str()).to_string();
@@ -133,14 +129,10 @@ pub(super) fn runs_table(runs: &[RunView]) -> Markup {
 
 pub(super) async fn show(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+    signed: Signed,
     uri: Uri,
     path: Result<Path<String>, PathRejection>,
 ) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
     let id = run_id(path)?;
     let reads = ui.api.operator.reads();
     let (_, detail) = reads.detail(&signed.actor.id, id).await?;
@@ -153,6 +145,7 @@ pub(super) async fn show(
         @match done.as_deref() {
             Some("retried") => (layout::notice("ok", "Retry started: this is the new run.")),
             Some("ready") => (layout::notice("ok", "The run is ready now: a worker claims it next.")),
+            Some("deduplicated") => (layout::notice("warn", "An active run of the same scope already existed: this is it, not a new retry.")),
             Some("cancelled") => (layout::notice("ok", "Cancelled.")),
             Some("cancel_requested") => (layout::notice("ok", "Cancel requested: the worker stops it at its next checkpoint.")),
             _ => {}
@@ -318,36 +311,29 @@ fn confirmation(form: &Form, signed: &Signed, detail: &RunDetail, verb: &str) ->
 
 pub(super) async fn retry(
     State(ui): State<Ui>,
-    headers: HeaderMap,
-    uri: Uri,
+    signed: Signed,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> PageResult {
-    act(ui, headers, uri, path, body, "retry").await
+    act(ui, signed, path, body, "retry").await
 }
 
 pub(super) async fn cancel(
     State(ui): State<Ui>,
-    headers: HeaderMap,
-    uri: Uri,
+    signed: Signed,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> PageResult {
-    act(ui, headers, uri, path, body, "cancel").await
+    act(ui, signed, path, body, "cancel").await
 }
 
 async fn act(
     ui: Ui,
-    headers: HeaderMap,
-    uri: Uri,
+    signed: Signed,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
     verb: &str,
 ) -> PageResult {
-    let signed = match signed_in(&ui, &headers, &uri).await {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
     let form = Form::parse(body)?;
     form.check(&signed)?;
     let id = run_id(path)?;
@@ -357,7 +343,11 @@ async fn act(
     }
     if verb == "retry" {
         let r = ui.api.operator.retry(&signed.actor, id).await?;
-        let done = if r.run.id == run.id { "ready" } else { "retried" };
+        let done = match (r.run.id == run.id, r.deduplicated) {
+            (true, _) => "ready",
+            (false, true) => "deduplicated",
+            (false, false) => "retried",
+        };
         return Ok(redirect(&format!("/ui/runs/{}?done={done}", r.run.id)));
     }
     let done = match ui.api.operator.cancel(&signed.actor, id).await? {
